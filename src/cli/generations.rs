@@ -1,0 +1,91 @@
+//! `walship generations REPLICA_URL|DB_PATH [--json]`: what a replica holds.
+
+use super::{ReplicaFlags, resolve_source};
+use crate::error::Result;
+use crate::restore::plan;
+use crate::storage::Replica;
+use crate::storage::layout;
+use clap::Args;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::{Duration, UNIX_EPOCH};
+
+#[derive(Debug, Args)]
+pub struct GenerationsArgs {
+    /// A replica URL, or a database path listed in the config file.
+    pub source: String,
+    #[arg(short, long, env = "WALSHIP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub replica: ReplicaFlags,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GenerationRow {
+    pub generation: String,
+    pub created: String,
+    pub last_write: Option<String>,
+    pub snapshots: usize,
+    pub segments: usize,
+    pub wal_bytes: u64,
+    pub first_txid: Option<u64>,
+    pub last_txid: Option<u64>,
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+pub async fn rows(replica: &Replica) -> Result<Vec<GenerationRow>> {
+    let objects = replica.list(layout::GENERATIONS).await?;
+    Ok(plan::group(&objects)
+        .into_iter()
+        .map(|(id, g)| GenerationRow {
+            created: rfc3339(id.created_ms()),
+            last_write: g.last_write_ms().map(rfc3339),
+            snapshots: g.snapshots.len(),
+            segments: g.segments.len(),
+            wal_bytes: g.wal_bytes(),
+            first_txid: g.snapshots.first().map(|s| s.name.txid),
+            last_txid: g
+                .segments
+                .last()
+                .map(|s| s.name.last_txid)
+                .or(g.snapshots.last().map(|s| s.name.txid)),
+            generation: id.to_string(),
+        })
+        .collect())
+}
+
+pub async fn run(args: GenerationsArgs) -> Result<()> {
+    let (rcfg, _) = resolve_source(&args.source, args.config.as_deref(), &args.replica)?;
+    let replica = Replica::open(&rcfg, false)?;
+    let rows = rows(&replica).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).expect("rows serialise")
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<20}  {:<24}  {:<24}  {:>9}  {:>8}  {:>12}  {:>10}",
+        "generation", "created", "last write", "snapshots", "segments", "WAL bytes", "last txid"
+    );
+    for r in rows {
+        println!(
+            "{:<20}  {:<24}  {:<24}  {:>9}  {:>8}  {:>12}  {:>10}",
+            r.generation,
+            r.created,
+            r.last_write.as_deref().unwrap_or("-"),
+            r.snapshots,
+            r.segments,
+            r.wal_bytes,
+            r.last_txid.map_or("-".into(), |t| t.to_string()),
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! Command-line interface: flag definitions (clap) and one file per subcommand, each
+//! turning flags into one library call. No replication logic lives here.
+
+pub mod generations;
+pub mod replicate;
+pub mod restore;
+
+use crate::config::{self, Location, ReplicaConfig};
+use crate::error::{Error, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "walship",
+    version,
+    about = "Continuously replicate SQLite databases to object storage, and restore them",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "WALSHIP_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// Log filter (e.g. info, debug, walship=debug); RUST_LOG also works.
+    #[arg(long, global = true, env = "WALSHIP_LOG")]
+    pub log: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Replicate databases until SIGTERM/SIGINT (the sidecar).
+    Replicate(replicate::ReplicateArgs),
+    /// Restore the newest state of a replica into a database file.
+    Restore(restore::RestoreArgs),
+    /// List the generations in a replica.
+    Generations(generations::GenerationsArgs),
+}
+
+/// Settings for a replica given by URL on the command line.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ReplicaFlags {
+    /// S3-compatible endpoint (default: AWS, or AWS_ENDPOINT_URL).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// Region (default: AWS_REGION, else us-east-1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Path-style S3 requests (most S3-compatible servers need them).
+    #[arg(long)]
+    pub force_path_style: bool,
+    /// Accept any TLS certificate (testing only).
+    #[arg(long)]
+    pub skip_verify: bool,
+}
+
+impl ReplicaFlags {
+    pub fn replica(&self, url: &str) -> Result<ReplicaConfig> {
+        let mut r = ReplicaConfig::from_location(config::parse_location(url)?);
+        r.endpoint = self.endpoint.clone();
+        r.region = self.region.clone();
+        r.force_path_style = self.force_path_style.then_some(true);
+        r.skip_verify = self.skip_verify;
+        Ok(r)
+    }
+}
+
+/// A replica URL, or the path of a database listed in the config file.
+pub fn resolve_source(
+    source: &str,
+    config_path: Option<&Path>,
+    flags: &ReplicaFlags,
+) -> Result<(ReplicaConfig, Option<PathBuf>)> {
+    if source.contains("://") {
+        return Ok((flags.replica(source)?, None));
+    }
+    let cfg_path = config_path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+    if !cfg_path.exists() {
+        // A bare path with no config file: treat it as a local replica directory.
+        if config_path.is_none() && Path::new(source).is_dir() {
+            return Ok((
+                ReplicaConfig::from_location(Location::File { dir: source.into() }),
+                None,
+            ));
+        }
+        return Err(Error::Config(format!(
+            "{source} is not a replica URL, and config file {} does not exist to look it up",
+            cfg_path.display()
+        )));
+    }
+    let cfg = config::load(&cfg_path)?;
+    let want = canonical(Path::new(source));
+    cfg.dbs
+        .into_iter()
+        .find(|d| canonical(&d.path) == want)
+        .map(|d| (d.replica, Some(d.path)))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "database {source} is not listed in {}",
+                cfg_path.display()
+            ))
+        })
+}
+
+/// Absolute form of a path that may not exist yet (its directory usually does).
+fn canonical(p: &Path) -> PathBuf {
+    if let Ok(c) = p.canonicalize() {
+        return c;
+    }
+    match (p.parent(), p.file_name()) {
+        (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => dir
+            .canonicalize()
+            .map(|d| d.join(name))
+            .unwrap_or_else(|_| p.to_path_buf()),
+        _ => std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf()),
+    }
+}

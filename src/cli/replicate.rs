@@ -1,0 +1,171 @@
+//! `walship replicate`: from a config file, from `DB_PATH REPLICA_URL`, or `--demo`.
+
+use super::ReplicaFlags;
+use crate::config::{self, Config, DbConfig};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Args)]
+pub struct ReplicateArgs {
+    /// Database to replicate (single-database form; otherwise use --config).
+    pub db_path: Option<PathBuf>,
+    /// Where to replicate it: s3://bucket/prefix, gs://, az://, file:///dir.
+    pub replica_url: Option<String>,
+    /// YAML config file (several databases).
+    #[arg(short, long, env = "WALSHIP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Run against a demo database in DIR (created if missing) with a local file:// replica.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "walship-demo",
+          conflicts_with_all = ["db_path", "config"])]
+    pub demo: Option<PathBuf>,
+    /// Upper bound between a commit and its upload (e.g. 1s, 500ms).
+    #[arg(long)]
+    pub sync_interval: Option<String>,
+    /// Serve /metrics and /healthz on this address (e.g. :9090).
+    #[arg(long)]
+    pub addr: Option<String>,
+    /// Directory for segments waiting for upload (default: .<db>-walship beside the db).
+    #[arg(long)]
+    pub spool_dir: Option<PathBuf>,
+    /// Most bytes the spool may hold (e.g. 256MiB).
+    #[arg(long)]
+    pub spool_limit: Option<String>,
+    /// WAL pages after which walship checkpoints.
+    #[arg(long)]
+    pub min_checkpoint_pages: Option<u32>,
+    /// Seconds of replica failure after which /healthz reports unhealthy (e.g. 60s).
+    #[arg(long)]
+    pub unhealthy_after: Option<String>,
+    /// Time allowed after SIGTERM to ship what is committed (e.g. 25s).
+    #[arg(long)]
+    pub shutdown_timeout: Option<String>,
+    #[command(flatten)]
+    pub replica: ReplicaFlags,
+}
+
+impl ReplicateArgs {
+    /// The effective configuration: the single-database flags, the demo, or the file.
+    pub fn config(&self) -> Result<Config> {
+        let mut cfg = if let Some(dir) = &self.demo {
+            demo_config(dir)?
+        } else if let (Some(db), Some(url)) = (&self.db_path, &self.replica_url) {
+            if self.config.is_some() {
+                return Err(Error::Usage(
+                    "give either DB_PATH REPLICA_URL or --config, not both".into(),
+                ));
+            }
+            single(db, self.replica.replica(url)?)
+        } else if self.db_path.is_some() {
+            return Err(Error::Usage("DB_PATH needs a REPLICA_URL after it".into()));
+        } else {
+            let path = self
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+            config::load(&path)?
+        };
+        for db in &mut cfg.dbs {
+            if let Some(s) = &self.sync_interval {
+                db.sync_interval = config::parse_duration("--sync-interval", s)?;
+            }
+            if let Some(d) = &self.spool_dir {
+                db.spool_dir = d.clone();
+            }
+            if let Some(s) = &self.spool_limit {
+                db.spool_limit = config::parse_size("--spool-limit", s)?;
+            }
+            if let Some(n) = self.min_checkpoint_pages {
+                db.min_checkpoint_pages = n.max(1);
+            }
+        }
+        if let Some(a) = &self.addr {
+            cfg.metrics_addr = Some(config::parse_listen_addr(a)?);
+        }
+        if let Some(s) = &self.unhealthy_after {
+            cfg.unhealthy_after = config::parse_duration("--unhealthy-after", s)?;
+        }
+        if let Some(s) = &self.shutdown_timeout {
+            cfg.shutdown_timeout = config::parse_duration("--shutdown-timeout", s)?;
+        }
+        Ok(cfg)
+    }
+}
+
+fn single(db: &Path, replica: config::ReplicaConfig) -> Config {
+    Config {
+        dbs: vec![DbConfig {
+            path: db.to_path_buf(),
+            replica,
+            spool_dir: config::default_spool_dir(db),
+            spool_limit: config::DEFAULT_SPOOL_LIMIT,
+            min_checkpoint_pages: config::DEFAULT_MIN_CHECKPOINT_PAGES,
+            sync_interval: config::DEFAULT_SYNC_INTERVAL,
+        }],
+        metrics_addr: None,
+        unhealthy_after: config::DEFAULT_UNHEALTHY_AFTER,
+        shutdown_timeout: config::DEFAULT_SHUTDOWN_TIMEOUT,
+        log_json: false,
+        log_level: None,
+        warnings: Vec::new(),
+    }
+}
+
+/// The embedded default: `DIR/app.db` (created in WAL mode if missing) replicated to
+/// `file://DIR/replica`, metrics on 127.0.0.1:9090.
+fn demo_config(dir: &Path) -> Result<Config> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let db = dir.join("app.db");
+    if !db.exists() {
+        let c = rusqlite::Connection::open(&db).map_err(|e| Error::sqlite(&db, e))?;
+        c.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT NOT NULL,
+                                              at TEXT NOT NULL DEFAULT (datetime('now')));
+             INSERT INTO notes(body) VALUES ('hello from the walship demo');",
+        )
+        .map_err(|e| Error::sqlite(&db, e))?;
+    }
+    let mut cfg = single(
+        &db,
+        config::ReplicaConfig::from_location(config::Location::File {
+            dir: dir.join("replica"),
+        }),
+    );
+    cfg.metrics_addr = Some(config::parse_listen_addr("127.0.0.1:9090")?);
+    eprintln!(
+        "walship demo: replicating {db} to file://{rep}\n  write:   sqlite3 {db} \"INSERT INTO notes(body) VALUES ('hi')\"\n  look:    walship generations file://{rep}\n  restore: walship restore -o /tmp/restored.db file://{rep}\n  metrics: curl -s 127.0.0.1:9090/metrics\n  stop:    Ctrl-C",
+        db = db.display(),
+        rep = dir.join("replica").display()
+    );
+    Ok(cfg)
+}
+
+pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    let outcome = crate::replicate::run(cfg, Arc::new(Metrics::default()), shutdown).await?;
+    if !outcome.incomplete.is_empty() {
+        return Err(Error::Replica {
+            replica: outcome.incomplete.join(", "),
+            reason: "the newest transactions could not be shipped (no generation could be \
+                     started: the replica was unreachable); walship starts one at its next run"
+                .into(),
+        });
+    }
+    if outcome.left_behind > 0 {
+        return Err(Error::Replica {
+            replica: "spool".into(),
+            reason: format!(
+                "{} object(s) were not uploaded before the shutdown deadline; they stay in the \
+                 spool and are uploaded at the next start",
+                outcome.left_behind
+            ),
+        });
+    }
+    tracing::info!("everything committed was shipped");
+    Ok(())
+}

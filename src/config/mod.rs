@@ -1,0 +1,641 @@
+//! Configuration: the raw YAML shape (serde, unknown keys rejected by name, the common
+//! keys of a `litestream.yml` accepted), `${VAR}` interpolation (pure, see `interp`), and
+//! the validated `Config` the rest of walship uses. Defaults are the `DEFAULT_*` consts.
+
+pub mod interp;
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/walship.yml";
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Same as SQLite's own autocheckpoint threshold: the WAL stays as small as it would be
+/// without walship.
+pub const DEFAULT_MIN_CHECKPOINT_PAGES: u32 = 1000;
+pub const DEFAULT_SPOOL_LIMIT: u64 = 256 << 20;
+pub const DEFAULT_UNHEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// Kubernetes gives 30 s by default between SIGTERM and SIGKILL; leave a margin.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
+
+// ---------------------------------------------------------------- raw (as written)
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawConfig {
+    #[serde(default)]
+    pub dbs: Vec<RawDb>,
+    /// Metrics and health listen address (Litestream's key).
+    pub addr: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub logging: Option<RawLogging>,
+    pub unhealthy_after: Option<String>,
+    pub shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawLogging {
+    pub level: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub stderr: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawDb {
+    pub path: Option<String>,
+    pub replicas: Option<Vec<RawReplica>>,
+    pub replica: Option<RawReplica>,
+    /// Litestream's local state directory; walship keeps its spool there.
+    pub meta_path: Option<String>,
+    pub spool_limit: Option<String>,
+    pub min_checkpoint_page_count: Option<u32>,
+    // Litestream keys whose job walship does differently; accepted so configs carry over.
+    pub monitor_interval: Option<String>,
+    pub checkpoint_interval: Option<String>,
+    pub max_checkpoint_page_count: Option<u32>,
+    pub busy_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawReplica {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub path: Option<String>,
+    pub bucket: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub skip_verify: Option<bool>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub sync_interval: Option<String>,
+    pub snapshot_interval: Option<String>,
+    pub retention: Option<String>,
+    pub retention_check_interval: Option<String>,
+    pub validation_interval: Option<String>,
+}
+
+// ---------------------------------------------------------------- resolved
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub dbs: Vec<DbConfig>,
+    pub metrics_addr: Option<SocketAddr>,
+    pub unhealthy_after: Duration,
+    pub shutdown_timeout: Duration,
+    pub log_json: bool,
+    pub log_level: Option<String>,
+    /// Things accepted but not acted on, to log once logging is set up.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    pub path: PathBuf,
+    pub replica: ReplicaConfig,
+    pub spool_dir: PathBuf,
+    pub spool_limit: u64,
+    pub min_checkpoint_pages: u32,
+    pub sync_interval: Duration,
+}
+
+/// Where a replica lives. `prefix` never starts or ends with `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    S3 { bucket: String, prefix: String },
+    Gcs { bucket: String, prefix: String },
+    Azure { container: String, prefix: String },
+    File { dir: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub location: Location,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub skip_verify: bool,
+    /// Credentials named in the config as `${VAR}` references, already expanded.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+impl ReplicaConfig {
+    pub fn from_location(location: Location) -> Self {
+        ReplicaConfig {
+            location,
+            endpoint: None,
+            region: None,
+            force_path_style: None,
+            skip_verify: false,
+            access_key_id: None,
+            secret_access_key: None,
+        }
+    }
+
+    /// The replica as a URL, for messages and metrics labels.
+    pub fn url(&self) -> String {
+        match &self.location {
+            Location::S3 { bucket, prefix } => join_url("s3", bucket, prefix),
+            Location::Gcs { bucket, prefix } => join_url("gs", bucket, prefix),
+            Location::Azure { container, prefix } => join_url("az", container, prefix),
+            Location::File { dir } => format!("file://{}", dir.display()),
+        }
+    }
+}
+
+fn join_url(scheme: &str, bucket: &str, prefix: &str) -> String {
+    if prefix.is_empty() {
+        format!("{scheme}://{bucket}")
+    } else {
+        format!("{scheme}://{bucket}/{prefix}")
+    }
+}
+
+/// Parse a replica URL (`s3://bucket/prefix`, `gs://…`, `az://…`, `file:///dir`, or a
+/// plain directory path).
+pub fn parse_location(s: &str) -> Result<Location> {
+    let bad = |why: &str| Error::Config(format!("replica URL {s:?}: {why}"));
+    let Some((scheme, rest)) = s.split_once("://") else {
+        if s.is_empty() {
+            return Err(bad("empty"));
+        }
+        return Ok(Location::File { dir: s.into() });
+    };
+    let split = |rest: &str| -> Result<(String, String)> {
+        let (b, p) = rest.split_once('/').unwrap_or((rest, ""));
+        if b.is_empty() {
+            return Err(bad("no bucket"));
+        }
+        Ok((b.to_string(), p.trim_matches('/').to_string()))
+    };
+    match scheme {
+        "s3" | "s3a" => split(rest).map(|(bucket, prefix)| Location::S3 { bucket, prefix }),
+        "gs" | "gcs" => split(rest).map(|(bucket, prefix)| Location::Gcs { bucket, prefix }),
+        "az" | "abs" | "azure" => {
+            split(rest).map(|(container, prefix)| Location::Azure { container, prefix })
+        }
+        "file" => {
+            if rest.is_empty() {
+                return Err(bad("no path"));
+            }
+            Ok(Location::File { dir: rest.into() })
+        }
+        other => Err(bad(&format!(
+            "unsupported scheme {other:?} (use s3://, gs://, az:// or file://)"
+        ))),
+    }
+}
+
+pub fn parse_duration(key: &str, s: &str) -> Result<Duration> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        Error::Config(format!(
+            "{key}: {s:?} is not a duration ({e}); use e.g. 10s, 1h, 168h"
+        ))
+    })
+}
+
+/// Sizes like `256MiB`, `1GB`, `512M`, or a plain byte count.
+pub fn parse_size(key: &str, s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => 0,
+    };
+    match num.parse::<u64>() {
+        Ok(n) if mult > 0 => Ok(n * mult),
+        _ => Err(Error::Config(format!(
+            "{key}: {s:?} is not a size; use e.g. 256MiB or 1GB"
+        ))),
+    }
+}
+
+/// Read, interpolate and validate a config file.
+pub fn load(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
+    parse(&text, &|k| std::env::var(k).ok()).map_err(|e| match e {
+        Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
+        e => e,
+    })
+}
+
+/// Parse config text with the given environment (pure).
+pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+    let mut tree: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(text).map_err(|e| Error::Config(format!("malformed YAML: {e}")))?;
+    if tree.is_null() {
+        tree = serde_yaml_ng::Value::Mapping(Default::default());
+    }
+    check_credentials_are_references(&tree)?;
+    let missing = interp::interpolate(&mut tree, env);
+    if !missing.is_empty() {
+        let names: Vec<_> = missing.into_iter().collect();
+        return Err(Error::Config(format!(
+            "undefined environment variable{}: {}",
+            if names.len() > 1 { "s" } else { "" },
+            names.join(", ")
+        )));
+    }
+    let raw: RawConfig =
+        serde_yaml_ng::from_value(tree).map_err(|e| Error::Config(e.to_string()))?;
+    resolve(raw)
+}
+
+/// Credentials may only be `${VAR}` references: a config file is not a secret store.
+fn check_credentials_are_references(tree: &serde_yaml_ng::Value) -> Result<()> {
+    fn visit(v: &serde_yaml_ng::Value, at: &str) -> Result<()> {
+        match v {
+            serde_yaml_ng::Value::Mapping(m) => {
+                for (k, val) in m {
+                    let key = k.as_str().unwrap_or("?");
+                    let here = if at.is_empty() {
+                        key.to_string()
+                    } else {
+                        format!("{at}.{key}")
+                    };
+                    if matches!(key, "access-key-id" | "secret-access-key")
+                        && let Some(s) = val.as_str()
+                        && !interp::is_single_reference(s)
+                    {
+                        let var = if key == "access-key-id" {
+                            "AWS_ACCESS_KEY_ID"
+                        } else {
+                            "AWS_SECRET_ACCESS_KEY"
+                        };
+                        return Err(Error::Config(format!(
+                            "{here} holds a literal credential; walship reads \
+                                     credentials from the environment only: write \
+                                     `{key}: ${{{var}}}` (or leave the key out and set {var})"
+                        )));
+                    }
+                    visit(val, &here)?;
+                }
+            }
+            serde_yaml_ng::Value::Sequence(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    visit(item, &format!("{at}[{i}]"))?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+    visit(tree, "")
+}
+
+fn resolve(raw: RawConfig) -> Result<Config> {
+    let metrics_addr = raw
+        .addr
+        .as_deref()
+        .filter(|a| !a.is_empty())
+        .map(parse_listen_addr)
+        .transpose()?;
+    let mut dbs = Vec::new();
+    let mut warnings = Vec::new();
+    for (i, db) in raw.dbs.iter().enumerate() {
+        dbs.push(resolve_db(&raw, db, i, &mut warnings)?);
+    }
+    Ok(Config {
+        dbs,
+        metrics_addr,
+        unhealthy_after: match &raw.unhealthy_after {
+            Some(s) => parse_duration("unhealthy-after", s)?,
+            None => DEFAULT_UNHEALTHY_AFTER,
+        },
+        shutdown_timeout: match &raw.shutdown_timeout {
+            Some(s) => parse_duration("shutdown-timeout", s)?,
+            None => DEFAULT_SHUTDOWN_TIMEOUT,
+        },
+        log_json: raw
+            .logging
+            .as_ref()
+            .and_then(|l| l.kind.as_deref())
+            .is_some_and(|t| t.eq_ignore_ascii_case("json")),
+        log_level: raw.logging.as_ref().and_then(|l| l.level.clone()),
+        warnings,
+    })
+}
+
+/// `:9090` and `0.0.0.0:9090` (Litestream style) as well as full socket addresses.
+pub fn parse_listen_addr(s: &str) -> Result<SocketAddr> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .map_err(|_| Error::Config(format!("addr: {s:?} is not a listen address like :9090")))
+}
+
+fn resolve_db(
+    top: &RawConfig,
+    db: &RawDb,
+    i: usize,
+    warnings: &mut Vec<String>,
+) -> Result<DbConfig> {
+    let at = format!("dbs[{i}]");
+    let path = PathBuf::from(
+        db.path
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| Error::Config(format!("{at}.path is missing")))?,
+    );
+    let replica = match (&db.replica, db.replicas.as_deref()) {
+        (Some(r), None) => r.clone(),
+        (None, Some([r])) => r.clone(),
+        (None, None) | (None, Some([])) => {
+            return Err(Error::Config(format!("{at} has no replica")));
+        }
+        (None, Some(_)) => {
+            return Err(Error::Config(format!(
+                "{at} lists several replicas; walship replicates each database to one replica"
+            )));
+        }
+        (Some(_), Some(_)) => {
+            return Err(Error::Config(format!(
+                "{at} has both `replica` and `replicas`; use one"
+            )));
+        }
+    };
+    let rat = format!("{at}.replica");
+    for (key, v) in [
+        ("snapshot-interval", &replica.snapshot_interval),
+        ("retention", &replica.retention),
+        (
+            "retention-check-interval",
+            &replica.retention_check_interval,
+        ),
+        ("validation-interval", &replica.validation_interval),
+    ] {
+        if let Some(v) = v {
+            parse_duration(&format!("{rat}.{key}"), v)?;
+            warnings.push(format!(
+                "{rat}.{key} is accepted but not acted on yet by this version"
+            ));
+        }
+    }
+    for (key, v) in [
+        ("monitor-interval", &db.monitor_interval),
+        ("checkpoint-interval", &db.checkpoint_interval),
+        ("busy-timeout", &db.busy_timeout),
+    ] {
+        if let Some(v) = v {
+            parse_duration(&format!("{at}.{key}"), v)?;
+        }
+    }
+    let sync_interval = match &replica.sync_interval {
+        Some(s) => parse_duration(&format!("{rat}.sync-interval"), s)?,
+        None => DEFAULT_SYNC_INTERVAL,
+    };
+    if sync_interval.is_zero() {
+        return Err(Error::Config(format!(
+            "{rat}.sync-interval must be above zero"
+        )));
+    }
+    let min_checkpoint_pages = db
+        .min_checkpoint_page_count
+        .unwrap_or(DEFAULT_MIN_CHECKPOINT_PAGES);
+    if min_checkpoint_pages == 0 {
+        return Err(Error::Config(format!(
+            "{at}.min-checkpoint-page-count must be above zero"
+        )));
+    }
+    let spool_limit = match &db.spool_limit {
+        Some(s) => parse_size(&format!("{at}.spool-limit"), s)?,
+        None => DEFAULT_SPOOL_LIMIT,
+    };
+    Ok(DbConfig {
+        spool_dir: match &db.meta_path {
+            Some(p) => PathBuf::from(p),
+            None => default_spool_dir(&path),
+        },
+        replica: resolve_replica(top, &replica, &rat)?,
+        path,
+        spool_limit,
+        min_checkpoint_pages,
+        sync_interval,
+    })
+}
+
+/// `<dir>/.<file>-walship`, beside the database (like Litestream's `.<file>-litestream`).
+pub fn default_spool_dir(db: &Path) -> PathBuf {
+    let name = db
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    db.with_file_name(format!(".{name}-walship"))
+}
+
+fn resolve_replica(top: &RawConfig, r: &RawReplica, at: &str) -> Result<ReplicaConfig> {
+    let location = if let Some(url) = &r.url {
+        if r.bucket.is_some() {
+            return Err(Error::Config(format!(
+                "{at} has both `url` and `bucket`; use one"
+            )));
+        }
+        parse_location(url)?
+    } else {
+        let kind = r
+            .kind
+            .as_deref()
+            .unwrap_or(if r.bucket.is_some() { "s3" } else { "file" });
+        let prefix = r
+            .path
+            .as_deref()
+            .unwrap_or("")
+            .trim_matches('/')
+            .to_string();
+        let bucket = || {
+            r.bucket
+                .clone()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| Error::Config(format!("{at}.bucket is missing (type {kind})")))
+        };
+        match kind {
+            "s3" => Location::S3 {
+                bucket: bucket()?,
+                prefix,
+            },
+            "gs" | "gcs" => Location::Gcs {
+                bucket: bucket()?,
+                prefix,
+            },
+            "abs" | "az" | "azure" => Location::Azure {
+                container: bucket()?,
+                prefix,
+            },
+            "file" => Location::File {
+                dir: r
+                    .path
+                    .as_deref()
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+                    .ok_or_else(|| Error::Config(format!("{at}.path is missing (type file)")))?,
+            },
+            other => {
+                return Err(Error::Config(format!(
+                    "{at}.type {other:?} is not supported (use s3, gs, abs or file)"
+                )));
+            }
+        }
+    };
+    Ok(ReplicaConfig {
+        location,
+        endpoint: r.endpoint.clone().or_else(|| top.endpoint.clone()),
+        region: r.region.clone().or_else(|| top.region.clone()),
+        force_path_style: r.force_path_style.or(top.force_path_style),
+        skip_verify: r.skip_verify.unwrap_or(false),
+        access_key_id: r
+            .access_key_id
+            .clone()
+            .or_else(|| top.access_key_id.clone()),
+        secret_access_key: r
+            .secret_access_key
+            .clone()
+            .or_else(|| top.secret_access_key.clone()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "BUCKET" => Some("b1".into()),
+            "KEY" => Some("AKIA".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn litestream_style_config_resolves() {
+        let c = parse(
+            r#"
+addr: ":9090"
+dbs:
+  - path: /data/app.db
+    monitor-interval: 1s
+    replicas:
+      - type: s3
+        bucket: ${BUCKET}
+        path: apps/app/
+        endpoint: http://127.0.0.1:9000
+        region: us-east-1
+        force-path-style: true
+        access-key-id: ${KEY}
+        sync-interval: 10s
+        retention: 168h
+"#,
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.metrics_addr.unwrap().port(), 9090);
+        let db = &c.dbs[0];
+        assert_eq!(db.sync_interval, Duration::from_secs(10));
+        assert_eq!(db.replica.url(), "s3://b1/apps/app");
+        assert_eq!(db.replica.access_key_id.as_deref(), Some("AKIA"));
+        assert_eq!(db.spool_dir, PathBuf::from("/data/.app.db-walship"));
+        assert_eq!(db.min_checkpoint_pages, DEFAULT_MIN_CHECKPOINT_PAGES);
+    }
+
+    #[test]
+    fn single_replica_key_and_url_form() {
+        let c = parse(
+            "dbs:\n  - path: a.db\n    replica:\n      url: file:///tmp/r\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            c.dbs[0].replica.location,
+            Location::File {
+                dir: "/tmp/r".into()
+            }
+        );
+    }
+
+    fn err(text: &str) -> String {
+        parse(text, &env).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err("dbs:\n  - path: a.db\n    replica: {url: file:///x, synk-interval: 1s}\n");
+        assert!(e.contains("synk-interval"), "{e}");
+    }
+
+    #[test]
+    fn malformed_yaml_is_reported() {
+        assert!(err("dbs: [\n").contains("malformed YAML"));
+    }
+
+    #[test]
+    fn every_missing_variable_is_named() {
+        let e = err("dbs:\n  - path: ${DB_PATH}\n    replica: {url: \"s3://${NOPE}/x\"}\n");
+        assert!(e.contains("DB_PATH, NOPE"), "{e}");
+    }
+
+    #[test]
+    fn literal_credentials_are_refused() {
+        let e = err("dbs:\n  - path: a\n    replica: {url: s3://b, secret-access-key: hunter2}\n");
+        assert!(e.contains("dbs[0].replica.secret-access-key"), "{e}");
+        assert!(!e.contains("hunter2"), "the secret must not be echoed: {e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        assert!(err("dbs:\n  - replica: {url: file:///x}\n").contains("dbs[0].path"));
+        assert!(err("dbs:\n  - path: a\n").contains("no replica"));
+        assert!(
+            err("dbs:\n  - path: a\n    replica: {url: file:///x, sync-interval: soon}\n")
+                .contains("sync-interval")
+        );
+        assert!(err("dbs:\n  - path: a\n    replica: {url: \"ftp://x\"}\n").contains("ftp"));
+        assert!(
+            err("dbs:\n  - path: a\n    spool-limit: lots\n    replica: {url: file:///x}\n")
+                .contains("spool-limit")
+        );
+    }
+
+    #[test]
+    fn sizes_and_locations() {
+        assert_eq!(parse_size("k", "256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("k", "1GB").unwrap(), 1_000_000_000);
+        assert_eq!(parse_size("k", "4096").unwrap(), 4096);
+        assert_eq!(
+            parse_location("s3://bkt/a/b/").unwrap(),
+            Location::S3 {
+                bucket: "bkt".into(),
+                prefix: "a/b".into()
+            }
+        );
+        assert_eq!(
+            parse_location("./rel").unwrap(),
+            Location::File {
+                dir: "./rel".into()
+            }
+        );
+        assert!(parse_location("s3:///x").is_err());
+    }
+}

@@ -1,0 +1,14 @@
+//! walship: continuous replication of SQLite databases to object storage, and restore.
+//! Data flows one way: `cli -> {replicate, restore} -> {sqlite, format, storage} -> error`.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod format;
+pub mod metrics;
+pub mod replicate;
+pub mod restore;
+pub mod sqlite;
+pub mod storage;
+
+pub use error::{Error, Result};

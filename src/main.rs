@@ -1,0 +1,78 @@
+//! The `walship` binary: parse flags, set up logging, dispatch, map errors to exit codes.
+
+use clap::Parser;
+use std::process::ExitCode;
+use walship::cli::{self, Cli, Command, LogFormat};
+
+fn init_logging(format: LogFormat, filter: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .ok()
+        .or_else(|| filter.and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok()))
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info,object_store=warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+/// Register for SIGTERM/SIGINT now (so a signal during start-up is not fatal) and return
+/// a future that resolves when one arrives.
+fn terminated() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    // First thing: a SIGTERM from here on is a request to ship and stop, not a kill.
+    let stop = {
+        let _in_runtime = runtime.enter();
+        terminated()
+    };
+    let args = Cli::parse();
+    let result = runtime.block_on(async {
+        match args.command {
+            Command::Replicate(a) => {
+                let cfg = a.config();
+                let json = cfg.as_ref().map(|c| c.log_json).unwrap_or(false);
+                let level = cfg.as_ref().ok().and_then(|c| c.log_level.clone());
+                let format = if json {
+                    LogFormat::Json
+                } else {
+                    args.log_format
+                };
+                init_logging(format, args.log.as_deref().or(level.as_deref()));
+                cli::replicate::run(cfg?, stop).await
+            }
+            Command::Restore(a) => {
+                init_logging(args.log_format, args.log.as_deref());
+                cli::restore::run(a).await
+            }
+            Command::Generations(a) => {
+                init_logging(args.log_format, args.log.as_deref());
+                cli::generations::run(a).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("walship: error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Prometheus metrics (via the official prometheus-client) and the `/metrics` + `/healthz`
+//! HTTP endpoint. Owns metric names and help texts; values are pushed by the replicate
+//! pipeline, and the lag gauges are refreshed from its state at every scrape.
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DbLabel {
+    pub db: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub db: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GenerationLabel {
+    pub db: String,
+    pub generation: String,
+}
+
+type FGauge = Gauge<f64, AtomicU64>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub lag_seconds: Family<DbLabel, FGauge>,
+    pub last_sync_seconds: Family<DbLabel, FGauge>,
+    pub uploaded_bytes: Family<DbLabel, Counter>,
+    pub uploaded_objects: Family<DbLabel, Counter>,
+    pub put_requests: Family<DbLabel, Counter>,
+    pub transactions: Family<DbLabel, Counter>,
+    pub generation: Family<GenerationLabel, Gauge>,
+    pub errors: Family<KindLabel, Counter>,
+    pub spool_bytes: Family<DbLabel, Gauge>,
+    pub replica_up: Family<DbLabel, Gauge>,
+    pub checkpoints: Family<KindLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("walship");
+        let m = Metrics {
+            lag_seconds: Family::default(),
+            last_sync_seconds: Family::default(),
+            uploaded_bytes: Family::default(),
+            uploaded_objects: Family::default(),
+            put_requests: Family::default(),
+            transactions: Family::default(),
+            generation: Family::default(),
+            errors: Family::default(),
+            spool_bytes: Family::default(),
+            replica_up: Family::default(),
+            checkpoints: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "replication_lag_seconds",
+            "Age of the oldest committed transaction not yet acknowledged by the replica (0 when caught up)",
+            m.lag_seconds.clone(),
+        );
+        registry.register(
+            "last_sync_timestamp_seconds",
+            "Unix time of the last object the replica acknowledged",
+            m.last_sync_seconds.clone(),
+        );
+        registry.register(
+            "uploaded_bytes",
+            "Bytes uploaded to the replica",
+            m.uploaded_bytes.clone(),
+        );
+        registry.register(
+            "uploaded_objects",
+            "Objects uploaded to the replica",
+            m.uploaded_objects.clone(),
+        );
+        registry.register(
+            "put_requests",
+            "PUT requests sent to the replica, successful or not",
+            m.put_requests.clone(),
+        );
+        registry.register(
+            "transactions_shipped",
+            "Transactions acknowledged by the replica",
+            m.transactions.clone(),
+        );
+        registry.register(
+            "generation",
+            "The generation being written (value is always 1)",
+            m.generation.clone(),
+        );
+        registry.register("errors", "Errors by kind", m.errors.clone());
+        registry.register(
+            "spool_bytes",
+            "Bytes of segments in the local spool waiting for upload",
+            m.spool_bytes.clone(),
+        );
+        registry.register(
+            "replica_up",
+            "1 when the last request to the replica succeeded",
+            m.replica_up.clone(),
+        );
+        registry.register(
+            "checkpoints",
+            "Checkpoints by walship (kind=walship) and app checkpoints it stepped aside for (kind=app_stepout)",
+            m.checkpoints.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &self.registry)
+            .expect("writing to a String cannot fail");
+        s
+    }
+
+    pub fn error(&self, db: &str, kind: &str) {
+        self.errors
+            .get_or_create(&KindLabel {
+                db: db.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+}
+
+/// What the HTTP endpoint needs from the running replicator.
+pub trait Health: Send + Sync + 'static {
+    /// Refresh gauges computed from live state (lag) just before a scrape.
+    fn refresh(&self);
+    /// `Err(reason)` when the process should be reported unhealthy.
+    fn healthy(&self) -> Result<(), String>;
+}
+
+/// Serve `/metrics` and `/healthz` until `shutdown` resolves.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<dyn Health>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "metrics and health endpoint listening");
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => r?,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let (metrics, health) = (metrics.clone(), health.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (metrics, health) = (metrics.clone(), health.clone());
+                async move { Ok::<_, std::convert::Infallible>(respond(&req, &metrics, &*health)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn respond<B>(req: &Request<B>, metrics: &Metrics, health: &dyn Health) -> Response<Full<Bytes>> {
+    let reply = |code: StatusCode, ctype: &str, body: String| {
+        Response::builder()
+            .status(code)
+            .header("content-type", ctype)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts")
+    };
+    match req.uri().path() {
+        "/metrics" => {
+            health.refresh();
+            reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                metrics.encode(),
+            )
+        }
+        "/healthz" => match health.healthy() {
+            Ok(()) => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+            Err(why) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("unhealthy: {why}\n"),
+            ),
+        },
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}

@@ -1,0 +1,826 @@
+//! The capture loop of one database, on its own thread: holds the read lock, follows the
+//! WAL (tracker), cuts segments into the spool, runs walship's own checkpoints behind a
+//! brief write-lock barrier, steps aside for the application's blocking checkpoints, and
+//! starts a new generation (with a snapshot) whenever continuity cannot be proven.
+//! The algorithm and why it cannot lose a commit: docs/CAPTURE.md.
+
+use super::snapshot::{Manifest, SnapshotJob, hostname};
+use super::spool::Spool;
+use super::state::{DbState, Job, now_ms};
+use super::tracker::{ResetPolicy, Scan, Tracker, verify_position};
+use crate::error::Result;
+use crate::format::snapshot::SnapshotMeta;
+use crate::sqlite::db::LiveDb;
+use crate::sqlite::shm;
+use crate::sqlite::wal::WalPosition;
+use crate::storage::layout::GenerationId;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+/// How often the -shm locks are probed for a waiting application checkpoint.
+const PROBE_INTERVAL: Duration = Duration::from_millis(10);
+/// Least time between two WAL scans triggered by file events (coalesces bursts).
+const MIN_SCAN_GAP: Duration = Duration::from_millis(10);
+/// Raw bytes of transactions per segment before one is cut regardless of age.
+const SEGMENT_BUDGET: usize = 4 << 20;
+/// A blocking checkpoint must be seen this long, unchanged, before walship steps aside.
+const STEPOUT_CONFIRM: Duration = Duration::from_millis(12);
+const STEPOUT_POLL: Duration = Duration::from_micros(250);
+const STEPOUT_MAX: Duration = Duration::from_secs(5);
+/// After stepping aside, how long before walship steps aside again (a checkpointer that
+/// still waits is waiting for another reader, not for walship).
+const STEPOUT_COOLDOWN: Duration = Duration::from_millis(20);
+/// Most bytes of consumed transactions held in memory when stepping aside for an app
+/// checkpoint while the spool is full; past it the generation ends instead.
+const STEPOUT_MEMORY_MAX: usize = 64 << 20;
+/// Renew the read mark after this many new WAL frames, so application checkpoints can
+/// backfill behind it.
+const REFRESH_FRAMES: u32 = 256;
+/// The WAL may grow to this many times the checkpoint threshold before walship takes the
+/// application's write lock to force a checkpoint through.
+const BARRIER_FACTOR: u32 = 8;
+/// PASSIVE checkpoints per attempt, each catching up with what writers appended during
+/// the previous one (fsync-bound, so they shrink fast).
+const CHECKPOINT_ROUNDS: usize = 4;
+/// Longest walship waits for the application's write lock (it holds it far shorter).
+const LOCK_WAIT: Duration = Duration::from_millis(100);
+
+pub enum Wake {
+    Wal,
+    Stop,
+}
+
+/// Where a generation left off, found in the spool or the replica at start-up.
+#[derive(Debug, Clone)]
+pub struct ResumePoint {
+    pub generation: GenerationId,
+    pub txid: u64,
+    pub pos: WalPosition,
+    pub page_size: u32,
+    pub db_pages: u32,
+    pub last_commit_ms: u64,
+}
+
+pub struct CaptureSettings {
+    pub sync_interval: Duration,
+    pub min_checkpoint_pages: u32,
+}
+
+struct Run {
+    generation: GenerationId,
+    tracker: Tracker,
+}
+
+pub struct Capture {
+    db: LiveDb,
+    /// Set by the file watcher when it sent a wake-up; cleared here before each scan.
+    wake_queued: Arc<AtomicBool>,
+    state: Arc<DbState>,
+    spool: Arc<Spool>,
+    settings: CaptureSettings,
+    run: Option<Run>,
+    /// The snapshot this generation started with, until the replica has it.
+    snapshot: Option<Arc<SnapshotJob>>,
+    /// Why the next generation starts, and which one it follows.
+    next_reason: String,
+    parent: Option<GenerationId>,
+    last_scan: Instant,
+    last_identity_check: Instant,
+    not_before: Instant,
+    stepout_not_before: Instant,
+    checkpoint_not_before: Instant,
+    /// WAL frame at which the read mark was last renewed (roughly where it stands).
+    mark_frame: u32,
+    /// The fully backfilled WAL state walship last settled its read lock on.
+    settled: Option<(u32, u32, u32)>,
+}
+
+impl Capture {
+    pub fn new(
+        db: LiveDb,
+        state: Arc<DbState>,
+        spool: Arc<Spool>,
+        settings: CaptureSettings,
+        wake_queued: Arc<AtomicBool>,
+    ) -> Self {
+        let now = Instant::now();
+        Capture {
+            db,
+            wake_queued,
+            state,
+            spool,
+            settings,
+            run: None,
+            snapshot: None,
+            next_reason: "first start".into(),
+            parent: None,
+            last_scan: now,
+            last_identity_check: now,
+            not_before: now,
+            stepout_not_before: now,
+            checkpoint_not_before: now,
+            mark_frame: 0,
+            settled: None,
+        }
+    }
+
+    /// Run until `Wake::Stop`, then queue what was consumed and release the database.
+    pub fn run(mut self, rx: Receiver<Wake>, resume: Option<ResumePoint>) {
+        if let Err(e) = self.start(resume) {
+            self.report(&e);
+        }
+        let mut wal_dirty = true;
+        loop {
+            let stop = match rx.recv_timeout(PROBE_INTERVAL) {
+                Ok(Wake::Wal) => {
+                    wal_dirty = true;
+                    false
+                }
+                Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => true,
+                Err(RecvTimeoutError::Timeout) => false,
+            };
+            if stop || rx.try_iter().any(|w| matches!(w, Wake::Stop)) {
+                break;
+            }
+            if Instant::now() < self.not_before {
+                continue;
+            }
+            if let Err(e) = self.tick(&mut wal_dirty) {
+                self.report(&e);
+                let _ = self.db.unlock_write();
+                self.not_before = Instant::now() + Duration::from_secs(1);
+            }
+        }
+        self.shutdown();
+    }
+
+    fn report(&self, e: &crate::Error) {
+        tracing::error!(db = %self.state.label, "{e}");
+        self.state.metrics.error(&self.state.label, e.kind_label());
+    }
+
+    fn start(&mut self, resume: Option<ResumePoint>) -> Result<()> {
+        self.db.begin_read()?;
+        if let Some(rp) = resume {
+            let files = self.db.files();
+            let index = match Tracker::read_header(&files.wal).map_err(|e| self.io(e))? {
+                Some(hdr) => verify_position(&files.wal, &hdr, &rp.pos)
+                    .map_err(|e| self.io(e))?
+                    .map(|i| (hdr, i)),
+                None => None,
+            };
+            match index {
+                Some((hdr, index)) => {
+                    let mut t = Tracker::new(
+                        rp.pos,
+                        rp.txid,
+                        rp.page_size,
+                        rp.db_pages,
+                        rp.last_commit_ms,
+                    );
+                    t.set_index(hdr, index);
+                    tracing::info!(db = %self.state.label, generation = %rp.generation, txid = rp.txid,
+                        "resuming generation");
+                    self.state.set_generation(&rp.generation);
+                    self.run = Some(Run {
+                        generation: rp.generation,
+                        tracker: t,
+                    });
+                    return Ok(());
+                }
+                None => {
+                    self.next_reason = format!(
+                        "the WAL no longer continues generation {} at txid {} (it was reset or \
+                         replaced while walship was not running)",
+                        rp.generation, rp.txid
+                    );
+                    self.parent = Some(rp.generation);
+                }
+            }
+        }
+        self.start_generation()
+    }
+
+    fn io(&self, e: std::io::Error) -> crate::Error {
+        crate::Error::io(self.db.wal_path(), e)
+    }
+
+    fn tick(&mut self, wal_dirty: &mut bool) -> Result<()> {
+        let abandoned = self.state.abandoned.lock().unwrap().clone();
+        if abandoned.is_some() && abandoned.as_ref() == self.run.as_ref().map(|r| &r.generation) {
+            self.lose("the replica could not take this generation's objects".into());
+        }
+        if !self.state.snapshot_active.load(Ordering::Acquire) {
+            self.snapshot = None;
+        }
+        if self.run.is_some() && !self.db.is_reading() {
+            // An error left walship without its read lock: nothing proves continuity now.
+            self.lose("the read lock could not be retaken".into());
+        }
+        if self.run.is_none() {
+            // Wait for a working replica: a snapshot holds the read lock until it lands.
+            if self.state.failing_since_ms.load(Ordering::Relaxed) != 0 {
+                return Ok(());
+            }
+            return self.start_generation();
+        }
+        if Instant::now() >= self.stepout_not_before
+            && let Some(pid) = self
+                .db
+                .shm()
+                .blocking_checkpointer()
+                .map_err(|e| self.io(e))?
+        {
+            if !self.state.snapshot_active.load(Ordering::Acquire) {
+                self.step_out(pid)?;
+            } else if self.state.failing_since_ms.load(Ordering::Relaxed) != 0 {
+                // A snapshot that cannot upload must not hold the app's checkpoint
+                // hostage for the whole outage: give up this generation for now.
+                self.lose("the replica became unreachable during the first snapshot".into());
+                return Ok(());
+            }
+        }
+        let since = self.last_scan.elapsed();
+        if (*wal_dirty && since >= MIN_SCAN_GAP) || since >= self.settings.sync_interval / 2 {
+            *wal_dirty = false;
+            self.wake_queued.store(false, Ordering::Release);
+            self.scan()?;
+        }
+        if self.last_identity_check.elapsed() >= Duration::from_secs(1) {
+            self.last_identity_check = Instant::now();
+            if self.db.replaced() {
+                self.lose("the database or WAL file was replaced".into());
+                return Ok(());
+            }
+        }
+        self.cut_if_due()?;
+        self.maintain_wal()?;
+        self.checkpoint_if_due()
+    }
+
+    /// Keep the WAL restarting without walship checkpointing: renew the read mark as the
+    /// WAL grows, so the application's own checkpoints can backfill past it; and once the
+    /// WAL is fully backfilled, settle the read lock on it (read slot 0) so that the
+    /// application's next write restarts the WAL. Two cheap reads of the WAL-index per
+    /// tick; the application's checkpoints never find walship holding the checkpoint lock.
+    fn maintain_wal(&mut self) -> Result<()> {
+        let Some(run) = self.run.as_ref() else {
+            return Ok(());
+        };
+        if self.state.snapshot_active.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let pos = run.tracker.pos;
+        if pos.frame >= self.mark_frame.saturating_add(REFRESH_FRAMES)
+            || pos.frame < self.mark_frame
+        {
+            if !self.scan_to_end()? {
+                return Ok(());
+            }
+            self.db.refresh_read()?;
+            self.mark_frame = self.tracker().pos.frame;
+        }
+        let Some(h) = self.db.shm().header().map_err(|e| self.io(e))? else {
+            return Ok(());
+        };
+        let state = (h.salt1, h.salt2, h.mx_frame);
+        if h.mx_frame > 0 && h.n_backfill == h.mx_frame && self.settled != Some(state) {
+            if !self.scan_to_end()? {
+                return Ok(());
+            }
+            self.settled = Some(state);
+            if self.settle_on_backfilled_wal()? {
+                self.mark_frame = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn tracker(&mut self) -> &mut Tracker {
+        &mut self.run.as_mut().expect("running").tracker
+    }
+
+    /// Consume new transactions; cut segments as the budget fills (while the spool has
+    /// room: when it has none, transactions wait in the WAL, which walship's read lock keeps).
+    fn scan(&mut self) -> Result<()> {
+        self.last_scan = Instant::now();
+        let wal = self.db.files();
+        loop {
+            let Some(run) = self.run.as_mut() else {
+                return Ok(());
+            };
+            if run.tracker.pending_bytes() >= SEGMENT_BUDGET && !self.cut()? {
+                return Ok(());
+            }
+            let run = self.run.as_mut().expect("checked");
+            let scan = run
+                .tracker
+                .scan(&wal.wal, now_ms(), SEGMENT_BUDGET)
+                .map_err(|e| crate::Error::io(self.db.wal_path(), e))?;
+            self.publish_oldest();
+            match scan {
+                Scan::Lost(reason) => {
+                    self.lose(reason);
+                    return Ok(());
+                }
+                Scan::Progress { more: true, .. } => continue,
+                Scan::Progress { more: false, .. } => break,
+            }
+        }
+        self.try_anchor()?;
+        Ok(())
+    }
+
+    fn publish_oldest(&self) {
+        let oldest = self
+            .run
+            .as_ref()
+            .and_then(|r| r.tracker.oldest_pending_ms())
+            .unwrap_or(0);
+        self.state
+            .oldest_unqueued_ms
+            .store(oldest, Ordering::Relaxed);
+    }
+
+    /// After a complete scan, with the read lock held since before it: if the WAL-index
+    /// still names the WAL the position is in, every frame committed before the scan was
+    /// consumed, and any reset from now on starts exactly at the position (frames
+    /// committed later could only be reset away after a backfill, which the read lock
+    /// blocks). So every later reset is safe: policy `Any`. docs/CAPTURE.md has the proof.
+    fn try_anchor(&mut self) -> Result<bool> {
+        let Some(run) = self.run.as_mut() else {
+            return Ok(false);
+        };
+        if run.tracker.reset_policy == ResetPolicy::Any {
+            return Ok(true);
+        }
+        let pos = run.tracker.pos;
+        let ok = pos.is_empty_wal()
+            || self
+                .db
+                .shm()
+                .header()
+                .map_err(|e| crate::Error::io(self.db.wal_path(), e))?
+                .is_some_and(|h| (h.salt1, h.salt2) == (pos.salt1, pos.salt2));
+        if ok {
+            run.tracker.reset_policy = ResetPolicy::Any;
+        }
+        Ok(ok)
+    }
+
+    /// Run `f` holding SQLite's write lock (no writer can append meanwhile); the lock is
+    /// released whatever `f` returns. `None` when the lock was not free within `wait`.
+    fn with_write_lock<T>(
+        &mut self,
+        wait: Duration,
+        f: impl FnOnce(&mut Self) -> Result<T>,
+    ) -> Result<Option<T>> {
+        if !self.db.try_lock_write(wait)? {
+            return Ok(None);
+        }
+        let r = f(self);
+        let unlocked = self.db.unlock_write();
+        let v = r?;
+        unlocked?;
+        Ok(Some(v))
+    }
+
+    /// Scan with no budget. False if continuity was lost.
+    fn scan_to_end(&mut self) -> Result<bool> {
+        self.scan_within(usize::MAX).map(|end| end == Some(true))
+    }
+
+    /// Scan until the end of the WAL or until `budget` bytes are pending: `Some(true)` at
+    /// the end, `Some(false)` when the budget stopped it, `None` if continuity was lost.
+    fn scan_within(&mut self, budget: usize) -> Result<Option<bool>> {
+        let wal = self.db.files();
+        let Some(run) = self.run.as_mut() else {
+            return Ok(None);
+        };
+        match run
+            .tracker
+            .scan(&wal.wal, now_ms(), budget)
+            .map_err(|e| crate::Error::io(self.db.wal_path(), e))?
+        {
+            Scan::Lost(reason) => {
+                self.lose(reason);
+                Ok(None)
+            }
+            Scan::Progress { more, .. } => {
+                self.publish_oldest();
+                if !more {
+                    self.try_anchor()?;
+                }
+                Ok(Some(!more))
+            }
+        }
+    }
+
+    /// Queue the pending transactions as a segment. False when the spool is full.
+    fn cut(&mut self) -> Result<bool> {
+        let Some(run) = self.run.as_mut() else {
+            return Ok(true);
+        };
+        if !run.tracker.has_pending() {
+            return Ok(true);
+        }
+        let (meta, bytes) = run.tracker.encode_pending().expect("has pending");
+        if !self.state.spool_has_room(bytes.len() as u64) {
+            return Ok(false);
+        }
+        let entry = self.spool.write(&run.generation, &meta, &bytes)?;
+        run.tracker.clear_pending();
+        self.state.push(Job::Segment(entry));
+        self.publish_oldest();
+        Ok(true)
+    }
+
+    fn cut_if_due(&mut self) -> Result<()> {
+        let due = self.run.as_ref().is_some_and(|r| {
+            r.tracker.oldest_pending_ms().is_some_and(|t| {
+                now_ms().saturating_sub(t) >= self.settings.sync_interval.as_millis() as u64
+            }) || r.tracker.pending_bytes() >= SEGMENT_BUDGET
+                || r.tracker.pending_spans_reset()
+        });
+        if due {
+            self.cut()?;
+        }
+        Ok(())
+    }
+
+    /// walship's own checkpoint (invariant 4), normally without the application's write
+    /// lock: renew the read mark at the WAL's end (two readers, no gap), backfill with a
+    /// PASSIVE checkpoint (repeated while writers append during it), and renew the read
+    /// once the WAL is fully backfilled: it then sits on read slot 0, so the next writer
+    /// restarts the WAL, from a position walship has read to its end (proof: `try_anchor`).
+    /// Under sustained writes this may not converge; past `BARRIER_FACTOR` times the
+    /// threshold walship falls back to a brief write-lock barrier. The barrier is the last
+    /// resort because an app transaction that upgrades from read to write gets SQLITE_BUSY
+    /// at once, without its busy_timeout, while any other connection holds that lock.
+    fn checkpoint_if_due(&mut self) -> Result<()> {
+        let Some(run) = self.run.as_ref() else {
+            return Ok(());
+        };
+        let frames = run.tracker.pos.frame;
+        // Past the threshold the application is not checkpointing (or cannot get past
+        // walship's read mark): walship does it.
+        if frames < self.settings.min_checkpoint_pages.saturating_mul(2)
+            || Instant::now() < self.checkpoint_not_before
+            || self.state.snapshot_active.load(Ordering::Acquire)
+        {
+            return Ok(());
+        }
+        self.checkpoint_not_before = Instant::now() + Duration::from_millis(500);
+        // Frames a checkpoint lets SQLite reset away must be queued, or at least held: with
+        // a full spool (replica down) the WAL, kept by the read lock, is the buffer.
+        if !self.cut()? || !self.scan_to_end()? {
+            return Ok(());
+        }
+        // Every read-lock renewal follows a complete scan made under the lock it replaces:
+        // that is what keeps `try_anchor`'s proof valid across renewals.
+        let mut restarted = false;
+        for _ in 0..CHECKPOINT_ROUNDS {
+            self.db.refresh_read()?;
+            if !self.scan_to_end()? {
+                return Ok(());
+            }
+            self.db.checkpoint_passive()?;
+            if !self.scan_to_end()? {
+                return Ok(());
+            }
+            if self.settle_on_backfilled_wal()? {
+                restarted = true;
+                break;
+            }
+        }
+        if !self.scan_to_end()? {
+            return Ok(());
+        }
+        let kind = if restarted {
+            "walship"
+        } else if frames
+            >= self
+                .settings
+                .min_checkpoint_pages
+                .saturating_mul(BARRIER_FACTOR)
+        {
+            self.checkpoint_barrier()?;
+            "walship_barrier"
+        } else {
+            return Ok(()); // writers kept appending; try again shortly
+        };
+        self.cut()?;
+        self.state
+            .metrics
+            .checkpoints
+            .get_or_create(&crate::metrics::KindLabel {
+                db: self.state.label.clone(),
+                kind: kind.into(),
+            })
+            .inc();
+        tracing::debug!(db = %self.state.label, kind, frames, "checkpoint");
+        Ok(())
+    }
+
+    /// If the WAL is fully backfilled and walship has read it to its end, renew the read
+    /// lock so that it sits on the backfilled WAL (read slot 0), which lets the next writer
+    /// restart the WAL. True when the WAL-index proves it did: unchanged, fully backfilled
+    /// and ending at walship's position, before and after.
+    fn settle_on_backfilled_wal(&mut self) -> Result<bool> {
+        let shm_err = |c: &Self, e| crate::Error::io(c.db.wal_path(), e);
+        let Some(before) = self.db.shm().header().map_err(|e| shm_err(self, e))? else {
+            return Ok(false);
+        };
+        let pos = self.tracker().pos;
+        if before.n_backfill != before.mx_frame
+            || before.mx_frame != pos.frame
+            || (before.salt1, before.salt2) != (pos.salt1, pos.salt2)
+        {
+            return Ok(false);
+        }
+        self.db.refresh_read()?;
+        let after = self.db.shm().header().map_err(|e| shm_err(self, e))?;
+        Ok(after.is_some_and(|a| {
+            (a.salt1, a.salt2, a.mx_frame, a.n_backfill)
+                == (
+                    before.salt1,
+                    before.salt2,
+                    before.mx_frame,
+                    before.n_backfill,
+                )
+        }))
+    }
+
+    /// The fallback: hold the write lock for one short scan and a PASSIVE checkpoint of
+    /// what is left, and retake the read mark before any writer can append.
+    fn checkpoint_barrier(&mut self) -> Result<()> {
+        self.with_write_lock(LOCK_WAIT, |c| {
+            if !c.scan_to_end()? {
+                return Ok(());
+            }
+            c.db.end_read()?;
+            let ck = c.db.checkpoint_passive();
+            if let Err(e) = c.db.begin_read() {
+                c.lose(format!(
+                    "could not retake the read lock after a checkpoint: {e}"
+                ));
+                return Ok(());
+            }
+            c.tracker().reset_policy = ResetPolicy::Any;
+            ck.map(drop)
+        })
+        .map(drop)
+    }
+
+    /// An application checkpoint (FULL/RESTART/TRUNCATE) holds the checkpoint and writer
+    /// locks and waits for walship's read lock. The WAL cannot grow meanwhile: consume it
+    /// to its end, release the read lock, watch the WAL-index until the checkpoint is done,
+    /// and retake the read lock, accepting one WAL reset only if nothing was appended to
+    /// the old WAL while walship was out.
+    fn step_out(&mut self, pid: i32) -> Result<()> {
+        if self.run.is_none() {
+            return Ok(());
+        }
+        let shm = self.db.shm();
+        let Some(h0) = shm.header().map_err(|e| self.io(e))? else {
+            return Ok(());
+        };
+        let confirm_until = Instant::now() + STEPOUT_CONFIRM;
+        while Instant::now() < confirm_until {
+            std::thread::sleep(Duration::from_millis(3));
+            let shm = self.db.shm();
+            let h = shm.header().map_err(|e| self.io(e))?;
+            if shm.blocking_checkpointer().map_err(|e| self.io(e))? != Some(pid)
+                || h.map(|h| (h.mx_frame, h.salt1, h.salt2))
+                    != Some((h0.mx_frame, h0.salt1, h0.salt2))
+            {
+                return Ok(()); // a writer, not a waiting checkpointer
+            }
+        }
+        let reached_end = match self.scan_within(STEPOUT_MEMORY_MAX)? {
+            None => return Ok(()),
+            Some(end) => end,
+        };
+        if !reached_end && !self.cut()? {
+            // The replica has been unreachable long enough to fill the spool: let the app
+            // checkpoint, and start over with a snapshot once the replica is back.
+            self.lose("the local spool is full while the replica is unreachable".into());
+            return Ok(());
+        }
+        if !reached_end && !self.scan_to_end()? {
+            return Ok(());
+        }
+        let pos = self.tracker().pos;
+        if pos.frame != h0.mx_frame || (pos.salt1, pos.salt2) != (h0.salt1, h0.salt2) {
+            // The WAL file and the index disagree: do not guess; the app's checkpoint waits.
+            self.stepout_not_before = Instant::now() + STEPOUT_COOLDOWN;
+            return Ok(());
+        }
+        self.cut()?;
+        self.db.end_read()?;
+        // Out: watch until the checkpoint has released its lock.
+        let mut appended = false;
+        let out_until = Instant::now() + STEPOUT_MAX;
+        while Instant::now() < out_until {
+            std::thread::sleep(STEPOUT_POLL);
+            let shm = self.db.shm();
+            if let Some(h) = shm.header().map_err(|e| self.io(e))? {
+                if (h.salt1, h.salt2) == (pos.salt1, pos.salt2) {
+                    appended |= h.mx_frame != pos.frame;
+                } else {
+                    break; // reset done
+                }
+            }
+            if shm
+                .exclusive_holder(shm::CKPT_LOCK)
+                .map_err(|e| self.io(e))?
+                != Some(pid)
+            {
+                break;
+            }
+        }
+        // Back in at once: every moment out lets the app reset the WAL again. The first
+        // scan accepts one reset only if the watch saw nothing appended to the old WAL.
+        self.db.begin_read()?;
+        self.tracker().reset_policy = if appended {
+            ResetPolicy::Forbidden
+        } else {
+            ResetPolicy::Once
+        };
+        self.scan_to_end()?;
+        self.stepout_not_before = Instant::now() + STEPOUT_COOLDOWN;
+        self.state
+            .metrics
+            .checkpoints
+            .get_or_create(&crate::metrics::KindLabel {
+                db: self.state.label.clone(),
+                kind: "app_stepout".into(),
+            })
+            .inc();
+        tracing::debug!(db = %self.state.label, pid, appended, "stepped aside for an application checkpoint");
+        Ok(())
+    }
+
+    /// Continuity cannot be proven: queue what was consumed (valid history), drop the read
+    /// lock, and start a new generation as soon as the replica is reachable.
+    fn lose(&mut self, reason: String) {
+        let _ = self.cut();
+        if let Some(run) = self.run.take() {
+            if run.tracker.has_pending() {
+                tracing::warn!(db = %self.state.label, "spool full: the last transactions of generation {} were not queued", run.generation);
+            }
+            tracing::warn!(db = %self.state.label, generation = %run.generation,
+                "starting a new generation: {reason}");
+            self.parent = Some(run.generation);
+        }
+        if let Some(job) = self.snapshot.take() {
+            // Its pages are only consistent under the read lock released below.
+            job.cancelled.store(true, Ordering::Release);
+        }
+        self.state.oldest_unqueued_ms.store(0, Ordering::Relaxed);
+        self.next_reason = reason;
+        let _ = self.db.end_read();
+    }
+
+    /// Begin a generation: take the read lock, skip to the end of the WAL, and queue a
+    /// snapshot of exactly that state.
+    fn start_generation(&mut self) -> Result<()> {
+        self.db.end_read()?;
+        self.db.begin_read()?;
+        let files = self.db.files();
+        let hdr = Tracker::read_header(&files.wal).map_err(|e| self.io(e))?;
+        let (db_page_size, db_pages) = read_db_header(&files.db).map_err(|e| self.io(e))?;
+        let page_size = hdr.map(|h| h.page_size).or(db_page_size).unwrap_or(4096);
+        let pos = match &hdr {
+            Some(h) => WalPosition::start_of(h, 0),
+            None => WalPosition::empty_wal(0),
+        };
+        let mut t = Tracker::new(pos, 0, page_size, db_pages, now_ms());
+        t.collect = false;
+        if let Some(h) = hdr {
+            t.set_index(h, Default::default());
+        }
+        let generation = GenerationId::new(now_ms(), random_u32());
+        let parent = self.parent.clone();
+        self.run = Some(Run {
+            generation: generation.clone(),
+            tracker: t,
+        });
+        self.scan_to_end()?;
+        if !self
+            .run
+            .as_ref()
+            .is_some_and(|r| r.tracker.reset_policy == ResetPolicy::Any)
+        {
+            // The WAL changed under the first scan: nothing was announced; retry.
+            self.run = None;
+            self.parent = parent;
+            self.not_before = Instant::now() + Duration::from_millis(200);
+            return Ok(());
+        }
+        let run = self.run.as_mut().expect("checked above");
+        let t = &mut run.tracker;
+        let now = now_ms();
+        let meta = SnapshotMeta {
+            page_size: t.page_size,
+            page_count: t.db_pages,
+            pages_per_chunk: SnapshotMeta::pages_per_chunk_for(t.page_size),
+            txid: 0,
+            commit_ms: now,
+            position: t.pos,
+        };
+        let job = SnapshotJob {
+            generation: generation.clone(),
+            manifest: Some(Manifest {
+                format: 1,
+                engine: "sqlite".into(),
+                page_size: t.page_size,
+                created: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                created_ms: now,
+                host: hostname(),
+                database: self.state.label.clone(),
+                parent: self.parent.as_ref().map(|g| g.to_string()),
+                reason: self.next_reason.clone(),
+            }),
+            meta,
+            files,
+            index: t.page_index().clone(),
+            wal: t.hdr,
+            cancelled: Default::default(),
+        };
+        t.start_collecting(0);
+        t.last_commit_ms = now;
+        tracing::info!(db = %self.state.label, generation = %generation, pages = meta.page_count,
+            reason = %self.next_reason, "new generation");
+        let job = Arc::new(job);
+        self.snapshot = Some(job.clone());
+        self.state.snapshot_active.store(true, Ordering::Release);
+        self.state.push(Job::Snapshot(job));
+        self.state.set_generation(&generation);
+        Ok(())
+    }
+
+    fn shutdown(mut self) {
+        if self.run.is_none() && self.state.failing_since_ms.load(Ordering::Relaxed) == 0 {
+            // Nothing is being captured (continuity was lost): a snapshot now still ships
+            // everything committed, if the replica takes it before the deadline.
+            if let Err(e) = self.start_generation() {
+                self.report(&e);
+            }
+        }
+        if self.run.is_none() {
+            tracing::error!(db = %self.state.label,
+                "no generation is active: what was committed since the last one is not in the replica");
+            self.state.incomplete.store(true, Ordering::Release);
+        }
+        if self.run.is_some() {
+            let r = self.scan_to_end().and_then(|_| self.cut());
+            match r {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(db = %self.state.label,
+                    "spool full at shutdown: the newest transactions stay in the WAL"),
+                Err(e) => self.report(&e),
+            }
+        }
+        let _ = self.db.unlock_write();
+        let _ = self.db.end_read();
+        self.state.oldest_unqueued_ms.store(0, Ordering::Relaxed);
+        self.state.capture_done.store(true, Ordering::Release);
+        self.state.wake_uploader.notify_one();
+    }
+}
+
+/// Page size and page count from the database header (count 0 when unknown).
+fn read_db_header(db: &std::fs::File) -> std::io::Result<(Option<u32>, u32)> {
+    let mut h = [0u8; 100];
+    let len = db.metadata()?.len();
+    if len < 100 {
+        return Ok((None, 0));
+    }
+    db.read_exact_at(&mut h, 0)?;
+    let raw = u16::from_be_bytes([h[16], h[17]]) as u32;
+    let ps = if raw == 1 { 65536 } else { raw };
+    if !(512..=65536).contains(&ps) || !ps.is_power_of_two() {
+        return Ok((None, 0));
+    }
+    let be = |at: usize| u32::from_be_bytes(h[at..at + 4].try_into().unwrap());
+    // The in-header size is valid when "version-valid-for" matches the change counter.
+    let count = if be(92) == be(24) && be(28) > 0 {
+        be(28)
+    } else {
+        (len / ps as u64) as u32
+    };
+    Ok((Some(ps), count))
+}
+
+fn random_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    h.write_u128(t.map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u32(std::process::id());
+    h.finish() as u32
+}

@@ -1,0 +1,343 @@
+//! `walship replicate`: for each database, a capture thread (watch -> read -> encode ->
+//! spool) and an upload task (spool -> replica), plus the metrics endpoint. Start-up
+//! checks every database and replica first and fails with a message naming what is
+//! missing; shutdown ships everything committed, within a deadline.
+
+pub mod capture;
+pub mod snapshot;
+pub mod spool;
+pub mod state;
+pub mod tracker;
+pub mod upload;
+
+use crate::config::{Config, DbConfig};
+use crate::error::{Error, Result};
+use crate::format::segment::SegmentMeta;
+use crate::format::snapshot::SnapshotMeta;
+use crate::metrics::{Health, Metrics};
+use crate::sqlite::db::{LiveDb, check_database, sidecar_path};
+use crate::storage::Replica;
+use crate::storage::layout::{self, GenerationId, ObjectName};
+use capture::{Capture, CaptureSettings, ResumePoint, Wake};
+use spool::Spool;
+use state::{DbState, Job, now_ms};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// What a finished `replicate` run reports.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Jobs that could not be uploaded before the shutdown deadline (kept in the spool).
+    pub left_behind: usize,
+    /// Databases whose latest transactions are in no queued object (no generation active).
+    pub incomplete: Vec<String>,
+}
+
+struct Running {
+    state: Arc<DbState>,
+    wake: mpsc::Sender<Wake>,
+    capture: std::thread::JoinHandle<()>,
+    uploader: tokio::task::JoinHandle<usize>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+struct HealthView {
+    dbs: Vec<Arc<DbState>>,
+    unhealthy_after: Duration,
+}
+
+impl Health for HealthView {
+    fn refresh(&self) {
+        let now = now_ms();
+        for s in &self.dbs {
+            s.report_requests();
+            s.metrics
+                .lag_seconds
+                .get_or_create(&s.db_label())
+                .set(s.lag_seconds(now));
+        }
+    }
+
+    fn healthy(&self) -> std::result::Result<(), String> {
+        let now = now_ms();
+        let limit = self.unhealthy_after.as_millis() as u64;
+        let failing: Vec<String> = self
+            .dbs
+            .iter()
+            .filter_map(|s| {
+                let since = s.failing_since_ms.load(Ordering::Relaxed);
+                (since != 0 && now.saturating_sub(since) > limit).then(|| {
+                    format!(
+                        "{}: replica unreachable for {}s",
+                        s.label,
+                        now.saturating_sub(since) / 1000
+                    )
+                })
+            })
+            .collect();
+        if failing.is_empty() {
+            Ok(())
+        } else {
+            Err(failing.join("; "))
+        }
+    }
+}
+
+/// Check every database and replica; return each database's opened replica. All
+/// problems are reported together.
+pub async fn preflight(cfg: &Config) -> Result<Vec<Arc<Replica>>> {
+    if cfg.dbs.is_empty() {
+        return Err(Error::Config(
+            "no databases to replicate: give DB_PATH REPLICA_URL or a config with `dbs`".into(),
+        ));
+    }
+    let mut replicas = Vec::new();
+    let mut problems = Vec::new();
+    let tag = format!("{}-{}", snapshot::hostname(), std::process::id());
+    for db in &cfg.dbs {
+        if let Err(e) = check_database(&db.path) {
+            problems.push(e.to_string());
+        }
+        match Replica::open(&db.replica, true) {
+            Ok(r) => {
+                let probe = tokio::time::timeout(Duration::from_secs(30), r.check_writable(&tag));
+                match probe.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => problems.push(e.to_string()),
+                    Err(_) => problems.push(format!(
+                        "replica {}: no answer within 30s (endpoint unreachable, or waiting for \
+                         credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+                        r.url()
+                    )),
+                }
+                replicas.push(Arc::new(r));
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        Ok(replicas)
+    } else {
+        Err(Error::Refused(format!(
+            "start-up check failed:\n  {}",
+            problems.join("\n  ")
+        )))
+    }
+}
+
+/// Replicate every configured database until `shutdown` resolves.
+pub async fn run(
+    cfg: Config,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Outcome> {
+    let replicas = preflight(&cfg).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None::<Instant>);
+    let mut running = Vec::new();
+    for (db, replica) in cfg.dbs.iter().zip(replicas) {
+        running.push(start_db(db, replica, metrics.clone(), stop_rx.clone()).await?);
+    }
+    let (http_stop, http_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = cfg.metrics_addr {
+        let health = Arc::new(HealthView {
+            dbs: running.iter().map(|r| r.state.clone()).collect(),
+            unhealthy_after: cfg.unhealthy_after,
+        });
+        let listener = crate::metrics::serve(addr, metrics.clone(), health, http_rx);
+        tokio::spawn(async move {
+            if let Err(e) = listener.await {
+                tracing::error!("metrics endpoint {addr}: {e}");
+            }
+        });
+    }
+    shutdown.await;
+    tracing::info!("shutting down: shipping what is committed");
+    let deadline = Instant::now() + cfg.shutdown_timeout;
+    let _ = stop_tx.send(Some(deadline));
+    let mut left = 0;
+    let mut incomplete = Vec::new();
+    for r in running {
+        let _ = r.wake.send(Wake::Stop);
+        let _ = tokio::task::spawn_blocking(move || r.capture.join()).await;
+        left += r.uploader.await.unwrap_or(0);
+        if r.state.incomplete.load(Ordering::Acquire) {
+            incomplete.push(r.state.label.clone());
+        }
+    }
+    let _ = http_stop.send(true);
+    Ok(Outcome {
+        left_behind: left,
+        incomplete,
+    })
+}
+
+async fn start_db(
+    db: &DbConfig,
+    replica: Arc<Replica>,
+    metrics: Arc<Metrics>,
+    stop: tokio::sync::watch::Receiver<Option<Instant>>,
+) -> Result<Running> {
+    let label = db.path.display().to_string();
+    let state = Arc::new(DbState::new(
+        label,
+        db.spool_limit,
+        metrics,
+        replica.counts.clone(),
+    ));
+    let (spool, leftovers) = Spool::open(&db.spool_dir)?;
+    let spool = Arc::new(spool);
+    let resume = find_resume_point(&replica, &leftovers).await?;
+    for e in leftovers {
+        state.push(Job::Segment(e));
+    }
+    let live = LiveDb::open(&db.path)?;
+    let (wake, rx) = mpsc::channel();
+    let wake_queued = Arc::new(AtomicBool::new(false));
+    let watcher = watch_wal(&db.path, wake.clone(), wake_queued.clone());
+    let capture = Capture::new(
+        live,
+        state.clone(),
+        spool.clone(),
+        CaptureSettings {
+            sync_interval: db.sync_interval,
+            min_checkpoint_pages: db.min_checkpoint_pages,
+        },
+        wake_queued,
+    );
+    let capture = std::thread::Builder::new()
+        .name("walship-capture".into())
+        .spawn(move || capture.run(rx, resume))
+        .map_err(|e| Error::io(&db.path, e))?;
+    let uploader = tokio::spawn(upload::run(state.clone(), replica, spool, stop));
+    Ok(Running {
+        state,
+        wake,
+        capture,
+        uploader,
+        _watcher: watcher,
+    })
+}
+
+/// Wake the capture thread when the WAL changes. Watching the directory (not the file)
+/// keeps working when the WAL is deleted and recreated. Without notifications (some
+/// network filesystems) the capture loop's periodic scan still runs. `queued` coalesces:
+/// one wake-up is sent until the capture thread has scanned (it clears the flag).
+fn watch_wal(
+    db: &std::path::Path,
+    wake: mpsc::Sender<Wake>,
+    queued: Arc<AtomicBool>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let wal = sidecar_path(db, "-wal");
+    let wal_name = wal.file_name().map(|n| n.to_os_string());
+    let dir = wal
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let handler = move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        if ev
+            .paths
+            .iter()
+            .any(|p| p.file_name().map(|n| n.to_os_string()) == wal_name)
+            && !queued.swap(true, Ordering::AcqRel)
+        {
+            let _ = wake.send(Wake::Wal);
+        }
+    };
+    match notify::recommended_watcher(handler) {
+        Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => Some(w),
+            Err(e) => {
+                tracing::warn!("cannot watch {}: {e}; polling only", dir.display());
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!("file notifications unavailable: {e}; polling only");
+            None
+        }
+    }
+}
+
+/// Where to continue: the newest generation in the replica, if it has a snapshot, at its
+/// last segment (or at its snapshot), or further along if the spool holds later segments.
+async fn find_resume_point(
+    replica: &Replica,
+    spooled: &[spool::SpoolEntry],
+) -> Result<Option<ResumePoint>> {
+    let mut gens: Vec<GenerationId> = replica
+        .list_dirs(layout::GENERATIONS)
+        .await?
+        .iter()
+        .filter_map(|g| GenerationId::parse(g))
+        .collect();
+    gens.sort();
+    let Some(generation) = gens.pop() else {
+        return Ok(None);
+    };
+    let objects = replica
+        .list(&layout::format_generation_dir(&generation))
+        .await?;
+    let mut snapshot = None;
+    let mut last_segment = None;
+    for o in &objects {
+        match layout::parse_object(&o.name) {
+            Some(ObjectName::Snapshot(_, s)) if snapshot.as_ref().is_none_or(|(b, _)| s > *b) => {
+                snapshot = Some((s, o.name.clone()))
+            }
+            Some(ObjectName::Segment(_, s))
+                if last_segment.as_ref().is_none_or(|(b, _)| s > *b) =>
+            {
+                last_segment = Some((s, o.name.clone()))
+            }
+            _ => {}
+        }
+    }
+    let Some((snap, snap_name)) = snapshot else {
+        return Ok(None);
+    };
+    // The spool is ahead of the replica when it holds this generation's later segments.
+    if let Some(e) = spooled.iter().rev().find(|e| e.generation == generation) {
+        let bytes = std::fs::read(&e.path).map_err(|err| Error::io(&e.path, err))?;
+        let m = SegmentMeta::parse_header(&bytes)
+            .map_err(|r| Error::corrupt(e.path.display().to_string(), r))?;
+        return Ok(Some(resume_from_segment(generation, &m)));
+    }
+    if let Some((seg, name)) = last_segment.filter(|(s, _)| s.last_txid > snap.txid) {
+        let head = replica
+            .get_range(&name, 0..SegmentMeta::HEADER_LEN as u64)
+            .await?;
+        let m = SegmentMeta::parse_header(&head).map_err(|r| Error::corrupt(&name, r))?;
+        debug_assert_eq!(m.last_txid, seg.last_txid);
+        return Ok(Some(resume_from_segment(generation, &m)));
+    }
+    let head = replica
+        .get_range(&snap_name, 0..SnapshotMeta::HEADER_LEN as u64)
+        .await?;
+    let m = SnapshotMeta::parse_header(&head).map_err(|r| Error::corrupt(&snap_name, r))?;
+    Ok(Some(ResumePoint {
+        generation,
+        txid: m.txid,
+        pos: m.position,
+        page_size: m.page_size,
+        db_pages: m.page_count,
+        last_commit_ms: m.commit_ms,
+    }))
+}
+
+fn resume_from_segment(generation: GenerationId, m: &SegmentMeta) -> ResumePoint {
+    ResumePoint {
+        generation,
+        txid: m.last_txid,
+        pos: m.end,
+        page_size: m.page_size,
+        db_pages: m.db_pages,
+        last_commit_ms: m.last_commit_ms,
+    }
+}

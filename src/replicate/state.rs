@@ -1,0 +1,204 @@
+//! State one database's capture thread and upload task share: the ordered upload queue
+//! (segments in the spool, snapshots to stream), flags each raises for the other, and the
+//! figures the metrics and health endpoint read.
+
+use super::snapshot::SnapshotJob;
+use super::spool::SpoolEntry;
+use crate::metrics::{DbLabel, GenerationLabel, Metrics};
+use crate::storage::layout::GenerationId;
+use crate::storage::replica::RequestCounts;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Upload work, in the order it must reach the replica.
+pub enum Job {
+    Segment(SpoolEntry),
+    Snapshot(Arc<SnapshotJob>),
+}
+
+impl Job {
+    pub fn generation(&self) -> &GenerationId {
+        match self {
+            Job::Segment(e) => &e.generation,
+            Job::Snapshot(s) => &s.generation,
+        }
+    }
+
+    /// Commit time of the oldest transaction this job carries, for the lag gauge.
+    pub fn oldest_commit_ms(&self) -> Option<u64> {
+        match self {
+            Job::Segment(e) => Some(e.name.first_commit_ms),
+            Job::Snapshot(_) => None,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Queue {
+    pub jobs: VecDeque<Job>,
+    /// Bytes of spool files in `jobs`.
+    pub spool_bytes: u64,
+}
+
+pub struct DbState {
+    /// The database path, as the `db` label of every metric.
+    pub label: String,
+    pub spool_limit: u64,
+    pub queue: Mutex<Queue>,
+    pub wake_uploader: tokio::sync::Notify,
+    /// A snapshot is being streamed: capture must keep its read lock where it is.
+    pub snapshot_active: AtomicBool,
+    /// Set by the uploader when a generation cannot go on (a conflicting object, a
+    /// snapshot that could not be read): capture starts a new one if it is still on it.
+    pub abandoned: Mutex<Option<GenerationId>>,
+    /// Capture has stopped and queued everything it consumed.
+    pub capture_done: AtomicBool,
+    /// Capture stopped without an active generation: committed transactions are missing.
+    pub incomplete: AtomicBool,
+    /// Commit time of the oldest transaction capture consumed but has not queued (0: none).
+    pub oldest_unqueued_ms: AtomicU64,
+    pub last_sync_ms: AtomicU64,
+    /// When the replica started failing (0: the last request succeeded).
+    pub failing_since_ms: AtomicU64,
+    pub generation: Mutex<Option<GenerationId>>,
+    pub metrics: Arc<Metrics>,
+    /// The replica client's request counters, and how many PUTs metrics already show.
+    pub requests: Arc<RequestCounts>,
+    puts_reported: AtomicU64,
+}
+
+impl DbState {
+    pub fn new(
+        label: String,
+        spool_limit: u64,
+        metrics: Arc<Metrics>,
+        requests: Arc<RequestCounts>,
+    ) -> Self {
+        metrics
+            .replica_up
+            .get_or_create(&DbLabel { db: label.clone() })
+            .set(1);
+        DbState {
+            label,
+            spool_limit,
+            queue: Mutex::default(),
+            wake_uploader: tokio::sync::Notify::new(),
+            snapshot_active: AtomicBool::new(false),
+            abandoned: Mutex::new(None),
+            capture_done: AtomicBool::new(false),
+            incomplete: AtomicBool::new(false),
+            oldest_unqueued_ms: AtomicU64::new(0),
+            last_sync_ms: AtomicU64::new(0),
+            failing_since_ms: AtomicU64::new(0),
+            generation: Mutex::new(None),
+            metrics,
+            requests,
+            puts_reported: AtomicU64::new(0),
+        }
+    }
+
+    /// Bring the PUT-request counter up to date with the replica client's count.
+    pub fn report_requests(&self) {
+        let now = self.requests.put.load(Ordering::Relaxed);
+        let before = self.puts_reported.swap(now, Ordering::Relaxed);
+        self.metrics
+            .put_requests
+            .get_or_create(&self.db_label())
+            .inc_by(now.saturating_sub(before));
+    }
+
+    pub fn db_label(&self) -> DbLabel {
+        DbLabel {
+            db: self.label.clone(),
+        }
+    }
+
+    pub fn push(&self, job: Job) {
+        let mut q = self.queue.lock().unwrap();
+        if let Job::Segment(e) = &job {
+            q.spool_bytes += e.size;
+        }
+        q.jobs.push_back(job);
+        self.metrics
+            .spool_bytes
+            .get_or_create(&self.db_label())
+            .set(q.spool_bytes as i64);
+        drop(q);
+        self.wake_uploader.notify_one();
+    }
+
+    /// Room for `bytes` more in the spool?
+    pub fn spool_has_room(&self, bytes: u64) -> bool {
+        self.queue.lock().unwrap().spool_bytes + bytes <= self.spool_limit
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.lock().unwrap().jobs.len()
+    }
+
+    pub fn set_generation(&self, g: &GenerationId) {
+        let mut cur = self.generation.lock().unwrap();
+        if let Some(old) = cur.take() {
+            self.metrics.generation.remove(&GenerationLabel {
+                db: self.label.clone(),
+                generation: old.to_string(),
+            });
+        }
+        self.metrics
+            .generation
+            .get_or_create(&GenerationLabel {
+                db: self.label.clone(),
+                generation: g.to_string(),
+            })
+            .set(1);
+        *cur = Some(g.clone());
+    }
+
+    /// Age in seconds of the oldest committed transaction the replica has not acknowledged.
+    pub fn lag_seconds(&self, now: u64) -> f64 {
+        let unqueued = self.oldest_unqueued_ms.load(Ordering::Relaxed);
+        let queued = self
+            .queue
+            .lock()
+            .unwrap()
+            .jobs
+            .iter()
+            .find_map(Job::oldest_commit_ms);
+        let oldest = [Some(unqueued).filter(|&m| m > 0), queued]
+            .into_iter()
+            .flatten()
+            .min();
+        oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0)
+    }
+
+    pub fn store_ok(&self) {
+        self.failing_since_ms.store(0, Ordering::Relaxed);
+        self.metrics
+            .replica_up
+            .get_or_create(&self.db_label())
+            .set(1);
+    }
+
+    pub fn store_failed(&self, kind: &str) {
+        let _ = self.failing_since_ms.compare_exchange(
+            0,
+            now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        self.metrics
+            .replica_up
+            .get_or_create(&self.db_label())
+            .set(0);
+        self.metrics.error(&self.label, kind);
+    }
+}

@@ -1,0 +1,562 @@
+//! Follows one database's WAL file: consumes whole committed transactions after the
+//! current position (salts and checksum chain verified, invariant 2), stamps each commit
+//! with the time it was seen, and decides whether a changed WAL header continues the same
+//! history or breaks it (invariant 1). Knows nothing of locks or storage: the capture loop
+//! tells it, through `ResetPolicy`, what the locks it holds make provable.
+
+use crate::format::segment::{SegmentBuilder, SegmentMeta};
+use crate::sqlite::wal::{FrameHeader, WAL_HEADER_LEN, WalHeader, WalPosition};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Which WAL resets, seen from the current position, are proof-safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetPolicy {
+    /// Any reset would mean frames walship never saw: continuity is lost.
+    Forbidden,
+    /// Exactly one reset is safe (walship stepped out for an app checkpoint and watched).
+    Once,
+    /// Any number is safe: the read mark was taken under the write lock at the WAL's end,
+    /// and nothing was consumed since, so every reset starts from this position.
+    Any,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Scan {
+    /// `commits` new transactions consumed; `more` when the byte budget stopped the scan
+    /// before the end of the WAL.
+    Progress { commits: u64, more: bool },
+    /// The WAL no longer continues the position; the reason says why.
+    Lost(String),
+}
+
+/// Committed frames consumed but not yet handed on as a segment.
+struct Pending {
+    builder: SegmentBuilder,
+    start: WalPosition,
+    first_txid: u64,
+    first_ms: Option<u64>,
+}
+
+pub struct Tracker {
+    pub pos: WalPosition,
+    /// Last consumed transaction id of the generation.
+    pub txid: u64,
+    pub page_size: u32,
+    /// Database size in pages after the last consumed transaction.
+    pub db_pages: u32,
+    pub last_commit_ms: u64,
+    pub reset_policy: ResetPolicy,
+    /// False while skipping frames a snapshot will hold: positions advance, nothing is kept.
+    pub collect: bool,
+    /// The header of the WAL `pos` is in (`None` while the WAL file is empty).
+    pub hdr: Option<WalHeader>,
+    /// Latest committed frame of each page in the current WAL (for snapshots).
+    index: HashMap<u32, u32>,
+    pending: Pending,
+    buf: Vec<u8>,
+}
+
+/// Frames read per `pread` while scanning.
+const READ_FRAMES: usize = 64;
+
+impl Tracker {
+    pub fn new(pos: WalPosition, txid: u64, page_size: u32, db_pages: u32, last_ms: u64) -> Self {
+        Tracker {
+            pos,
+            txid,
+            page_size,
+            db_pages,
+            last_commit_ms: last_ms,
+            reset_policy: ResetPolicy::Forbidden,
+            collect: true,
+            hdr: None,
+            index: HashMap::new(),
+            pending: Pending {
+                builder: SegmentBuilder::default(),
+                start: pos,
+                first_txid: txid + 1,
+                first_ms: None,
+            },
+            buf: Vec::new(),
+        }
+    }
+
+    /// Read the WAL header, if the file has a valid one.
+    pub fn read_header(wal: &File) -> io::Result<Option<WalHeader>> {
+        if wal.metadata()?.len() < WAL_HEADER_LEN as u64 {
+            return Ok(None);
+        }
+        let mut hb = [0u8; WAL_HEADER_LEN];
+        wal.read_exact_at(&mut hb, 0)?;
+        Ok(WalHeader::parse(&hb).ok())
+    }
+
+    /// Consume committed transactions after `pos`. Stops at the first frame that does not
+    /// continue the checksum chain, or after a commit once `budget` bytes are pending.
+    pub fn scan(&mut self, wal: &File, now_ms: u64, budget: usize) -> io::Result<Scan> {
+        let len = wal.metadata()?.len();
+        let Some(hdr) = Self::read_header(wal)? else {
+            // Empty or truncated WAL (e.g. just after a TRUNCATE checkpoint): nothing new.
+            return Ok(Scan::Progress {
+                commits: 0,
+                more: false,
+            });
+        };
+        if !self.pos.same_wal(&hdr) {
+            let resets = self.pos.resets_to(&hdr);
+            let ok = match (resets, self.reset_policy) {
+                // The first header after an empty WAL: nothing can have been skipped as
+                // long as the read mark was taken on the empty WAL.
+                _ if self.pos.is_empty_wal() => self.reset_policy != ResetPolicy::Forbidden,
+                (Some(1), ResetPolicy::Once) | (Some(_), ResetPolicy::Any) => true,
+                _ => false,
+            };
+            if !ok {
+                return Ok(Scan::Lost(match resets {
+                    Some(n) => format!(
+                        "the WAL was reset {n} time(s) where walship could not prove it had \
+                         read it to its end"
+                    ),
+                    None => "the WAL was replaced (its salts do not follow from the last \
+                             position)"
+                        .into(),
+                }));
+            }
+            if hdr.page_size != self.page_size {
+                return Ok(Scan::Lost("the page size changed".into()));
+            }
+            self.pos = WalPosition::start_of(&hdr, self.pos.epoch + 1);
+            self.index.clear();
+        }
+        self.hdr = Some(hdr);
+
+        let frame_len = hdr.frame_len() as usize;
+        let (mut frame, mut running) = (self.pos.frame, self.pos.cksum);
+        let committed_len = self.pending.builder.raw_len();
+        let committed_frames = self.pending.builder.frames();
+        let (mut keep_len, mut keep_frames) = (committed_len, committed_frames);
+        let mut tx_pages: Vec<(u32, u32)> = Vec::new();
+        let mut commits = 0u64;
+        let mut more = false;
+        'read: loop {
+            let off = hdr.frame_offset(frame + 1);
+            let avail = len.saturating_sub(off) as usize / frame_len;
+            if avail == 0 {
+                break;
+            }
+            let n = avail.min(READ_FRAMES);
+            self.buf.resize(n * frame_len, 0);
+            wal.read_exact_at(&mut self.buf, off)?;
+            for i in 0..n {
+                let f = &self.buf[i * frame_len..(i + 1) * frame_len];
+                let fh = FrameHeader::from_slice(f);
+                let page = &f[24..];
+                let Some(c) = fh.verify(&hdr, running, page) else {
+                    break 'read;
+                };
+                frame += 1;
+                running = c;
+                tx_pages.push((fh.pgno(), frame));
+                let commit = fh.is_commit().then(|| {
+                    let ms = now_ms.max(self.last_commit_ms);
+                    (fh.commit_size(), ms)
+                });
+                if self.collect {
+                    self.pending.builder.push(fh.pgno(), commit, page);
+                }
+                if let Some((size, ms)) = commit {
+                    if self.collect {
+                        self.txid += 1;
+                        self.pending.first_ms.get_or_insert(ms);
+                    }
+                    self.db_pages = size;
+                    self.last_commit_ms = ms;
+                    self.pos.frame = frame;
+                    self.pos.cksum = running;
+                    self.index.extend(tx_pages.drain(..));
+                    keep_len = self.pending.builder.raw_len();
+                    keep_frames = self.pending.builder.frames();
+                    commits += 1;
+                    // Frames were appended after the read mark: no reset can follow now.
+                    self.reset_policy = ResetPolicy::Forbidden;
+                    if keep_len >= budget {
+                        more = true;
+                        break 'read;
+                    }
+                }
+            }
+        }
+        // Frames after the last commit belong to a transaction still being written.
+        self.pending.builder.truncate(keep_len, keep_frames);
+        Ok(Scan::Progress { commits, more })
+    }
+
+    /// The pending transactions run into a newer WAL than the one they started in. Queueing
+    /// them at once records a position in the current WAL, which a restarted walship can
+    /// resume from.
+    pub fn pending_spans_reset(&self) -> bool {
+        self.pending.first_ms.is_some() && self.pending.start.epoch != self.pos.epoch
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.pending.builder.frames() > 0
+    }
+
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.builder.raw_len()
+    }
+
+    /// Commit time of the oldest consumed transaction not yet handed on.
+    pub fn oldest_pending_ms(&self) -> Option<u64> {
+        self.pending.first_ms
+    }
+
+    /// Encode the pending transactions as one segment, leaving them pending (see
+    /// `clear_pending`, once the segment is safely queued).
+    pub fn encode_pending(&self) -> Option<(SegmentMeta, Vec<u8>)> {
+        let first_ms = self.pending.first_ms?;
+        let meta = SegmentMeta {
+            page_size: self.page_size,
+            first_txid: self.pending.first_txid,
+            last_txid: self.txid,
+            first_commit_ms: first_ms,
+            last_commit_ms: self.last_commit_ms,
+            frame_count: self.pending.builder.frames(),
+            db_pages: self.db_pages,
+            start: self.pending.start,
+            end: self.pos,
+        };
+        let bytes = self.pending.builder.encode(&meta);
+        Some((meta, bytes))
+    }
+
+    /// Forget the pending transactions (they were queued) and start a new segment.
+    pub fn clear_pending(&mut self) {
+        self.pending.builder.clear();
+        self.pending.start = self.pos;
+        self.pending.first_txid = self.txid + 1;
+        self.pending.first_ms = None;
+    }
+
+    /// Encode the pending transactions as one segment and start a new one after it.
+    pub fn take_segment(&mut self) -> Option<(SegmentMeta, Vec<u8>)> {
+        let seg = self.encode_pending()?;
+        self.clear_pending();
+        Some(seg)
+    }
+
+    /// The latest committed frame holding `pgno` in the current WAL, if any.
+    pub fn frame_of(&self, pgno: u32) -> Option<u32> {
+        self.index.get(&pgno).copied()
+    }
+
+    pub fn page_index(&self) -> &HashMap<u32, u32> {
+        &self.index
+    }
+
+    /// Start collecting from the current position as transaction `txid + 1` (after a
+    /// skip, the skipped transactions are inside a snapshot taken at `txid`).
+    pub fn start_collecting(&mut self, txid: u64) {
+        self.collect = true;
+        self.txid = txid;
+        self.pending.builder.clear();
+        self.pending.start = self.pos;
+        self.pending.first_txid = txid + 1;
+        self.pending.first_ms = None;
+    }
+
+    /// Replace the page index (built while verifying a resumed position).
+    pub fn set_index(&mut self, hdr: WalHeader, index: HashMap<u32, u32>) {
+        self.hdr = Some(hdr);
+        self.index = index;
+    }
+}
+
+/// Check that `wal` (with header `hdr`) still holds the history up to `pos`: same WAL,
+/// and the checksum chain over frames 1..=pos.frame ends at pos's checksum on a commit.
+/// Returns the page index of those frames when it does.
+pub fn verify_position(
+    wal: &File,
+    hdr: &WalHeader,
+    pos: &WalPosition,
+) -> io::Result<Option<HashMap<u32, u32>>> {
+    if pos.is_empty_wal() || !pos.same_wal(hdr) || pos.big_endian != hdr.big_endian {
+        return Ok(None);
+    }
+    if pos.frame == 0 {
+        return Ok((pos.cksum == hdr.cksum).then(HashMap::new));
+    }
+    let frame_len = hdr.frame_len() as usize;
+    if wal.metadata()?.len() < hdr.frame_offset(pos.frame) + frame_len as u64 {
+        return Ok(None);
+    }
+    let mut index = HashMap::new();
+    let mut running = hdr.cksum;
+    let mut buf = vec![0u8; READ_FRAMES * frame_len];
+    let mut n = 1u32;
+    let mut last_commit = false;
+    while n <= pos.frame {
+        let count = ((pos.frame - n + 1) as usize).min(READ_FRAMES);
+        let b = &mut buf[..count * frame_len];
+        wal.read_exact_at(b, hdr.frame_offset(n))?;
+        for f in b.chunks_exact(frame_len) {
+            let fh = FrameHeader::from_slice(f);
+            let Some(c) = fh.verify(hdr, running, &f[24..]) else {
+                return Ok(None);
+            };
+            running = c;
+            index.insert(fh.pgno(), n);
+            last_commit = fh.is_commit();
+            n += 1;
+        }
+    }
+    Ok((running == pos.cksum && last_commit).then_some(index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::segment::Segment;
+    use std::io::Write;
+
+    const PS: u32 = 512;
+
+    /// A WAL file written frame by frame the way SQLite lays it out.
+    struct FakeWal {
+        file: tempfile::NamedTempFile,
+        hdr: WalHeader,
+        running: [u32; 2],
+        frames: u32,
+    }
+
+    impl FakeWal {
+        fn new(ckpt: u32, salt1: u32, salt2: u32) -> Self {
+            let mut file = tempfile::NamedTempFile::new().unwrap();
+            let raw = WalHeader::encode(false, PS, ckpt, salt1, salt2);
+            file.write_all(&raw).unwrap();
+            let hdr = WalHeader::parse(&raw).unwrap();
+            FakeWal {
+                file,
+                running: hdr.cksum,
+                hdr,
+                frames: 0,
+            }
+        }
+        fn frame(&mut self, pgno: u32, commit: u32, fill: u8) {
+            let page = vec![fill; PS as usize];
+            let (fh, c) = FrameHeader::encode(&self.hdr, self.running, pgno, commit, &page);
+            self.file.write_all(&fh.0).unwrap();
+            self.file.write_all(&page).unwrap();
+            self.running = c;
+            self.frames += 1;
+        }
+        /// Overwrite the file as SQLite does on a reset: new header, frames from the start.
+        fn reset(&mut self) {
+            let raw = WalHeader::encode(
+                false,
+                PS,
+                self.hdr.ckpt_seq + 1,
+                self.hdr.salt1 + 1,
+                self.hdr.salt2 ^ 0x5555,
+            );
+            self.file.as_file().write_all_at(&raw, 0).unwrap();
+            self.hdr = WalHeader::parse(&raw).unwrap();
+            self.running = self.hdr.cksum;
+            self.frames = 0;
+            use std::io::Seek;
+            self.file.seek(std::io::SeekFrom::Start(32)).unwrap();
+        }
+    }
+
+    fn tracker_at_start(w: &FakeWal) -> Tracker {
+        Tracker::new(WalPosition::start_of(&w.hdr, 0), 0, PS, 1, 0)
+    }
+
+    #[test]
+    fn consumes_only_whole_transactions() {
+        let mut w = FakeWal::new(0, 10, 20);
+        let mut t = tracker_at_start(&w);
+        w.frame(2, 0, 1);
+        w.frame(3, 3, 2); // commit: tx 1
+        w.frame(4, 0, 3); // tx 2 not committed yet
+        let s = t.scan(w.file.as_file(), 1000, usize::MAX).unwrap();
+        assert_eq!(
+            s,
+            Scan::Progress {
+                commits: 1,
+                more: false
+            }
+        );
+        assert_eq!((t.txid, t.pos.frame, t.db_pages), (1, 2, 3));
+        w.frame(5, 5, 4); // tx 2 commits
+        let s = t.scan(w.file.as_file(), 1100, usize::MAX).unwrap();
+        assert_eq!(
+            s,
+            Scan::Progress {
+                commits: 1,
+                more: false
+            }
+        );
+        let (meta, bytes) = t.take_segment().unwrap();
+        assert_eq!(
+            (meta.first_txid, meta.last_txid, meta.frame_count),
+            (1, 2, 4)
+        );
+        assert_eq!((meta.first_commit_ms, meta.last_commit_ms), (1000, 1100));
+        let seg = Segment::decode(&bytes).unwrap();
+        let pgnos: Vec<u32> = seg.frames().map(|f| f.pgno).collect();
+        assert_eq!(pgnos, vec![2, 3, 4, 5]);
+        assert_eq!(t.frame_of(4), Some(3));
+        assert!(t.take_segment().is_none());
+    }
+
+    #[test]
+    fn stops_at_a_frame_that_breaks_the_chain() {
+        let mut w = FakeWal::new(0, 10, 20);
+        let mut t = tracker_at_start(&w);
+        w.frame(2, 2, 1);
+        // A stale frame from an older WAL (wrong salts) after the valid one.
+        let stale_hdr = WalHeader::parse(&WalHeader::encode(false, PS, 0, 9, 9)).unwrap();
+        let page = vec![7u8; PS as usize];
+        let (fh, _) = FrameHeader::encode(&stale_hdr, stale_hdr.cksum, 3, 3, &page);
+        w.file.write_all(&fh.0).unwrap();
+        w.file.write_all(&page).unwrap();
+        let s = t.scan(w.file.as_file(), 5, usize::MAX).unwrap();
+        assert_eq!(
+            s,
+            Scan::Progress {
+                commits: 1,
+                more: false
+            }
+        );
+        assert_eq!(t.pos.frame, 1);
+    }
+
+    #[test]
+    fn reset_is_accepted_only_when_policy_allows() {
+        for (policy, lost) in [
+            (ResetPolicy::Forbidden, true),
+            (ResetPolicy::Once, false),
+            (ResetPolicy::Any, false),
+        ] {
+            let mut w = FakeWal::new(3, 100, 7);
+            let mut t = tracker_at_start(&w);
+            w.frame(2, 2, 1);
+            t.scan(w.file.as_file(), 1, usize::MAX).unwrap();
+            t.reset_policy = policy;
+            w.reset();
+            w.frame(2, 2, 9);
+            let s = t.scan(w.file.as_file(), 2, usize::MAX).unwrap();
+            assert_eq!(matches!(s, Scan::Lost(_)), lost, "{policy:?}");
+            if !lost {
+                assert_eq!((t.pos.epoch, t.pos.frame, t.txid), (1, 1, 2));
+                let (meta, _) = t.take_segment().unwrap();
+                assert_eq!(meta.start.epoch, 0);
+                assert_eq!(meta.end.epoch, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn two_resets_need_policy_any() {
+        let mut w = FakeWal::new(3, 100, 7);
+        let mut t = tracker_at_start(&w);
+        t.reset_policy = ResetPolicy::Once;
+        w.reset();
+        w.reset();
+        w.frame(2, 2, 9);
+        assert!(matches!(
+            t.scan(w.file.as_file(), 2, usize::MAX).unwrap(),
+            Scan::Lost(_)
+        ));
+    }
+
+    #[test]
+    fn budget_splits_at_commit_boundaries() {
+        let mut w = FakeWal::new(0, 1, 2);
+        let mut t = tracker_at_start(&w);
+        for i in 0..10 {
+            w.frame(2 + i, 2 + i, i as u8);
+        }
+        let s = t.scan(w.file.as_file(), 1, 3 * PS as usize).unwrap();
+        assert_eq!(
+            s,
+            Scan::Progress {
+                commits: 3,
+                more: true
+            }
+        );
+        assert_eq!(t.take_segment().unwrap().0.last_txid, 3);
+        let s = t.scan(w.file.as_file(), 1, usize::MAX).unwrap();
+        assert_eq!(
+            s,
+            Scan::Progress {
+                commits: 7,
+                more: false
+            }
+        );
+        assert_eq!(t.take_segment().unwrap().0.first_txid, 4);
+    }
+
+    #[test]
+    fn verify_position_accepts_only_the_same_history() {
+        let mut w = FakeWal::new(0, 1, 2);
+        let mut t = tracker_at_start(&w);
+        w.frame(2, 0, 1);
+        w.frame(3, 3, 2);
+        w.frame(4, 4, 3);
+        t.scan(w.file.as_file(), 1, usize::MAX).unwrap();
+        let pos = t.pos;
+        let index = verify_position(w.file.as_file(), &w.hdr, &pos)
+            .unwrap()
+            .unwrap();
+        assert_eq!(index.get(&3), Some(&2));
+        let off_by_one = WalPosition { frame: 2, ..pos };
+        assert!(
+            verify_position(w.file.as_file(), &w.hdr, &off_by_one)
+                .unwrap()
+                .is_none()
+        );
+        let mid_tx = WalPosition { frame: 1, ..pos };
+        assert!(
+            verify_position(w.file.as_file(), &w.hdr, &mid_tx)
+                .unwrap()
+                .is_none()
+        );
+        w.reset();
+        w.frame(2, 2, 5);
+        assert!(
+            verify_position(w.file.as_file(), &w.hdr, &pos)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn first_header_after_an_empty_wal_needs_the_read_mark() {
+        let mut w = FakeWal::new(0, 1, 2);
+        w.frame(2, 2, 1);
+        for (policy, lost) in [(ResetPolicy::Forbidden, true), (ResetPolicy::Any, false)] {
+            let mut t = Tracker::new(WalPosition::empty_wal(0), 0, PS, 1, 0);
+            t.reset_policy = policy;
+            let s = t.scan(w.file.as_file(), 1, usize::MAX).unwrap();
+            assert_eq!(matches!(s, Scan::Lost(_)), lost);
+        }
+    }
+
+    #[test]
+    fn commit_times_never_go_backwards() {
+        let mut w = FakeWal::new(0, 1, 2);
+        let mut t = tracker_at_start(&w);
+        w.frame(2, 2, 1);
+        t.scan(w.file.as_file(), 5000, usize::MAX).unwrap();
+        w.frame(2, 2, 2);
+        t.scan(w.file.as_file(), 4000, usize::MAX).unwrap(); // clock stepped back
+        let (meta, bytes) = t.take_segment().unwrap();
+        assert_eq!(meta.last_commit_ms, 5000);
+        Segment::decode(&bytes).unwrap();
+    }
+}

@@ -1,0 +1,197 @@
+//! The upload task of one database: takes jobs from the front of the queue in order,
+//! sends each with never-overwrite semantics, and only then removes it (the replica's
+//! position advances on acknowledgement only, invariant 3). Retries with backoff for as
+//! long as the store is down; stops when told, reporting what is left.
+
+use super::spool::Spool;
+use super::state::{DbState, Job, now_ms};
+use crate::error::{Error, StoreErrorKind};
+use crate::storage::Replica;
+use crate::storage::layout::{self, GenerationId};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+
+/// Run until the queue is empty after capture stopped, or until the deadline sent on
+/// `stop` passes. Returns the number of jobs left unsent.
+pub async fn run(
+    state: Arc<DbState>,
+    replica: Arc<Replica>,
+    spool: Arc<Spool>,
+    mut stop: watch::Receiver<Option<Instant>>,
+) -> usize {
+    let mut backoff = MIN_BACKOFF;
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        let deadline = *stop.borrow();
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return state.queue_len();
+        }
+        let front = {
+            let q = state.queue.lock().unwrap();
+            q.jobs.front().map(|j| match j {
+                Job::Segment(e) => Job::Segment(e.clone()),
+                Job::Snapshot(s) => Job::Snapshot(s.clone()),
+            })
+        };
+        if let Some(j) = &front
+            && state.abandoned.lock().unwrap().as_ref() == Some(j.generation())
+        {
+            abandon_generation(&state, &spool, &j.generation().clone());
+            continue;
+        }
+        let Some(job) = front else {
+            if state.capture_done.load(Ordering::Acquire) && state.queue_len() == 0 {
+                return 0;
+            }
+            if state.failing_since_ms.load(Ordering::Relaxed) != 0 {
+                // Nothing to send, but capture waits for a working replica before it starts
+                // a generation: find out with a LIST (never a PUT while idle).
+                match replica.list_dirs(layout::GENERATIONS).await {
+                    Ok(_) => state.store_ok(),
+                    Err(e) => state.store_failed(e.kind_label()),
+                }
+            }
+            tokio::select! {
+                _ = state.wake_uploader.notified() => {}
+                _ = stop.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+            continue;
+        };
+        let started = Instant::now();
+        let result = match &job {
+            Job::Segment(e) => upload_segment(&replica, e).await,
+            Job::Snapshot(s) => s.upload(&replica).await,
+        };
+        match result {
+            Ok(bytes) => {
+                backoff = MIN_BACKOFF;
+                finish_front(&state, &spool, &job, bytes);
+                tracing::debug!(
+                    db = %state.label,
+                    ms = started.elapsed().as_millis() as u64,
+                    "uploaded {}",
+                    describe(&job)
+                );
+            }
+            Err(e) if is_generation_fatal(&e) => {
+                tracing::error!(db = %state.label, "{}: {e}; starting a new generation", describe(&job));
+                state.metrics.error(&state.label, e.kind_label());
+                abandon_generation(&state, &spool, &job.generation().clone());
+            }
+            Err(e) => {
+                state.store_failed(e.kind_label());
+                if last_warn.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+                    tracing::warn!(
+                        db = %state.label,
+                        "{} failed, will retry (queue {}): {e}",
+                        describe(&job),
+                        state.queue_len()
+                    );
+                    last_warn = Some(Instant::now());
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+async fn upload_segment(replica: &Replica, e: &super::spool::SpoolEntry) -> crate::Result<u64> {
+    let bytes = tokio::fs::read(&e.path)
+        .await
+        .map_err(|err| Error::io(&e.path, err))?;
+    let n = bytes.len() as u64;
+    replica
+        .put_new(
+            &layout::format_segment(&e.generation, &e.name),
+            Bytes::from(bytes),
+        )
+        .await?;
+    Ok(n)
+}
+
+fn describe(job: &Job) -> String {
+    match job {
+        Job::Segment(e) => format!(
+            "segment {} txid {}..={}",
+            e.generation, e.name.first_txid, e.name.last_txid
+        ),
+        Job::Snapshot(s) => format!("snapshot {} txid {}", s.generation, s.meta.txid),
+    }
+}
+
+/// A different object under our name, or a snapshot that cannot be read: this generation
+/// cannot be continued, but nothing already in the replica is touched.
+fn is_generation_fatal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Store {
+            kind: StoreErrorKind::AlreadyExists,
+            ..
+        } | Error::Io { .. }
+    )
+}
+
+fn finish_front(state: &DbState, spool: &Spool, job: &Job, bytes: u64) {
+    let label = state.db_label();
+    let m = &state.metrics;
+    {
+        let mut q = state.queue.lock().unwrap();
+        q.jobs.pop_front();
+        if let Job::Segment(e) = job {
+            q.spool_bytes -= e.size;
+        }
+        m.spool_bytes
+            .get_or_create(&label)
+            .set(q.spool_bytes as i64);
+    }
+    match job {
+        Job::Segment(e) => {
+            spool.remove(e);
+            m.transactions
+                .get_or_create(&label)
+                .inc_by(e.name.last_txid - e.name.first_txid + 1);
+        }
+        Job::Snapshot(_) => state.snapshot_active.store(false, Ordering::Release),
+    }
+    m.uploaded_objects.get_or_create(&label).inc();
+    m.uploaded_bytes.get_or_create(&label).inc_by(bytes);
+    let now = now_ms();
+    state.last_sync_ms.store(now, Ordering::Relaxed);
+    m.last_sync_seconds
+        .get_or_create(&label)
+        .set(now as f64 / 1000.0);
+    state.store_ok();
+}
+
+/// Drop every queued job of `generation` (their spool files too) and ask capture for a new
+/// generation.
+fn abandon_generation(state: &DbState, spool: &Spool, generation: &GenerationId) {
+    let mut q = state.queue.lock().unwrap();
+    let jobs = std::mem::take(&mut q.jobs);
+    for job in jobs {
+        if job.generation() != generation {
+            q.jobs.push_back(job);
+            continue;
+        }
+        match job {
+            Job::Segment(e) => {
+                q.spool_bytes -= e.size;
+                spool.remove(&e);
+            }
+            Job::Snapshot(_) => state.snapshot_active.store(false, Ordering::Release),
+        }
+    }
+    drop(q);
+    *state.abandoned.lock().unwrap() = Some(generation.clone());
+}

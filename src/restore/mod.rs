@@ -1,0 +1,319 @@
+//! `walship restore`: plan from one LIST (plan.rs), download the snapshot and segments in
+//! parallel ahead of an in-order apply, verify every CRC and the position chain, build the
+//! database in a temporary file beside the target, check it with `PRAGMA integrity_check`,
+//! fsync, and only then rename it into place (invariant 7).
+
+pub mod plan;
+
+use crate::error::{Error, Result};
+use crate::format::container;
+use crate::format::segment::Segment;
+use crate::format::snapshot::{SnapshotMeta, SnapshotVerifier};
+use crate::sqlite::db::sidecar_path;
+use crate::sqlite::wal::WalPosition;
+use crate::storage::Replica;
+use crate::storage::layout::{self, GenerationId};
+use futures::StreamExt;
+use plan::Plan;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_PARALLELISM: usize = 8;
+/// Snapshots up to this size are fetched with one GET; larger ones by chunk ranges.
+const WHOLE_SNAPSHOT_MAX: u64 = 16 << 20;
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub output: PathBuf,
+    pub force: bool,
+    pub generation: Option<GenerationId>,
+    pub parallelism: usize,
+    pub integrity_check: bool,
+}
+
+#[derive(Debug)]
+pub struct RestoreReport {
+    pub plan: Plan,
+    pub pages: u32,
+    pub downloaded: u64,
+    pub elapsed: Duration,
+}
+
+/// List the replica and plan a restore of its newest state (or of one generation's).
+pub async fn plan_restore(replica: &Replica, generation: Option<&GenerationId>) -> Result<Plan> {
+    let objects = replica.list(layout::GENERATIONS).await?;
+    let gens = plan::group(&objects);
+    plan::plan_latest(&gens, generation).map_err(|reason| Error::Replica {
+        replica: replica.url().to_string(),
+        reason,
+    })
+}
+
+pub async fn restore(replica: &Replica, opts: &RestoreOptions) -> Result<RestoreReport> {
+    let started = Instant::now();
+    if opts.output.exists() && !opts.force {
+        return Err(Error::Refused(format!(
+            "{} already exists; pass --force to replace it",
+            opts.output.display()
+        )));
+    }
+    let plan = plan_restore(replica, opts.generation.as_ref()).await?;
+    if let Some(at) = plan.gap_after {
+        tracing::warn!(
+            "generation {} has segments missing after transaction {at}; restoring up to it",
+            plan.generation
+        );
+    }
+    let tmp = TempFile::create(&opts.output)?;
+    let mut downloaded = 0u64;
+    let snap = apply_snapshot(
+        replica,
+        &plan,
+        tmp.file(),
+        opts.parallelism,
+        &mut downloaded,
+    )
+    .await?;
+    let mut pages = snap.page_count;
+    let mut pos = snap.position;
+    let mut next_txid = snap.txid + 1;
+    let ps = snap.page_size;
+    let segments = plan.segments.clone();
+    let mut segs = futures::stream::iter(segments.iter())
+        .map(|s| async move { (s, replica.get(&s.key).await) })
+        .buffered(opts.parallelism.max(1));
+    while let Some((obj, bytes)) = segs.next().await {
+        let bytes = bytes?;
+        downloaded += bytes.len() as u64;
+        let seg = Segment::decode(&bytes).map_err(|r| Error::corrupt(&obj.key, r))?;
+        let m = &seg.meta;
+        if m.first_txid != next_txid
+            || m.first_txid != obj.name.first_txid
+            || m.last_txid != obj.name.last_txid
+            || m.page_size != ps
+        {
+            return Err(Error::corrupt(
+                &obj.key,
+                "header does not match its name or the chain",
+            ));
+        }
+        if m.start != pos {
+            return Err(Error::corrupt(
+                &obj.key,
+                "does not start where the previous object ended (WAL position mismatch)",
+            ));
+        }
+        tokio::task::block_in_place(|| apply_segment(tmp.file(), &seg))
+            .map_err(|e| Error::io(tmp.path(), e))?;
+        pages = m.db_pages;
+        pos = m.end;
+        next_txid = m.last_txid + 1;
+    }
+    drop(segs);
+    tmp.finish(pages as u64 * ps as u64, opts.integrity_check, &opts.output)?;
+    Ok(RestoreReport {
+        plan,
+        pages,
+        downloaded,
+        elapsed: started.elapsed(),
+    })
+}
+
+struct SnapshotApplied {
+    page_size: u32,
+    page_count: u32,
+    txid: u64,
+    position: WalPosition,
+}
+
+async fn apply_snapshot(
+    replica: &Replica,
+    plan: &Plan,
+    out: &File,
+    parallelism: usize,
+    downloaded: &mut u64,
+) -> Result<SnapshotApplied> {
+    let key = &plan.snapshot.key;
+    let corrupt = |r: String| Error::corrupt(key, r);
+    let write = |first_page: u32, ps: u32, raw: &[u8]| {
+        tokio::task::block_in_place(|| out.write_all_at(raw, (first_page as u64 - 1) * ps as u64))
+            .map_err(|e| Error::io(key.to_string(), e))
+    };
+    let meta = if plan.snapshot.size <= WHOLE_SNAPSHOT_MAX {
+        let bytes = replica.get(key).await?;
+        *downloaded += bytes.len() as u64;
+        let meta = SnapshotMeta::parse_header(&bytes).map_err(corrupt)?;
+        let (_, payload) =
+            container::decode_all(&bytes, crate::format::snapshot::MAGIC).map_err(corrupt)?;
+        if payload.len() as u64 != meta.page_count as u64 * meta.page_size as u64 {
+            return Err(corrupt("payload size does not match the page count".into()));
+        }
+        if !payload.is_empty() {
+            write(1, meta.page_size, &payload)?;
+        }
+        meta
+    } else {
+        let size = plan.snapshot.size;
+        let head = replica
+            .get_range(key, 0..SnapshotMeta::HEADER_LEN as u64)
+            .await?;
+        let meta = SnapshotMeta::parse_header(&head).map_err(corrupt)?;
+        let foot = replica
+            .get_range(key, size - container::FOOTER_LEN as u64..size)
+            .await?;
+        let t_off = container::parse_footer(&foot).map_err(corrupt)?;
+        if t_off >= size {
+            return Err(corrupt("trailer offset out of range".into()));
+        }
+        let tbytes = replica.get_range(key, t_off..size).await?;
+        let trailer = container::parse_trailer(&tbytes, t_off).map_err(corrupt)?;
+        let mut verifier = SnapshotVerifier::new(meta, trailer).map_err(corrupt)?;
+        let ranges: Vec<_> = (0..meta.chunk_count())
+            .map(|i| verifier.chunk_range(i))
+            .collect();
+        let mut chunks = futures::stream::iter(ranges.into_iter().enumerate())
+            .map(|(i, r)| async move { (i as u32, replica.get_range(key, r).await) })
+            .buffered(parallelism.max(1));
+        while let Some((i, bytes)) = chunks.next().await {
+            let bytes = bytes?;
+            *downloaded += bytes.len() as u64;
+            let raw = verifier.accept(&bytes).map_err(corrupt)?;
+            write(meta.chunk_pages(i).start, meta.page_size, &raw)?;
+        }
+        verifier.finish().map_err(corrupt)?;
+        meta
+    };
+    if meta.txid != plan.snapshot.name.txid {
+        return Err(corrupt("header does not match its name".into()));
+    }
+    Ok(SnapshotApplied {
+        page_size: meta.page_size,
+        page_count: meta.page_count,
+        txid: meta.txid,
+        position: meta.position,
+    })
+}
+
+/// Write a segment's pages: only the last version of each page matters.
+fn apply_segment(out: &File, seg: &Segment) -> std::io::Result<()> {
+    let ps = seg.meta.page_size as u64;
+    let mut latest: HashMap<u32, &[u8]> = HashMap::new();
+    for f in seg.frames() {
+        latest.insert(f.pgno, f.page);
+    }
+    let mut pages: Vec<_> = latest.into_iter().collect();
+    pages.sort_unstable_by_key(|(p, _)| *p);
+    for (pgno, data) in pages {
+        out.write_all_at(data, (pgno as u64 - 1) * ps)?;
+    }
+    Ok(())
+}
+
+/// The database under construction, beside the target; removed unless `finish`ed.
+struct TempFile {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl TempFile {
+    fn create(target: &Path) -> Result<Self> {
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            return Err(Error::Refused(format!(
+                "directory {} does not exist",
+                dir.display()
+            )));
+        }
+        let name = target
+            .file_name()
+            .ok_or_else(|| Error::Usage(format!("{} is not a file path", target.display())))?;
+        let path = dir.join(format!(".{}.walship-restore.tmp", name.to_string_lossy()));
+        for p in [sidecar_path(&path, "-wal"), sidecar_path(&path, "-shm")] {
+            let _ = std::fs::remove_file(p);
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(TempFile {
+            path,
+            file: Some(file),
+        })
+    }
+
+    fn file(&self) -> &File {
+        self.file.as_ref().expect("open until finish")
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size, fsync, check, and atomically move into place.
+    fn finish(mut self, len: u64, check: bool, target: &Path) -> Result<()> {
+        let file = self.file.take().expect("open");
+        file.set_len(len).map_err(|e| Error::io(&self.path, e))?;
+        file.sync_all().map_err(|e| Error::io(&self.path, e))?;
+        drop(file);
+        if check && len > 0 {
+            integrity_check(&self.path)?;
+        }
+        // A stale WAL beside the target would be replayed over the restored database.
+        for p in [sidecar_path(target, "-wal"), sidecar_path(target, "-shm")] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => tracing::info!("removed stale {}", p.display()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(p, e)),
+            }
+        }
+        std::fs::rename(&self.path, target).map_err(|e| Error::io(target, e))?;
+        if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Ok(d) = File::open(dir)
+        {
+            let _ = d.sync_all();
+        }
+        self.path = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// `PRAGMA integrity_check` on a restored file; its -wal/-shm are removed afterwards.
+pub fn integrity_check(path: &Path) -> Result<()> {
+    let result = (|| -> rusqlite::Result<Vec<String>> {
+        let c = rusqlite::Connection::open(path)?;
+        let mut st = c.prepare("PRAGMA integrity_check")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        rows.collect()
+    })();
+    for p in [sidecar_path(path, "-wal"), sidecar_path(path, "-shm")] {
+        let _ = std::fs::remove_file(p);
+    }
+    let rows = result.map_err(|e| Error::sqlite(path, e))?;
+    if rows != ["ok"] {
+        return Err(Error::Database {
+            path: path.into(),
+            reason: format!(
+                "restored database fails integrity_check: {}",
+                rows.into_iter().take(5).collect::<Vec<_>>().join("; ")
+            ),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The only code that knows object names. Every name is relative to a database's replica
+//! root and is built by a `format_*` function and read back by `parse_object`; numbers are
+//! fixed-width lowercase hex so that lexical order (what LIST returns) is numeric order.
+//!
+//! ```text
+//! generations/<generation>/manifest.json
+//! generations/<generation>/snapshots/<txid:16>-<commit ms:12>.snap
+//! generations/<generation>/wal/<first txid:16>-<last txid:16>-<first commit ms:12>-<last commit ms:12>.seg
+//! ```
+//! A generation id is `<created ms:12><random:8>`, so ids sort by creation time.
+
+use std::fmt;
+
+pub const GENERATIONS: &str = "generations";
+/// Scratch objects (start-up write probe) live here, outside any generation.
+pub const PROBE_DIR: &str = ".walship";
+
+/// A generation id: 20 lowercase hex digits, creation time first.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct GenerationId(String);
+
+impl GenerationId {
+    pub fn new(created_ms: u64, random: u32) -> Self {
+        GenerationId(format!(
+            "{:012x}{:08x}",
+            created_ms & 0xffff_ffff_ffff,
+            random
+        ))
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        (s.len() == 20 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| GenerationId(s.to_string()))
+    }
+
+    pub fn created_ms(&self) -> u64 {
+        u64::from_str_radix(&self.0[..12], 16).unwrap_or(0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for GenerationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a segment's name says about it: enough to plan a restore without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct SegmentName {
+    pub first_txid: u64,
+    pub last_txid: u64,
+    pub first_commit_ms: u64,
+    pub last_commit_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct SnapshotName {
+    /// The snapshot holds the database as of this transaction (0 = generation start).
+    pub txid: u64,
+    pub commit_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectName {
+    Manifest(GenerationId),
+    Snapshot(GenerationId, SnapshotName),
+    Segment(GenerationId, SegmentName),
+}
+
+pub fn format_generation_dir(g: &GenerationId) -> String {
+    format!("{GENERATIONS}/{g}")
+}
+
+pub fn format_manifest(g: &GenerationId) -> String {
+    format!("{GENERATIONS}/{g}/manifest.json")
+}
+
+pub fn format_snapshot(g: &GenerationId, s: &SnapshotName) -> String {
+    format!(
+        "{GENERATIONS}/{g}/snapshots/{:016x}-{:012x}.snap",
+        s.txid, s.commit_ms
+    )
+}
+
+pub fn format_segment(g: &GenerationId, s: &SegmentName) -> String {
+    format!("{GENERATIONS}/{g}/wal/{}.seg", format_segment_stem(s))
+}
+
+/// The part of a segment name after the directory (also used for spool file names).
+pub fn format_segment_stem(s: &SegmentName) -> String {
+    format!(
+        "{:016x}-{:016x}-{:012x}-{:012x}",
+        s.first_txid, s.last_txid, s.first_commit_ms, s.last_commit_ms
+    )
+}
+
+fn hex(s: &str, width: usize) -> Option<u64> {
+    (s.len() == width && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then(|| u64::from_str_radix(s, 16).ok())
+        .flatten()
+}
+
+pub fn parse_segment_stem(stem: &str) -> Option<SegmentName> {
+    let mut it = stem.split('-');
+    let s = SegmentName {
+        first_txid: hex(it.next()?, 16)?,
+        last_txid: hex(it.next()?, 16)?,
+        first_commit_ms: hex(it.next()?, 12)?,
+        last_commit_ms: hex(it.next()?, 12)?,
+    };
+    (it.next().is_none() && s.first_txid <= s.last_txid).then_some(s)
+}
+
+/// Parse a name relative to the replica root; `None` for anything walship did not write.
+pub fn parse_object(rel: &str) -> Option<ObjectName> {
+    let rest = rel.strip_prefix(GENERATIONS)?.strip_prefix('/')?;
+    let (gen_str, rest) = rest.split_once('/')?;
+    let g = GenerationId::parse(gen_str)?;
+    if rest == "manifest.json" {
+        return Some(ObjectName::Manifest(g));
+    }
+    if let Some(file) = rest.strip_prefix("snapshots/") {
+        let (txid, ms) = file.strip_suffix(".snap")?.split_once('-')?;
+        return Some(ObjectName::Snapshot(
+            g,
+            SnapshotName {
+                txid: hex(txid, 16)?,
+                commit_ms: hex(ms, 12)?,
+            },
+        ));
+    }
+    if let Some(file) = rest.strip_prefix("wal/") {
+        return Some(ObjectName::Segment(
+            g,
+            parse_segment_stem(file.strip_suffix(".seg")?)?,
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_id_round_trip_and_sorts_by_time() {
+        let a = GenerationId::new(1_700_000_000_000, 0xffff_ffff);
+        let b = GenerationId::new(1_700_000_000_001, 0);
+        assert!(a < b);
+        assert_eq!(GenerationId::parse(a.as_str()), Some(a.clone()));
+        assert_eq!(a.created_ms(), 1_700_000_000_000);
+        assert_eq!(GenerationId::parse("XYZ"), None);
+        assert_eq!(GenerationId::parse("0123456789abcdef012G"), None);
+    }
+
+    #[test]
+    fn manifest_round_trip() {
+        let g = GenerationId::new(5, 6);
+        assert_eq!(
+            parse_object(&format_manifest(&g)),
+            Some(ObjectName::Manifest(g))
+        );
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_order() {
+        let g = GenerationId::new(5, 6);
+        let s = SnapshotName {
+            txid: 0x1_0000_0000,
+            commit_ms: 1_763_700_000_123,
+        };
+        let name = format_snapshot(&g, &s);
+        assert_eq!(
+            parse_object(&name),
+            Some(ObjectName::Snapshot(g.clone(), s))
+        );
+        let t = SnapshotName { txid: 9, ..s };
+        assert!(
+            format_snapshot(&g, &t) < name,
+            "lexical order must be numeric order"
+        );
+    }
+
+    #[test]
+    fn segment_round_trip_and_order() {
+        let g = GenerationId::new(5, 6);
+        let s = SegmentName {
+            first_txid: 10,
+            last_txid: 0xabc,
+            first_commit_ms: 1,
+            last_commit_ms: 2,
+        };
+        let name = format_segment(&g, &s);
+        assert_eq!(parse_object(&name), Some(ObjectName::Segment(g.clone(), s)));
+        let later = SegmentName {
+            first_txid: 0xabd,
+            last_txid: 0x1000,
+            ..s
+        };
+        assert!(name < format_segment(&g, &later));
+        assert_eq!(parse_segment_stem(&format_segment_stem(&s)), Some(s));
+    }
+
+    #[test]
+    fn foreign_names_are_ignored() {
+        for n in [
+            "generations/zzz/manifest.json",
+            "generations/0000000000050000000/manifest.json",
+            "generations/000000000005000000006/wal/1-2.seg",
+            "generations/000000000005000000006/other",
+            ".walship/probe",
+            "litestream/generations/x",
+        ] {
+            assert_eq!(parse_object(n), None, "{n}");
+        }
+        // last < first is not a segment walship writes
+        assert_eq!(
+            parse_segment_stem("0000000000000002-0000000000000001-000000000000-000000000000"),
+            None
+        );
+    }
+}

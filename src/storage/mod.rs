@@ -1,0 +1,8 @@
+//! Object storage: object names (layout), where credentials come from, and the typed
+//! replica client over object_store. Never imports sqlite.
+
+pub mod credentials;
+pub mod layout;
+pub mod replica;
+
+pub use replica::{Listed, PutOutcome, Replica};

@@ -1,0 +1,302 @@
+//! Bad input gets a clear error naming the problem and a non-zero exit, and nothing in the
+//! replica or at the restore target is damaged.
+
+use crate::support::*;
+use std::path::Path;
+use std::process::Output;
+
+#[track_caller]
+fn assert_fails_naming(o: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr:\n{err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "stderr does not name {n:?}:\n{err}");
+    }
+}
+
+fn replicate_with_config(dir: &Path, yaml: &str, env: &[(&str, &str)]) -> Output {
+    let cfg = dir.join("walship.yml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut cmd = std::process::Command::new(walship_bin());
+    cmd.args(["replicate", "--config", cfg.to_str().unwrap()]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn malformed_yaml_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = replicate_with_config(dir.path(), "dbs:\n  - path: [unclosed\n", &[]);
+    assert_fails_naming(&o, &["malformed YAML", "walship.yml"]);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = replicate_with_config(
+        dir.path(),
+        "dbs:\n  - path: /tmp/x.db\n    replica:\n      url: file:///tmp/r\n      sync-intervall: 1s\n",
+        &[],
+    );
+    assert_fails_naming(&o, &["sync-intervall"]);
+}
+
+#[test]
+fn missing_variables_are_all_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = replicate_with_config(
+        dir.path(),
+        "dbs:\n  - path: ${WALSHIP_T_DB}\n    replica:\n      url: s3://${WALSHIP_T_BUCKET}/x\n",
+        &[],
+    );
+    assert_fails_naming(&o, &["WALSHIP_T_BUCKET", "WALSHIP_T_DB"]);
+}
+
+#[test]
+fn literal_secret_in_config_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = replicate_with_config(
+        dir.path(),
+        "dbs:\n  - path: /tmp/x.db\n    replica:\n      url: s3://b/x\n      secret-access-key: sekrit\n",
+        &[],
+    );
+    assert_fails_naming(&o, &["secret-access-key", "AWS_SECRET_ACCESS_KEY"]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("sekrit"));
+}
+
+#[test]
+fn database_that_does_not_exist_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("missing.db");
+    let b = Backend::file(&dir.path().join("r"));
+    let o = walship(&["replicate", db.to_str().unwrap(), &b.url], None);
+    assert_fails_naming(&o, &["missing.db", "does not exist"]);
+    assert!(!db.exists(), "walship must not create the database");
+}
+
+#[test]
+fn database_not_in_wal_mode_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("rollback.db");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    drop(c);
+    let b = Backend::file(&dir.path().join("r"));
+    let o = walship(&["replicate", db.to_str().unwrap(), &b.url], None);
+    assert_fails_naming(
+        &o,
+        &["rollback.db", "not in WAL mode", "journal_mode=delete"],
+    );
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete", "walship must not change the journal mode");
+}
+
+#[test]
+fn unreachable_endpoint_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create_db(&db);
+    let port = free_port(); // nothing listens there
+    let b = Backend::s3_at(&format!("http://127.0.0.1:{port}"), "bucket", "x");
+    let o = walship(&["replicate", db.to_str().unwrap(), &b.url], Some(&b));
+    assert_fails_naming(&o, &["s3://bucket/x", "unreachable"]);
+}
+
+#[test]
+fn missing_bucket_is_named() {
+    let Some(real) = Backend::s3("missing_bucket") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create_db(&db);
+    let b = Backend {
+        url: format!("s3://walship-no-such-bucket-{}/x", unique()),
+        ..real
+    };
+    let o = walship(&["replicate", db.to_str().unwrap(), &b.url], Some(&b));
+    assert_fails_naming(&o, &["walship-no-such-bucket", "bucket does not exist"]);
+}
+
+#[test]
+fn wrong_credentials_are_named() {
+    let Some(real) = Backend::s3("wrong_credentials") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    create_db(&db);
+    let b = Backend {
+        env: vec![
+            ("AWS_ACCESS_KEY_ID".into(), "walship".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "not-the-secret".into()),
+        ],
+        ..real
+    };
+    let o = walship(&["replicate", db.to_str().unwrap(), &b.url], Some(&b));
+    assert_fails_naming(&o, &["credentials were refused", "AWS_SECRET_ACCESS_KEY"]);
+}
+
+#[test]
+fn restore_refuses_to_overwrite_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let (db, backend) = replicated(dir.path(), Backend::file(&dir.path().join("r")));
+    let out = dir.path().join("existing.db");
+    std::fs::write(&out, b"precious").unwrap();
+    let o = restore(&backend, &out);
+    assert_fails_naming(&o, &["existing.db", "--force"]);
+    assert_eq!(std::fs::read(&out).unwrap(), b"precious");
+    let o = walship(
+        &[
+            "restore",
+            "--force",
+            "-o",
+            out.to_str().unwrap(),
+            &backend.url,
+        ],
+        Some(&backend),
+    );
+    assert_success(&o, "restore --force");
+    assert_same_content(&db, &out);
+}
+
+/// Replicate a small database and stop cleanly; returns its path and the backend.
+fn replicated(dir: &Path, backend: Backend) -> (std::path::PathBuf, Backend) {
+    let db = dir.join("app.db");
+    create_db(&db);
+    let rep = Replicator::start(&db, &backend, &[], &dir.join("w.log"));
+    let report = dir.join("report.json");
+    let w = start_writer(
+        &db,
+        &[
+            "--tx",
+            "300",
+            "--rate",
+            "300",
+            "--report",
+            report.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    finish_writer(w, &report);
+    assert!(rep.terminate(std::time::Duration::from_secs(30)).success());
+    (db, backend)
+}
+
+/// A damaged object makes restore fail naming that object, and leaves no file behind.
+fn corrupt_object_named(backend: Backend, dir: &Path, damage: impl Fn(&[u8]) -> Vec<u8>) {
+    let (_, backend) = replicated(dir, backend);
+    let store = object_store_for(&backend);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = rt.block_on(async {
+        use futures::TryStreamExt;
+        use object_store::ObjectStoreExt;
+        let (store, prefix) = &store;
+        let all: Vec<_> = store.list(Some(prefix)).try_collect().await.unwrap();
+        let seg = all
+            .iter()
+            .map(|m| m.location.clone())
+            .find(|l| l.as_ref().ends_with(".seg"))
+            .expect("a segment");
+        let bytes = store.get(&seg).await.unwrap().bytes().await.unwrap();
+        store.put(&seg, damage(&bytes).into()).await.unwrap();
+        seg.as_ref().rsplit('/').next().unwrap().to_string()
+    });
+    let out = dir.join("out.db");
+    let o = restore(&backend, &out);
+    assert_fails_naming(&o, &["corrupt object", &key]);
+    assert!(
+        !out.exists(),
+        "a failed restore must not leave a file at the target"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("walship-restore"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary restore files left: {leftovers:?}"
+    );
+}
+
+fn object_store_for(b: &Backend) -> (Box<dyn object_store::ObjectStore>, object_store::path::Path) {
+    if let Some(dir) = b.url.strip_prefix("file://") {
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap();
+        return (Box::new(fs), object_store::path::Path::from(""));
+    }
+    let rest = b.url.strip_prefix("s3://").unwrap();
+    let (bucket, prefix) = rest.split_once('/').unwrap();
+    let endpoint = &b.flags[1];
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id(&b.env[0].1)
+        .with_secret_access_key(&b.env[1].1)
+        .build()
+        .unwrap();
+    (Box::new(s3), object_store::path::Path::from(prefix))
+}
+
+fn flip_middle(b: &[u8]) -> Vec<u8> {
+    let mut v = b.to_vec();
+    let i = v.len() / 2;
+    v[i] ^= 0x55;
+    v
+}
+
+fn truncate_tail(b: &[u8]) -> Vec<u8> {
+    b[..b.len() - 7].to_vec()
+}
+
+#[test]
+fn corrupt_segment_is_named_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::file(&dir.path().join("r"));
+    corrupt_object_named(b, dir.path(), flip_middle);
+}
+
+#[test]
+fn truncated_segment_is_named_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backend::file(&dir.path().join("r"));
+    corrupt_object_named(b, dir.path(), truncate_tail);
+}
+
+#[test]
+fn corrupt_segment_is_named_s3() {
+    let Some(b) = Backend::s3("corrupt") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    corrupt_object_named(b, dir.path(), flip_middle);
+}
+
+#[test]
+fn truncated_segment_is_named_s3() {
+    let Some(b) = Backend::s3("truncated") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    corrupt_object_named(b, dir.path(), truncate_tail);
+}
+
+#[test]
+fn restore_of_empty_replica_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("r")).unwrap();
+    let b = Backend::file(&dir.path().join("r"));
+    let o = restore(&b, &dir.path().join("out.db"));
+    assert_fails_naming(&o, &["no generations"]);
+}

@@ -1,0 +1,7 @@
+//! The integration suite: one binary, real processes (walship, a Python writer standing in
+//! for the application, SeaweedFS), real files. Run it through tests/run.sh, which starts
+//! the S3 server; without it the S3 variants skip, except under CI=true where they fail.
+
+mod bad_input;
+mod sqlite_core;
+mod support;

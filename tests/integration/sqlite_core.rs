@@ -1,0 +1,367 @@
+//! Acceptance tests of the core issue, each against file:// and the real S3 server:
+//! crash/restart under load, the application's TRUNCATE checkpoints, no PUTs while idle,
+//! and a 30 s S3 outage within the local disk cap.
+
+use crate::support::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Small deterministic PRNG (the seed is printed, so a failure can be replayed).
+struct Lcg(u64);
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("WALSHIP_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// ≥ 20,000 transactions of random sizes (one > 1,000 pages), the writer's own TRUNCATE
+/// checkpoints at random moments, walship SIGKILLed and restarted ≥ 10 times; after a
+/// final SIGTERM the restore equals the source, table by table, row by row.
+fn crash_restarts(backend: Backend, dir: &Path) {
+    let seed = seed();
+    eprintln!("crash_restarts seed={seed} replica={}", backend.url);
+    let mut rng = Lcg(seed);
+    let db = dir.join("app.db");
+    create_db(&db);
+    let report = dir.join("report.json");
+    let log = dir.join("walship.log");
+    let writer = start_writer(
+        &db,
+        &strs(&[
+            "--tx",
+            "20000",
+            "--seed",
+            &(seed % 1000).to_string(),
+            "--big-tx-at",
+            "9000",
+            "--checkpoint-every",
+            "400",
+            "--rate",
+            "1000",
+            "--report",
+            report.to_str().unwrap(),
+        ]),
+    );
+    let mut writer = Some(writer);
+    let mut rep = Replicator::start(&db, &backend, &[], &log);
+    let mut kills = 0;
+    let started = Instant::now();
+    loop {
+        let pause = Duration::from_millis(200 + rng.below(1600));
+        let until = Instant::now() + pause;
+        let mut done = false;
+        while Instant::now() < until {
+            if writer.as_mut().unwrap().try_wait().unwrap().is_some() {
+                done = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if done {
+            break;
+        }
+        rep.kill();
+        kills += 1;
+        std::thread::sleep(Duration::from_millis(rng.below(300)));
+        rep = Replicator::start(&db, &backend, &[], &log);
+    }
+    let r = finish_writer(writer.take().unwrap(), &report);
+    std::thread::sleep(Duration::from_millis(300)); // let the last start get going
+    let ckpts = r["checkpoints"].as_array().unwrap().len();
+    eprintln!(
+        "writer done after {:.1}s: {kills} SIGKILLs, {ckpts} app TRUNCATE checkpoints",
+        secs(started)
+    );
+    assert!(
+        kills >= 10,
+        "only {kills} kills happened; the workload was too short"
+    );
+    assert!(ckpts > 0, "the writer made no checkpoint");
+    let status = rep.terminate(Duration::from_secs(60));
+    assert!(status.success(), "walship exit after SIGTERM: {status}");
+    let out = dir.join("restored.db");
+    assert_success(&restore(&backend, &out), "restore");
+    assert_same_content(&db, &out);
+    if std::env::var("WALSHIP_TEST_SHOW_LOG").is_ok() {
+        eprintln!("{}", std::fs::read_to_string(&log).unwrap());
+    }
+    let gens = walship(&["generations", "--json", &backend.url], Some(&backend));
+    let gens: serde_json::Value = serde_json::from_slice(&gens.stdout).unwrap();
+    eprintln!(
+        "generations in the replica: {}",
+        gens.as_array().unwrap().len()
+    );
+}
+
+#[test]
+fn crash_restarts_file() {
+    let dir = scratch();
+    crash_restarts(Backend::file(&dir.path().join("replica")), dir.path());
+}
+
+#[test]
+fn crash_restarts_s3() {
+    let Some(b) = Backend::s3("crash") else {
+        return;
+    };
+    let dir = scratch();
+    crash_restarts(b, dir.path());
+}
+
+/// The application's own `wal_checkpoint(TRUNCATE)` (busy_timeout 5 s) succeeds and
+/// truncates the WAL while walship runs, and nothing is lost.
+fn app_truncate(backend: Backend, dir: &Path) {
+    let db = dir.join("app.db");
+    create_db(&db);
+    let log = dir.join("walship.log");
+    let rep = Replicator::start(&db, &backend, &[], &log);
+    std::thread::sleep(Duration::from_millis(500));
+    let report = dir.join("report.json");
+    let w = start_writer(
+        &db,
+        &strs(&[
+            "--tx",
+            "3000",
+            "--seed",
+            "3",
+            "--checkpoint-every",
+            "40",
+            "--rate",
+            "600",
+            "--report",
+            report.to_str().unwrap(),
+        ]),
+    );
+    let r = finish_writer(w, &report);
+    let ckpts = r["checkpoints"].as_array().unwrap();
+    assert!(
+        ckpts.len() >= 20,
+        "expected many checkpoints, got {}",
+        ckpts.len()
+    );
+    let mut secs: Vec<f64> = Vec::new();
+    for c in ckpts {
+        assert_eq!(c["busy"], 0, "app checkpoint was blocked: {c}");
+        assert_eq!(c["wal_bytes_after"], 0, "WAL not truncated: {c}");
+        secs.push(c["seconds"].as_f64().unwrap());
+    }
+    secs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    eprintln!(
+        "app TRUNCATE checkpoints with walship running ({}): n={} median={:.1}ms p90={:.1}ms max={:.1}ms",
+        backend.url,
+        secs.len(),
+        secs[secs.len() / 2] * 1e3,
+        secs[secs.len() * 9 / 10] * 1e3,
+        secs[secs.len() - 1] * 1e3
+    );
+    let status = rep.terminate(Duration::from_secs(60));
+    assert!(status.success());
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !log_text.contains("new generation") || log_text.matches("new generation").count() == 1,
+        "stepping aside for app checkpoints must not cost a new generation:\n{log_text}"
+    );
+    let out = dir.join("restored.db");
+    assert_success(&restore(&backend, &out), "restore");
+    assert_same_content(&db, &out);
+}
+
+#[test]
+fn app_truncate_checkpoint_file() {
+    let dir = scratch();
+    app_truncate(Backend::file(&dir.path().join("replica")), dir.path());
+}
+
+#[test]
+fn app_truncate_checkpoint_s3() {
+    let Some(b) = Backend::s3("truncate") else {
+        return;
+    };
+    let dir = scratch();
+    app_truncate(b, dir.path());
+}
+
+fn metric(addr: &str, name: &str) -> f64 {
+    let body = http_get(addr, "/metrics");
+    body.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} not found in:\n{body}"))
+}
+
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// Over 30 s of idleness after the last write, walship makes no PUT request (counted by
+/// its request counter) and the replica's object listing does not change.
+fn idle_no_puts(backend: Backend, dir: &Path) {
+    let db = dir.join("app.db");
+    create_db(&db);
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let rep = Replicator::start(&db, &backend, &["--addr", &addr], &dir.join("w.log"));
+    let report = dir.join("report.json");
+    let w = start_writer(
+        &db,
+        &strs(&[
+            "--tx",
+            "500",
+            "--rate",
+            "500",
+            "--report",
+            report.to_str().unwrap(),
+        ]),
+    );
+    finish_writer(w, &report);
+    assert!(
+        wait_for(Duration::from_secs(20), Duration::from_millis(100), || {
+            metric(&addr, "walship_replication_lag_seconds") == 0.0
+                && metric(&addr, "walship_spool_bytes") == 0.0
+        }),
+        "walship did not catch up"
+    );
+    let listing = || walship(&["generations", "--json", &backend.url], Some(&backend)).stdout;
+    let (puts0, list0) = (metric(&addr, "walship_put_requests_total"), listing());
+    std::thread::sleep(Duration::from_secs(30));
+    let (puts1, list1) = (metric(&addr, "walship_put_requests_total"), listing());
+    eprintln!(
+        "idle 30 s on {}: PUT requests {puts0} -> {puts1}",
+        backend.url
+    );
+    assert_eq!(
+        puts0, puts1,
+        "walship made PUT requests while the database was idle"
+    );
+    assert_eq!(
+        list0, list1,
+        "the replica changed while the database was idle"
+    );
+    assert!(rep.terminate(Duration::from_secs(30)).success());
+}
+
+#[test]
+fn idle_makes_no_puts_file() {
+    let dir = scratch();
+    idle_no_puts(Backend::file(&dir.path().join("replica")), dir.path());
+}
+
+#[test]
+fn idle_makes_no_puts_s3() {
+    let Some(b) = Backend::s3("idle") else { return };
+    let dir = scratch();
+    idle_no_puts(b, dir.path());
+}
+
+/// The S3 server is down for 30 s mid-workload (the app checkpointing meanwhile): walship
+/// keeps the app working, stays within its local disk cap, catches up when the server
+/// returns, and the restore equals the source.
+#[test]
+fn s3_outage_30s() {
+    let Some(mut s3) = PrivateS3::start("s3_outage_30s") else {
+        return;
+    };
+    let dir = scratch();
+    let db = dir.path().join("app.db");
+    create_db(&db);
+    let backend = s3.backend("outage");
+    let spool = dir.path().join("spool");
+    let cap: u64 = 4 << 20;
+    let rep = Replicator::start(
+        &db,
+        &backend,
+        &[
+            "--spool-dir",
+            spool.to_str().unwrap(),
+            "--spool-limit",
+            "4MiB",
+        ],
+        &dir.path().join("w.log"),
+    );
+    let report = dir.path().join("report.json");
+    let w = start_writer(
+        &db,
+        &strs(&[
+            "--tx",
+            "30000",
+            "--seed",
+            "11",
+            "--checkpoint-every",
+            "2000",
+            "--rate",
+            "500",
+            "--report",
+            report.to_str().unwrap(),
+        ]),
+    );
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, spool) = (stop.clone(), spool.clone());
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(dir_bytes(&spool));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    };
+    std::thread::sleep(Duration::from_secs(10));
+    s3.stop();
+    eprintln!("S3 stopped");
+    std::thread::sleep(Duration::from_secs(30));
+    s3.resume();
+    eprintln!("S3 back");
+    let r = finish_writer(w, &report);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = watcher.join().unwrap();
+    eprintln!(
+        "outage: writer p99 {:.2} ms; spool peak {peak} bytes (cap {cap})",
+        r["latency_p99_ms"].as_f64().unwrap()
+    );
+    assert!(
+        peak <= cap,
+        "spool grew to {peak} bytes, over its {cap}-byte cap"
+    );
+    // walship must never hold an app checkpoint for its busy_timeout (5 s), outage or not.
+    for c in r["checkpoints"].as_array().unwrap() {
+        assert!(
+            c["seconds"].as_f64().unwrap() < 1.0,
+            "app checkpoint held up during the outage: {c}"
+        );
+    }
+    assert!(rep.terminate(Duration::from_secs(60)).success());
+    let out = dir.path().join("restored.db");
+    assert_success(&restore(&backend, &out), "restore");
+    assert_same_content(&db, &out);
+}

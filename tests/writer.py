@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""The application side of walship's tests: a separate process with its own SQLite
+connection (Python's sqlite3, i.e. the system SQLite, not walship's bundled one), a normal
+busy_timeout, and its own checkpoints.
+
+It commits transactions of random sizes to two tables, optionally one transaction larger
+than 1,000 pages, optionally `PRAGMA wal_checkpoint(TRUNCATE)` at random moments, and
+writes a JSON report: commit latencies, every checkpoint's (busy, log, checkpointed,
+seconds, WAL bytes after), and, with --record, the commit time and a content hash after
+every transaction (for point-in-time tests).
+
+    writer.py --db app.db --tx 20000 --seed 1 --big-tx-at 5000 --checkpoint-every 400 \
+              --rate 1500 --report report.json
+"""
+import argparse
+import hashlib
+import json
+import os
+import random
+import sqlite3
+import sys
+import time
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items(id INTEGER PRIMARY KEY, k TEXT NOT NULL, v BLOB, n INTEGER);
+CREATE INDEX IF NOT EXISTS items_k ON items(k);
+CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+def content_hash(conn):
+    h = hashlib.sha256()
+    for row in conn.execute("SELECT id, k, v, n FROM items ORDER BY id"):
+        h.update(repr(row).encode())
+    for row in conn.execute("SELECT name, value FROM counters ORDER BY name"):
+        h.update(repr(row).encode())
+    return h.hexdigest()
+
+
+def one_tx(conn, rng, big):
+    if big:
+        # > 1,000 pages at 4 KiB: 1,500 rows of 3 KiB each.
+        for _ in range(1500):
+            conn.execute("INSERT INTO items(k, v, n) VALUES (?, ?, ?)",
+                         (f"big{rng.random()}", rng.randbytes(3000), 0))
+        return
+    shape = rng.random()
+    if shape < 0.6:
+        conn.execute("INSERT INTO items(k, v, n) VALUES (?, ?, ?)",
+                     (f"k{rng.randrange(1 << 30)}", rng.randbytes(rng.randrange(8, 200)), 1))
+    elif shape < 0.85:
+        for _ in range(rng.randrange(2, 12)):
+            conn.execute("INSERT INTO items(k, v, n) VALUES (?, ?, ?)",
+                         (f"m{rng.randrange(1 << 30)}", rng.randbytes(rng.randrange(8, 1500)), 2))
+    else:
+        top = conn.execute("SELECT coalesce(max(id), 0) FROM items").fetchone()[0]
+        start = rng.randrange(top + 1)
+        if shape < 0.95:
+            conn.execute("UPDATE items SET n = n + 1, v = ? WHERE id IN "
+                         "(SELECT id FROM items WHERE id >= ? LIMIT 5)", (rng.randbytes(64), start))
+        else:
+            conn.execute("DELETE FROM items WHERE id IN (SELECT id FROM items WHERE id >= ? LIMIT 8)",
+                         (start,))
+    conn.execute("INSERT INTO counters(name, value) VALUES ('tx', 1) "
+                 "ON CONFLICT(name) DO UPDATE SET value = value + 1")
+
+
+def pct(xs, p):
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(len(s) * p))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--tx", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--big-tx-at", type=int, default=-1, help="index of the >1000-page transaction")
+    ap.add_argument("--checkpoint-every", type=int, default=0,
+                    help="on average one TRUNCATE checkpoint per this many transactions (0: none)")
+    ap.add_argument("--rate", type=float, default=0, help="transactions per second (0: as fast as possible)")
+    ap.add_argument("--single-row", action="store_true", help="every transaction inserts one small row")
+    ap.add_argument("--record", help="append 'commit_unix_ms hash' lines after every commit")
+    ap.add_argument("--report", help="write the JSON report here")
+    ap.add_argument("--pause-file", help="while this file exists, stop writing")
+    a = ap.parse_args()
+
+    rng = random.Random(a.seed)
+    conn = sqlite3.connect(a.db, timeout=5.0, isolation_level=None)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    assert mode == "wal", mode
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.executescript(SCHEMA)
+    record = open(a.record, "a") if a.record else None
+
+    latencies, checkpoints = [], []
+    start = time.monotonic()
+    for i in range(a.tx):
+        while a.pause_file and os.path.exists(a.pause_file):
+            time.sleep(0.05)
+        if a.rate > 0:
+            due = start + i / a.rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        t0 = time.perf_counter()
+        conn.execute("BEGIN")
+        if a.single_row:
+            conn.execute("INSERT INTO items(k, v, n) VALUES (?, ?, ?)", (f"s{i}", b"x" * 32, i))
+        else:
+            one_tx(conn, rng, i == a.big_tx_at)
+        conn.execute("COMMIT")
+        latencies.append(time.perf_counter() - t0)
+        if record:
+            record.write(f"{int(time.time() * 1000)} {i + 1} {content_hash(conn)}\n")
+            record.flush()
+        if a.checkpoint_every and rng.randrange(a.checkpoint_every) == 0:
+            t1 = time.perf_counter()
+            busy, log, ckpt = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            secs = time.perf_counter() - t1
+            wal = a.db + "-wal"
+            size = os.path.getsize(wal) if os.path.exists(wal) else 0
+            checkpoints.append({"busy": busy, "log": log, "checkpointed": ckpt,
+                                "seconds": secs, "wal_bytes_after": size})
+
+    report = {
+        "transactions": a.tx,
+        "seconds": time.monotonic() - start,
+        "latency_p50_ms": 1000 * pct(latencies, 0.50),
+        "latency_p99_ms": 1000 * pct(latencies, 0.99),
+        "latency_max_ms": 1000 * max(latencies),
+        "checkpoints": checkpoints,
+        "hash": content_hash(conn),
+    }
+    conn.close()
+    out = json.dumps(report)
+    if a.report:
+        with open(a.report, "w") as f:
+            f.write(out)
+    else:
+        print(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
