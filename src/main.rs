@@ -33,17 +33,25 @@ fn terminated() -> impl std::future::Future<Output = ()> {
 }
 
 fn main() -> ExitCode {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    // First thing: a SIGTERM from here on is a request to ship and stop, not a kill.
+    let args = Cli::parse();
+    // `replicate` does its heavy work on its capture threads; one async thread serves the
+    // uploads and the metrics endpoint with fewer wake-ups. Restore writes from blocking
+    // sections while downloads continue, which needs the multi-threaded runtime.
+    let runtime = if matches!(args.command, Command::Replicate(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime");
+    // From here on a SIGTERM is a request to ship and stop, not a kill.
     let stop = {
         let _in_runtime = runtime.enter();
         terminated()
     };
-    let args = Cli::parse();
     let result = runtime.block_on(async {
         match args.command {
             Command::Replicate(a) => {

@@ -73,13 +73,13 @@ export WALSHIP_TEST_WEED="$VENV/bin/weed"
 
 cd "$ROOT"
 log "building"
-cargo build --release --quiet --bins
+cargo build --profile ci --quiet --bins
 
 # Ready = a signed LIST of the bucket succeeds (bounded: 60 s).
 ready=
 for _ in $(seq 1 300); do
   kill -0 "$WEED_PID" 2>/dev/null || { log "weed exited:"; tail -20 "$S3_DIR/weed.log" >&2; exit 1; }
-  if target/release/walship generations --endpoint "$WALSHIP_TEST_S3_ENDPOINT" \
+  if target/ci/walship generations --endpoint "$WALSHIP_TEST_S3_ENDPOINT" \
        "s3://$BUCKET/ready-check" >/dev/null 2>&1; then ready=1; break; fi
   sleep 0.2
 done
@@ -87,4 +87,4 @@ done
 log "S3 server ready at $WALSHIP_TEST_S3_ENDPOINT (bucket $BUCKET)"
 
 log "running the suite"
-cargo test --release "$@"
+cargo test --profile ci "$@"

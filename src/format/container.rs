@@ -32,27 +32,35 @@ pub struct EncodedChunk {
     pub crc: u32,
 }
 
+thread_local! {
+    /// lz4's worst-case output buffer, reused: a fresh megabyte per chunk would cost page
+    /// faults on every segment.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Compress `raw` (non-empty) into a chunk; stored raw when lz4 would not shrink it.
 pub fn encode_chunk(raw: &[u8]) -> EncodedChunk {
     assert!(!raw.is_empty() && raw.len() <= MAX_CHUNK_RAW);
     let crc = crc32fast::hash(raw);
-    let mut bytes = vec![0u8; CHUNK_HEAD_LEN + block::get_maximum_output_size(raw.len())];
-    let n = block::compress_into(raw, &mut bytes[CHUNK_HEAD_LEN..]).expect("buffer sized by lz4");
-    let stored = if n < raw.len() {
-        n as u32
-    } else {
-        bytes[CHUNK_HEAD_LEN..CHUNK_HEAD_LEN + raw.len()].copy_from_slice(raw);
-        raw.len() as u32 | STORED_RAW
-    };
-    bytes.truncate(CHUNK_HEAD_LEN + (stored & !STORED_RAW) as usize);
-    bytes[0..4].copy_from_slice(&(raw.len() as u32).to_be_bytes());
-    bytes[4..8].copy_from_slice(&stored.to_be_bytes());
-    bytes[8..12].copy_from_slice(&crc.to_be_bytes());
-    EncodedChunk {
-        bytes,
-        raw_len: raw.len(),
-        crc,
-    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.resize(block::get_maximum_output_size(raw.len()), 0);
+        let n = block::compress_into(raw, scratch).expect("buffer sized by lz4");
+        let (body, stored) = if n < raw.len() {
+            (&scratch[..n], n as u32)
+        } else {
+            (raw, raw.len() as u32 | STORED_RAW)
+        };
+        let mut bytes = Vec::with_capacity(CHUNK_HEAD_LEN + body.len());
+        bytes.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&stored.to_be_bytes());
+        bytes.extend_from_slice(&crc.to_be_bytes());
+        bytes.extend_from_slice(body);
+        EncodedChunk {
+            bytes,
+            raw_len: raw.len(),
+            crc,
+        }
+    })
 }
 
 /// Writes a container incrementally: `new` gives the header bytes, `push`/`chunk` append

@@ -1,13 +1,34 @@
-//! WAL segments: a run of whole committed transactions (frames in WAL order, each commit
-//! frame stamped with the time walship saw it) <-> container bytes. Pure.
+//! WAL segments: a run of whole committed transactions <-> container bytes. The payload
+//! is the WAL frames as SQLite wrote them (24-byte frame header + page), followed by a
+//! table giving the time walship saw each commit. Keeping SQLite's frame headers lets
+//! decode re-verify SQLite's own checksum chain, end to end. A page that is written again
+//! by a later frame starting in the same 1 MiB chunk is stored XORed with that later
+//! version (the last version in the chunk stays whole): a hot page changes a few bytes per
+//! transaction, so lz4 then sees mostly zeros (smaller objects, faster compression). The
+//! XOR is applied as each transaction commits, while its frames are still in cache. Pure.
 
 use super::container::{self, Writer};
 use super::{get_position, put_position};
-use crate::sqlite::wal::WalPosition;
+use crate::sqlite::wal::{FRAME_HEADER_LEN, FrameHeader, WalHeader, WalPosition};
 
 pub const MAGIC: &[u8; 4] = b"WSEG";
 const CHUNK_RAW: usize = 1 << 20;
 const FIELDS_LEN: usize = 4 + 4 + 8 * 4 + 4 + 4 + 2 * super::POSITION_LEN;
+/// One commit-table entry: frame index in the segment (u32) and commit time (u64 ms).
+const COMMIT_ENTRY: usize = 12;
+/// The payload chunk frame `i` starts in: the scope of delta bases.
+fn chunk_of(i: u32, frame_len: usize) -> usize {
+    i as usize * frame_len / CHUNK_RAW
+}
+
+/// `page ^= base` (8-byte words, so it vectorises).
+fn xor_into(page: &mut [u8], base: &[u8]) {
+    for (p, b) in page.chunks_exact_mut(8).zip(base.chunks_exact(8)) {
+        let x =
+            u64::from_ne_bytes(p.try_into().unwrap()) ^ u64::from_ne_bytes(b.try_into().unwrap());
+        p.copy_from_slice(&x.to_ne_bytes());
+    }
+}
 
 /// Everything a segment's header says. `start` is the position before its first frame,
 /// `end` the position after its last (a commit frame); they name different WALs when the
@@ -27,6 +48,21 @@ pub struct SegmentMeta {
 }
 
 impl SegmentMeta {
+    #[cfg(test)]
+    fn default_for_tests(start: WalPosition) -> Self {
+        SegmentMeta {
+            page_size: 4096,
+            first_txid: 1,
+            last_txid: 1,
+            first_commit_ms: 0,
+            last_commit_ms: 0,
+            frame_count: 0,
+            db_pages: 1,
+            start,
+            end: start,
+        }
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut f = Vec::with_capacity(FIELDS_LEN);
         f.extend_from_slice(&self.page_size.to_be_bytes());
@@ -52,8 +88,6 @@ impl SegmentMeta {
         }
         let u32_at = |at: usize| u32::from_be_bytes(f[at..at + 4].try_into().unwrap());
         let u64_at = |at: usize| u64::from_be_bytes(f[at..at + 8].try_into().unwrap());
-        let start = get_position(&f[48..]);
-        let end = get_position(&f[48 + super::POSITION_LEN..]);
         Ok(SegmentMeta {
             page_size: u32_at(0),
             first_txid: u64_at(8),
@@ -62,8 +96,8 @@ impl SegmentMeta {
             last_commit_ms: u64_at(32),
             frame_count: u32_at(40),
             db_pages: u32_at(44),
-            start,
-            end,
+            start: get_position(&f[48..]),
+            end: get_position(&f[48 + super::POSITION_LEN..]),
         })
     }
 
@@ -73,60 +107,176 @@ impl SegmentMeta {
         Self::decode(&h.fields)
     }
 
-    /// Upper bound on the header's encoded length, for ranged GETs.
+    /// The header's encoded length, for ranged GETs.
     pub const HEADER_LEN: usize = 12 + FIELDS_LEN;
 }
 
-/// Accumulates frames of whole transactions in WAL order.
-#[derive(Default)]
+/// Accumulates whole transactions: WAL frames as raw bytes, plus commit times. Frames are
+/// written straight into the buffer (`frames_tail`) so that capture copies each byte once;
+/// committed frames are compressed a chunk at a time as they accumulate (`seal`), so a
+/// segment never sits uncompressed in memory. The raw buffer keeps its initialised length
+/// across segments (`used` is the live part): reusing it costs no zero-filling.
 pub struct SegmentBuilder {
-    payload: Vec<u8>,
-    frames: u32,
+    frame_len: usize,
+    sealed: Vec<container::EncodedChunk>,
+    sealed_bytes: usize,
+    raw: Vec<u8>,
+    used: usize,
+    commits: Vec<(u32, u64)>,
+    /// Frames (from the segment's start) already taken into the delta encoding.
+    deltas_done: u32,
+    /// Each page's latest frame in the current chunk (still whole in `raw`).
+    latest: std::collections::HashMap<u32, u32>,
+    latest_chunk: usize,
 }
 
 impl SegmentBuilder {
-    pub fn push(&mut self, pgno: u32, commit: Option<(u32, u64)>, page: &[u8]) {
-        self.payload.extend_from_slice(&pgno.to_be_bytes());
-        match commit {
-            Some((db_pages, ms)) => {
-                self.payload.extend_from_slice(&db_pages.to_be_bytes());
-                self.payload.extend_from_slice(&ms.to_be_bytes());
-            }
-            None => self.payload.extend_from_slice(&0u32.to_be_bytes()),
+    pub fn new(page_size: u32) -> Self {
+        SegmentBuilder {
+            frame_len: FRAME_HEADER_LEN + page_size as usize,
+            sealed: Vec::new(),
+            sealed_bytes: 0,
+            raw: Vec::new(),
+            used: 0,
+            commits: Vec::new(),
+            deltas_done: 0,
+            latest: std::collections::HashMap::new(),
+            latest_chunk: 0,
         }
-        self.payload.extend_from_slice(page);
-        self.frames += 1;
+    }
+
+    /// Take committed frames `deltas_done..committed` into the delta encoding: each
+    /// replaces its page's previous frame in the same chunk by `previous ^ this`. Only
+    /// committed frames are used, so no XOR ever involves a frame that is later dropped.
+    pub fn commit_frames(&mut self, committed: u32) {
+        let fl = self.frame_len;
+        while self.deltas_done < committed {
+            let k = self.deltas_done;
+            let chunk = chunk_of(k, fl);
+            if chunk != self.latest_chunk {
+                self.latest.clear();
+                self.latest_chunk = chunk;
+            }
+            let at = k as usize * fl - self.sealed_bytes;
+            let pgno = FrameHeader::from_slice(&self.raw[at..]).pgno();
+            if let Some(j) = self.latest.insert(pgno, k) {
+                let bt = j as usize * fl - self.sealed_bytes;
+                let (before, rest) = self.raw.split_at_mut(at);
+                xor_into(
+                    &mut before[bt + FRAME_HEADER_LEN..bt + fl],
+                    &rest[FRAME_HEADER_LEN..fl],
+                );
+            }
+            self.deltas_done += 1;
+        }
+    }
+
+    /// Room for `n` more frames at the end; fill it, then `truncate` to what is valid.
+    pub fn frames_tail(&mut self, n: usize) -> &mut [u8] {
+        let (at, end) = (self.used, self.used + n * self.frame_len);
+        if self.raw.len() < end {
+            self.raw.resize(end, 0);
+        }
+        self.used = end;
+        &mut self.raw[at..end]
+    }
+
+    /// Append one frame (header + page) by copy.
+    pub fn push(&mut self, header: &FrameHeader, page: &[u8], commit_ms: Option<u64>) {
+        let tail = self.frames_tail(1);
+        tail[..FRAME_HEADER_LEN].copy_from_slice(&header.0);
+        tail[FRAME_HEADER_LEN..].copy_from_slice(page);
+        if let Some(ms) = commit_ms {
+            self.mark_commit(self.frames() - 1, ms);
+        }
+    }
+
+    /// Record that frame `index` (a commit frame) was seen committed at `ms`.
+    pub fn mark_commit(&mut self, index: u32, ms: u64) {
+        self.commits.push((index, ms));
     }
 
     pub fn frames(&self) -> u32 {
-        self.frames
+        ((self.sealed_bytes + self.used) / self.frame_len) as u32
     }
 
     pub fn raw_len(&self) -> usize {
-        self.payload.len()
+        self.sealed_bytes + self.used + self.commits.len() * COMMIT_ENTRY
     }
 
-    /// Drop everything after `len` raw bytes / `frames` frames (an unfinished transaction).
-    pub fn truncate(&mut self, len: usize, frames: u32) {
-        self.payload.truncate(len);
-        self.frames = frames;
+    /// Keep only the first `frames` frames (drop an unfinished transaction). Sealed
+    /// (committed) frames are never dropped.
+    pub fn truncate(&mut self, frames: u32) {
+        let total = (frames as usize * self.frame_len).max(self.sealed_bytes);
+        self.used = self.used.min(total - self.sealed_bytes);
+        self.commits.retain(|&(i, _)| i < frames);
     }
 
-    pub fn clear(&mut self) {
-        self.payload.clear();
-        self.frames = 0;
+    /// Compress the chunks that are final: every frame starting in them committed and
+    /// taken into the delta encoding, and a later frame already started past them (no
+    /// later version of their pages can join the chunk any more).
+    pub fn seal(&mut self, committed: u32) {
+        self.commit_frames(committed);
+        let started = (committed.saturating_sub(1) as usize) * self.frame_len;
+        let mut ready = (started / CHUNK_RAW * CHUNK_RAW).saturating_sub(self.sealed_bytes);
+        if ready < CHUNK_RAW {
+            return;
+        }
+        let mut at = 0;
+        while ready >= CHUNK_RAW {
+            self.sealed
+                .push(container::encode_chunk(&self.raw[at..at + CHUNK_RAW]));
+            at += CHUNK_RAW;
+            ready -= CHUNK_RAW;
+        }
+        // One move of what is left, to the front.
+        self.raw.copy_within(at..self.used, 0);
+        self.used -= at;
+        self.sealed_bytes += at;
     }
 
-    /// Encode with `meta`; its frame count is taken from the builder.
-    pub fn encode(&self, meta: &SegmentMeta) -> Vec<u8> {
+    /// Empty the builder. Its buffer is kept for the next segment unless it grew past
+    /// `keep` bytes (one huge transaction should not pin memory for good).
+    pub fn clear(&mut self, keep: usize) {
+        self.used = 0;
+        self.sealed.clear();
+        self.sealed_bytes = 0;
+        self.commits.clear();
+        self.deltas_done = 0;
+        self.latest.clear();
+        self.latest_chunk = 0;
+        if self.raw.len() > keep {
+            self.raw = Vec::new();
+        }
+    }
+
+    /// Encode with `meta` (every frame held must be committed); its frame count is taken
+    /// from the builder.
+    /// Every frame held must be committed (it is: capture truncates unfinished
+    /// transactions before it encodes).
+    pub fn encode(&mut self, meta: &SegmentMeta) -> Vec<u8> {
         let meta = SegmentMeta {
-            frame_count: self.frames,
+            frame_count: self.frames(),
             ..*meta
         };
-        let mut out = Vec::with_capacity(self.payload.len() / 2 + 256);
+        let mut table = Vec::with_capacity(self.commits.len() * COMMIT_ENTRY);
+        for &(i, ms) in &self.commits {
+            table.extend_from_slice(&i.to_be_bytes());
+            table.extend_from_slice(&ms.to_be_bytes());
+        }
+        self.commit_frames(self.frames());
+        let tail = &self.raw[..self.used];
+        let sealed: usize = self.sealed.iter().map(|c| c.bytes.len()).sum();
+        let mut out = Vec::with_capacity(sealed + self.used / 4 + 256);
         let mut w = Writer::new(MAGIC, &meta.encode(), &mut out);
-        for c in self.payload.chunks(CHUNK_RAW) {
+        for c in &self.sealed {
+            w.push(c, &mut out);
+        }
+        for c in tail.chunks(CHUNK_RAW) {
             w.chunk(c, &mut out);
+        }
+        if !table.is_empty() {
+            w.chunk(&table, &mut out);
         }
         w.finish(&mut out);
         out
@@ -136,6 +286,7 @@ impl SegmentBuilder {
 /// One frame read back from a segment.
 #[derive(Debug, Clone, Copy)]
 pub struct Frame<'a> {
+    pub header: FrameHeader,
     pub pgno: u32,
     /// `(database pages after commit, commit time ms)` on a commit frame.
     pub commit: Option<(u32, u64)>,
@@ -146,11 +297,14 @@ pub struct Frame<'a> {
 pub struct Segment {
     pub meta: SegmentMeta,
     payload: Vec<u8>,
+    /// Commit time by frame index.
+    commits: Vec<(u32, u64)>,
 }
 
 impl Segment {
-    /// Decode and verify: container CRCs, then that the frames agree with the header
-    /// (count, transaction count, commit times, ends on a commit).
+    /// Decode and verify: container CRCs; frames agree with the header (count, commits,
+    /// times, ends on a commit); and SQLite's own checksum chain holds from the start
+    /// position through every frame to the end position.
     pub fn decode(b: &[u8]) -> Result<Self, String> {
         let (h, payload) = container::decode_all(b, MAGIC)?;
         let meta = SegmentMeta::decode(&h.fields)?;
@@ -160,74 +314,150 @@ impl Segment {
         if meta.last_txid < meta.first_txid {
             return Err("last txid before first".into());
         }
-        let seg = Segment { meta, payload };
-        let (mut frames, mut commits, mut last_ms, mut last_was_commit) = (0u32, 0u64, 0u64, false);
-        let mut first_ms = None;
-        for f in seg.frames_checked() {
-            let f = f?;
-            frames += 1;
-            last_was_commit = f.commit.is_some();
-            if let Some((_, ms)) = f.commit {
-                commits += 1;
-                first_ms.get_or_insert(ms);
-                if ms < last_ms {
-                    return Err("commit times go backwards".into());
-                }
-                last_ms = ms;
-            }
-        }
-        let m = &seg.meta;
-        if frames != m.frame_count
-            || commits != m.last_txid - m.first_txid + 1
-            || !last_was_commit
-            || first_ms != Some(m.first_commit_ms)
-            || last_ms != m.last_commit_ms
-        {
-            return Err("frames do not match the segment header".into());
-        }
+        let frame_len = FRAME_HEADER_LEN + meta.page_size as usize;
+        let frames_len = meta.frame_count as usize * frame_len;
+        let table = payload
+            .get(frames_len..)
+            .filter(|t| t.len().is_multiple_of(COMMIT_ENTRY))
+            .ok_or("payload size does not match the frame count")?;
+        let commits: Vec<(u32, u64)> = table
+            .chunks_exact(COMMIT_ENTRY)
+            .map(|e| {
+                (
+                    u32::from_be_bytes(e[0..4].try_into().unwrap()),
+                    u64::from_be_bytes(e[4..12].try_into().unwrap()),
+                )
+            })
+            .collect();
+        let mut seg = Segment {
+            meta,
+            payload,
+            commits,
+        };
+        seg.undo_deltas();
+        seg.verify()?;
         Ok(seg)
     }
 
-    fn frames_checked(&self) -> impl Iterator<Item = Result<Frame<'_>, String>> {
-        let page = self.meta.page_size as usize;
-        let p = &self.payload;
-        let mut at = 0usize;
-        std::iter::from_fn(move || {
-            if at == p.len() {
-                return None;
+    /// Undo the delta encoding in place: chunk by chunk, last frame first, so the later
+    /// version each frame was XORed with is already whole.
+    fn undo_deltas(&mut self) {
+        let fl = FRAME_HEADER_LEN + self.meta.page_size as usize;
+        let n = self.meta.frame_count;
+        let mut latest: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        let mut next: Vec<Option<u32>> = Vec::new();
+        let mut first = 0;
+        while first < n {
+            let chunk = chunk_of(first, fl);
+            let mut last = first;
+            while last < n && chunk_of(last, fl) == chunk {
+                last += 1;
             }
-            let take = |at: usize, n: usize| p.get(at..at + n);
-            let res = (|| {
-                let pgno = u32::from_be_bytes(take(at, 4)?.try_into().unwrap());
-                let size = u32::from_be_bytes(take(at + 4, 4)?.try_into().unwrap());
-                let (commit, hdr) = if size != 0 {
-                    let ms = u64::from_be_bytes(take(at + 8, 8)?.try_into().unwrap());
-                    (Some((size, ms)), 16)
-                } else {
-                    (None, 8)
-                };
-                let data = take(at + hdr, page)?;
-                at += hdr + page;
-                Some(Frame {
-                    pgno,
-                    commit,
-                    page: data,
-                })
-            })();
-            match res {
-                Some(f) if f.pgno != 0 => Some(Ok(f)),
-                _ => {
-                    at = p.len();
-                    Some(Err("malformed frame record".to_string()))
+            latest.clear();
+            next.clear();
+            next.resize((last - first) as usize, None);
+            for k in first..last {
+                let pgno = FrameHeader::from_slice(&self.payload[k as usize * fl..]).pgno();
+                if let Some(j) = latest.insert(pgno, k) {
+                    next[(j - first) as usize] = Some(k);
                 }
             }
-        })
+            for j in (first..last).rev() {
+                if let Some(k) = next[(j - first) as usize] {
+                    let (at, bt) = (j as usize * fl, k as usize * fl);
+                    let (before, rest) = self.payload.split_at_mut(bt);
+                    xor_into(
+                        &mut before[at + FRAME_HEADER_LEN..at + fl],
+                        &rest[FRAME_HEADER_LEN..fl],
+                    );
+                }
+            }
+            first = last;
+        }
     }
 
-    /// Frames in WAL order (already verified by `decode`).
+    fn verify(&self) -> Result<(), String> {
+        let m = &self.meta;
+        if self.commits.len() as u64 != m.last_txid - m.first_txid + 1 {
+            return Err("commit count does not match the transaction range".into());
+        }
+        if self
+            .commits
+            .windows(2)
+            .any(|w| w[0].0 >= w[1].0 || w[0].1 > w[1].1)
+            || self.commits.first().map(|c| c.1) != Some(m.first_commit_ms)
+            || self.commits.last().map(|c| c.1) != Some(m.last_commit_ms)
+            || self.commits.last().map(|c| c.0 + 1) != Some(m.frame_count)
+        {
+            return Err("commit table does not match the header".into());
+        }
+        // SQLite's checksum chain: from the start position through each frame. A frame
+        // with new salts opens a WAL after a reset; its seed (that WAL header's checksum)
+        // is not stored, so the chain is picked up again from that frame.
+        let mut salts = (m.start.salt1, m.start.salt2);
+        let mut running = m.start.cksum;
+        let mut chained = !m.start.is_empty_wal();
+        let mut next_commit = self.commits.iter().peekable();
+        for (i, f) in self.raw_frames().enumerate() {
+            let (fh, page) = f;
+            let hdr = WalHeader {
+                big_endian: m.start.big_endian,
+                page_size: m.page_size,
+                ckpt_seq: 0,
+                salt1: fh.salts().0,
+                salt2: fh.salts().1,
+                cksum: [0, 0],
+            };
+            if fh.salts() != salts {
+                salts = fh.salts();
+                chained = false;
+            }
+            if chained && fh.verify(&hdr, running, page).is_none() {
+                return Err(format!("frame {i} breaks SQLite's checksum chain"));
+            }
+            running = fh.cksum();
+            chained = true;
+            let is_commit = next_commit.peek().is_some_and(|c| c.0 as usize == i);
+            if is_commit != fh.is_commit() || fh.pgno() == 0 {
+                return Err(format!("frame {i} disagrees with the commit table"));
+            }
+            if is_commit {
+                next_commit.next();
+            }
+        }
+        if running != m.end.cksum || salts != (m.end.salt1, m.end.salt2) {
+            return Err("frames do not end at the end position".into());
+        }
+        Ok(())
+    }
+
+    fn raw_frames(&self) -> impl Iterator<Item = (FrameHeader, &[u8])> {
+        let frame_len = FRAME_HEADER_LEN + self.meta.page_size as usize;
+        self.payload[..self.meta.frame_count as usize * frame_len]
+            .chunks_exact(frame_len)
+            .map(|f| (FrameHeader::from_slice(f), &f[FRAME_HEADER_LEN..]))
+    }
+
+    /// Frames in WAL order (verified by `decode`).
     pub fn frames(&self) -> impl Iterator<Item = Frame<'_>> {
-        self.frames_checked()
-            .map(|f| f.expect("verified in decode"))
+        let mut commits = self.commits.iter().peekable();
+        self.raw_frames()
+            .enumerate()
+            .map(move |(i, (header, page))| {
+                let commit = match commits.peek() {
+                    Some(&&(at, ms)) if at as usize == i => {
+                        commits.next();
+                        Some((header.commit_size(), ms))
+                    }
+                    _ => None,
+                };
+                Frame {
+                    header,
+                    pgno: header.pgno(),
+                    commit,
+                    page,
+                }
+            })
     }
 }
 
@@ -235,33 +465,37 @@ impl Segment {
 mod tests {
     use super::*;
 
+    const PS: u32 = 512;
+
+    /// Three frames of a real chain (tx of 2 frames, tx of 1) after `start`.
     fn sample() -> (SegmentMeta, SegmentBuilder) {
-        let mut b = SegmentBuilder::default();
-        b.push(3, None, &[1u8; 512]);
-        b.push(1, Some((5, 1000)), &[2u8; 512]);
-        b.push(4, Some((6, 1500)), &[3u8; 512]);
-        let pos = WalPosition {
-            epoch: 2,
-            ckpt_seq: 9,
-            salt1: 11,
-            salt2: 12,
-            big_endian: true,
-            frame: 10,
-            cksum: [1, 2],
-        };
+        let hdr = WalHeader::parse(&WalHeader::encode(true, PS, 9, 11, 12)).unwrap();
+        let start = WalPosition::start_of(&hdr, 2);
+        let mut b = SegmentBuilder::new(PS);
+        let mut c = hdr.cksum;
+        for (pgno, commit, fill, ms) in [
+            (3, 0, 1u8, None),
+            (1, 5, 2, Some(1000)),
+            (4, 6, 3, Some(1500)),
+        ] {
+            let page = vec![fill; PS as usize];
+            let (fh, next) = FrameHeader::encode(&hdr, c, pgno, commit, &page);
+            c = next;
+            b.push(&fh, &page, ms);
+        }
         let meta = SegmentMeta {
-            page_size: 512,
+            page_size: PS,
             first_txid: 41,
             last_txid: 42,
             first_commit_ms: 1000,
             last_commit_ms: 1500,
             frame_count: 3,
             db_pages: 6,
-            start: pos,
+            start,
             end: WalPosition {
-                frame: 13,
-                cksum: [3, 4],
-                ..pos
+                frame: 3,
+                cksum: c,
+                ..start
             },
         };
         (meta, b)
@@ -269,7 +503,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let (meta, b) = sample();
+        let (meta, mut b) = sample();
         let bytes = b.encode(&meta);
         let seg = Segment::decode(&bytes).unwrap();
         assert_eq!(seg.meta, meta);
@@ -277,13 +511,14 @@ mod tests {
         let frames: Vec<_> = seg.frames().collect();
         assert_eq!(frames.len(), 3);
         assert_eq!((frames[0].pgno, frames[0].commit), (3, None));
+        assert_eq!((frames[1].pgno, frames[1].commit), (1, Some((5, 1000))));
         assert_eq!((frames[2].pgno, frames[2].commit), (4, Some((6, 1500))));
         assert_eq!(frames[1].page, &[2u8; 512][..]);
     }
 
     #[test]
     fn header_that_disagrees_with_frames_is_rejected() {
-        let (meta, b) = sample();
+        let (meta, mut b) = sample();
         for bad in [
             SegmentMeta {
                 last_txid: 43,
@@ -291,6 +526,20 @@ mod tests {
             },
             SegmentMeta {
                 last_commit_ms: 1400,
+                ..meta
+            },
+            SegmentMeta {
+                end: WalPosition {
+                    cksum: [1, 2],
+                    ..meta.end
+                },
+                ..meta
+            },
+            SegmentMeta {
+                start: WalPosition {
+                    cksum: [1, 2],
+                    ..meta.start
+                },
                 ..meta
             },
         ] {
@@ -301,7 +550,75 @@ mod tests {
     #[test]
     fn segment_ending_mid_transaction_is_rejected() {
         let (meta, mut b) = sample();
-        b.push(7, None, &[0u8; 512]);
+        let fh = FrameHeader([0u8; 24]);
+        b.push(&fh, &[0u8; 512], None);
         assert!(Segment::decode(&b.encode(&meta)).is_err());
+    }
+
+    #[test]
+    fn sealing_in_chunks_gives_the_same_segment() {
+        let hdr = WalHeader::parse(&WalHeader::encode(false, 4096, 1, 2, 3)).unwrap();
+        let start = WalPosition::start_of(&hdr, 0);
+        let (mut whole, mut sealed) = (SegmentBuilder::new(4096), SegmentBuilder::new(4096));
+        let mut c = hdr.cksum;
+        for i in 0..700u32 {
+            // Pages repeat (every 7th frame rewrites the same page a little differently),
+            // some within the delta window and some beyond it.
+            let pgno = match i {
+                5 | 400 => 5000, // the same page, further apart than the window
+                _ if i % 3 == 0 => i % 7 + 1,
+                _ => i + 10,
+            };
+            let mut page = vec![(i % 251) as u8; 4096];
+            page[..4].copy_from_slice(&i.to_be_bytes());
+            let (fh, next) = FrameHeader::encode(&hdr, c, pgno, i + 1, &page);
+            c = next;
+            whole.push(&fh, &page, Some(i as u64));
+            sealed.push(&fh, &page, Some(i as u64));
+            sealed.seal(sealed.frames());
+            if i % 97 == 0 {
+                // An encode whose segment was not queued (spool full) changes nothing.
+                let _ = sealed.encode(&SegmentMeta {
+                    frame_count: 0,
+                    ..SegmentMeta::default_for_tests(start)
+                });
+            }
+        }
+        assert!(!sealed.sealed.is_empty(), "some chunks were sealed");
+        let meta = SegmentMeta {
+            page_size: 4096,
+            first_txid: 1,
+            last_txid: 700,
+            first_commit_ms: 0,
+            last_commit_ms: 699,
+            frame_count: 700,
+            db_pages: 700,
+            start,
+            end: WalPosition {
+                frame: 700,
+                cksum: c,
+                ..start
+            },
+        };
+        let bytes = sealed.encode(&meta);
+        assert_eq!(whole.encode(&meta), bytes);
+        let seg = Segment::decode(&bytes).unwrap();
+        for (i, f) in seg.frames().enumerate() {
+            assert_eq!(
+                &f.page[..4],
+                &(i as u32).to_be_bytes(),
+                "frame {i} restored exactly"
+            );
+        }
+    }
+
+    #[test]
+    fn truncate_drops_the_unfinished_transaction() {
+        let (meta, mut b) = sample();
+        let before = b.encode(&meta);
+        let tail = b.frames_tail(2);
+        tail.fill(7);
+        b.truncate(3);
+        assert_eq!(b.encode(&meta), before);
     }
 }

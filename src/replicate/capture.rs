@@ -8,22 +8,23 @@ use super::snapshot::{Manifest, SnapshotJob, hostname};
 use super::spool::Spool;
 use super::state::{DbState, Job, now_ms};
 use super::tracker::{ResetPolicy, Scan, Tracker, verify_position};
+use super::watch::WalWatch;
 use crate::error::Result;
 use crate::format::snapshot::SnapshotMeta;
 use crate::sqlite::db::LiveDb;
-use crate::sqlite::shm;
+use crate::sqlite::shm::{self, ShmHeader};
 use crate::sqlite::wal::WalPosition;
 use crate::storage::layout::GenerationId;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 /// How often the -shm locks are probed for a waiting application checkpoint.
-const PROBE_INTERVAL: Duration = Duration::from_millis(10);
-/// Least time between two WAL scans triggered by file events (coalesces bursts).
-const MIN_SCAN_GAP: Duration = Duration::from_millis(10);
+const PROBE_INTERVAL: Duration = Duration::from_millis(20);
+/// Least time between two WAL scans triggered by file events: bounds wake-ups under load
+/// while keeping commit timestamps within tens of milliseconds of the real commit.
+const MIN_SCAN_GAP: Duration = Duration::from_millis(50);
 /// Raw bytes of transactions per segment before one is cut regardless of age.
 const SEGMENT_BUDGET: usize = 4 << 20;
 /// A blocking checkpoint must be seen this long, unchanged, before walship steps aside.
@@ -48,11 +49,6 @@ const CHECKPOINT_ROUNDS: usize = 4;
 /// Longest walship waits for the application's write lock (it holds it far shorter).
 const LOCK_WAIT: Duration = Duration::from_millis(100);
 
-pub enum Wake {
-    Wal,
-    Stop,
-}
-
 /// Where a generation left off, found in the spool or the replica at start-up.
 #[derive(Debug, Clone)]
 pub struct ResumePoint {
@@ -76,8 +72,7 @@ struct Run {
 
 pub struct Capture {
     db: LiveDb,
-    /// Set by the file watcher when it sent a wake-up; cleared here before each scan.
-    wake_queued: Arc<AtomicBool>,
+    watch: WalWatch,
     state: Arc<DbState>,
     spool: Arc<Spool>,
     settings: CaptureSettings,
@@ -104,12 +99,11 @@ impl Capture {
         state: Arc<DbState>,
         spool: Arc<Spool>,
         settings: CaptureSettings,
-        wake_queued: Arc<AtomicBool>,
     ) -> Self {
         let now = Instant::now();
         Capture {
+            watch: WalWatch::new(&db.wal_path()),
             db,
-            wake_queued,
             state,
             spool,
             settings,
@@ -127,24 +121,28 @@ impl Capture {
         }
     }
 
-    /// Run until `Wake::Stop`, then queue what was consumed and release the database.
-    pub fn run(mut self, rx: Receiver<Wake>, resume: Option<ResumePoint>) {
+    /// Run until `stop` is set, then queue what was consumed and release the database.
+    pub fn run(mut self, stop: Arc<AtomicBool>, resume: Option<ResumePoint>) {
         if let Err(e) = self.start(resume) {
             self.report(&e);
         }
         let mut wal_dirty = true;
-        loop {
-            let stop = match rx.recv_timeout(PROBE_INTERVAL) {
-                Ok(Wake::Wal) => {
-                    wal_dirty = true;
-                    false
-                }
-                Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => true,
-                Err(RecvTimeoutError::Timeout) => false,
-            };
-            if stop || rx.try_iter().any(|w| matches!(w, Wake::Stop)) {
-                break;
+        let mut last_tick = Instant::now();
+        while !stop.load(Ordering::Acquire) {
+            // One wake-up per probe interval, or earlier when the WAL changes and a scan is
+            // allowed; file events meanwhile stay merged in the kernel.
+            let probe_left = PROBE_INTERVAL.saturating_sub(last_tick.elapsed());
+            let gap_left = MIN_SCAN_GAP.saturating_sub(self.last_scan.elapsed());
+            if wal_dirty || !gap_left.is_zero() {
+                std::thread::sleep(if wal_dirty {
+                    gap_left.min(probe_left)
+                } else {
+                    probe_left
+                });
+            } else {
+                wal_dirty = self.watch.wait(probe_left);
             }
+            last_tick = Instant::now();
             if Instant::now() < self.not_before {
                 continue;
             }
@@ -246,12 +244,12 @@ impl Capture {
         let since = self.last_scan.elapsed();
         if (*wal_dirty && since >= MIN_SCAN_GAP) || since >= self.settings.sync_interval / 2 {
             *wal_dirty = false;
-            self.wake_queued.store(false, Ordering::Release);
             self.scan()?;
         }
         if self.last_identity_check.elapsed() >= Duration::from_secs(1) {
             self.last_identity_check = Instant::now();
             if self.db.replaced() {
+                self.watch.rewatch();
                 self.lose("the database or WAL file was replaced".into());
                 return Ok(());
             }
@@ -307,6 +305,10 @@ impl Capture {
     /// room: when it has none, transactions wait in the WAL, which walship's read lock keeps).
     fn scan(&mut self) -> Result<()> {
         self.last_scan = Instant::now();
+        let mut shm = self.db.shm().header().map_err(|e| self.io(e))?;
+        if self.nothing_new(shm) {
+            return Ok(());
+        }
         let wal = self.db.files();
         loop {
             let Some(run) = self.run.as_mut() else {
@@ -314,6 +316,10 @@ impl Capture {
             };
             if run.tracker.pending_bytes() >= SEGMENT_BUDGET && !self.cut()? {
                 return Ok(());
+            }
+            match shm.take() {
+                Some(h) => self.hint(Some(h)),
+                None => self.set_read_hint()?,
             }
             let run = self.run.as_mut().expect("checked");
             let scan = run
@@ -332,6 +338,31 @@ impl Capture {
         }
         self.try_anchor()?;
         Ok(())
+    }
+
+    /// The WAL-index says the WAL holds nothing past the position (no read needed).
+    fn nothing_new(&self, h: Option<ShmHeader>) -> bool {
+        let Some(run) = self.run.as_ref() else {
+            return true;
+        };
+        let pos = run.tracker.pos;
+        h.is_some_and(|h| {
+            !pos.is_empty_wal()
+                && (h.salt1, h.salt2, h.mx_frame) == (pos.salt1, pos.salt2, pos.frame)
+        })
+    }
+
+    /// Tell the tracker where the committed frames end, per the WAL-index.
+    fn set_read_hint(&mut self) -> Result<()> {
+        let h = self.db.shm().header().map_err(|e| self.io(e))?;
+        self.hint(h);
+        Ok(())
+    }
+
+    fn hint(&mut self, h: Option<ShmHeader>) {
+        if let Some(run) = self.run.as_mut() {
+            run.tracker.read_hint = h.map(|h| (h.salt1, h.salt2, h.mx_frame));
+        }
     }
 
     fn publish_oldest(&self) {
@@ -397,6 +428,7 @@ impl Capture {
     /// the end, `Some(false)` when the budget stopped it, `None` if continuity was lost.
     fn scan_within(&mut self, budget: usize) -> Result<Option<bool>> {
         let wal = self.db.files();
+        self.set_read_hint()?;
         let Some(run) = self.run.as_mut() else {
             return Ok(None);
         };
@@ -443,7 +475,6 @@ impl Capture {
             r.tracker.oldest_pending_ms().is_some_and(|t| {
                 now_ms().saturating_sub(t) >= self.settings.sync_interval.as_millis() as u64
             }) || r.tracker.pending_bytes() >= SEGMENT_BUDGET
-                || r.tracker.pending_spans_reset()
         });
         if due {
             self.cut()?;
@@ -474,9 +505,11 @@ impl Capture {
             return Ok(());
         }
         self.checkpoint_not_before = Instant::now() + Duration::from_millis(500);
-        // Frames a checkpoint lets SQLite reset away must be queued, or at least held: with
-        // a full spool (replica down) the WAL, kept by the read lock, is the buffer.
-        if !self.cut()? || !self.scan_to_end()? {
+        // Frames a checkpoint lets SQLite reset away are held in memory until queued at
+        // the next sync; while the spool is full (replica down) the WAL, kept by the read
+        // lock, stays the buffer instead.
+        let pending = self.tracker().pending_bytes() as u64;
+        if !self.state.spool_has_room(pending) || !self.scan_to_end()? {
             return Ok(());
         }
         // Every read-lock renewal follows a complete scan made under the lock it replaces:
@@ -512,7 +545,6 @@ impl Capture {
         } else {
             return Ok(()); // writers kept appending; try again shortly
         };
-        self.cut()?;
         self.state
             .metrics
             .checkpoints
@@ -619,7 +651,6 @@ impl Capture {
             self.stepout_not_before = Instant::now() + STEPOUT_COOLDOWN;
             return Ok(());
         }
-        self.cut()?;
         self.db.end_read()?;
         // Out: watch until the checkpoint has released its lock.
         let mut appended = false;

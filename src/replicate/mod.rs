@@ -9,23 +9,22 @@ pub mod spool;
 pub mod state;
 pub mod tracker;
 pub mod upload;
+pub mod watch;
 
 use crate::config::{Config, DbConfig};
 use crate::error::{Error, Result};
 use crate::format::segment::SegmentMeta;
 use crate::format::snapshot::SnapshotMeta;
 use crate::metrics::{Health, Metrics};
-use crate::sqlite::db::{LiveDb, check_database, sidecar_path};
+use crate::sqlite::db::{LiveDb, check_database};
 use crate::storage::Replica;
 use crate::storage::layout::{self, GenerationId, ObjectName};
-use capture::{Capture, CaptureSettings, ResumePoint, Wake};
+use capture::{Capture, CaptureSettings, ResumePoint};
 use spool::Spool;
 use state::{DbState, Job, now_ms};
 use std::future::Future;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// What a finished `replicate` run reports.
@@ -39,10 +38,9 @@ pub struct Outcome {
 
 struct Running {
     state: Arc<DbState>,
-    wake: mpsc::Sender<Wake>,
+    stop: Arc<AtomicBool>,
     capture: std::thread::JoinHandle<()>,
     uploader: tokio::task::JoinHandle<usize>,
-    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 struct HealthView {
@@ -161,7 +159,7 @@ pub async fn run(
     let mut left = 0;
     let mut incomplete = Vec::new();
     for r in running {
-        let _ = r.wake.send(Wake::Stop);
+        r.stop.store(true, Ordering::Release);
         let _ = tokio::task::spawn_blocking(move || r.capture.join()).await;
         left += r.uploader.await.unwrap_or(0);
         if r.state.incomplete.load(Ordering::Acquire) {
@@ -195,9 +193,6 @@ async fn start_db(
         state.push(Job::Segment(e));
     }
     let live = LiveDb::open(&db.path)?;
-    let (wake, rx) = mpsc::channel();
-    let wake_queued = Arc::new(AtomicBool::new(false));
-    let watcher = watch_wal(&db.path, wake.clone(), wake_queued.clone());
     let capture = Capture::new(
         live,
         state.clone(),
@@ -206,63 +201,20 @@ async fn start_db(
             sync_interval: db.sync_interval,
             min_checkpoint_pages: db.min_checkpoint_pages,
         },
-        wake_queued,
     );
+    let stop_capture = Arc::new(AtomicBool::new(false));
+    let flag = stop_capture.clone();
     let capture = std::thread::Builder::new()
         .name("walship-capture".into())
-        .spawn(move || capture.run(rx, resume))
+        .spawn(move || capture.run(flag, resume))
         .map_err(|e| Error::io(&db.path, e))?;
     let uploader = tokio::spawn(upload::run(state.clone(), replica, spool, stop));
     Ok(Running {
         state,
-        wake,
+        stop: stop_capture,
         capture,
         uploader,
-        _watcher: watcher,
     })
-}
-
-/// Wake the capture thread when the WAL changes. Watching the directory (not the file)
-/// keeps working when the WAL is deleted and recreated. Without notifications (some
-/// network filesystems) the capture loop's periodic scan still runs. `queued` coalesces:
-/// one wake-up is sent until the capture thread has scanned (it clears the flag).
-fn watch_wal(
-    db: &std::path::Path,
-    wake: mpsc::Sender<Wake>,
-    queued: Arc<AtomicBool>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let wal = sidecar_path(db, "-wal");
-    let wal_name = wal.file_name().map(|n| n.to_os_string());
-    let dir = wal
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let handler = move |res: notify::Result<notify::Event>| {
-        let Ok(ev) = res else { return };
-        if ev
-            .paths
-            .iter()
-            .any(|p| p.file_name().map(|n| n.to_os_string()) == wal_name)
-            && !queued.swap(true, Ordering::AcqRel)
-        {
-            let _ = wake.send(Wake::Wal);
-        }
-    };
-    match notify::recommended_watcher(handler) {
-        Ok(mut w) => match w.watch(&dir, notify::RecursiveMode::NonRecursive) {
-            Ok(()) => Some(w),
-            Err(e) => {
-                tracing::warn!("cannot watch {}: {e}; polling only", dir.display());
-                None
-            }
-        },
-        Err(e) => {
-            tracing::warn!("file notifications unavailable: {e}; polling only");
-            None
-        }
-    }
 }
 
 /// Where to continue: the newest generation in the replica, if it has a snapshot, at its

@@ -128,11 +128,15 @@ pub fn disk_usage(dir: &Path) -> u64 {
 mod tests {
     use super::*;
     use crate::format::segment::SegmentBuilder;
-    use crate::sqlite::wal::WalPosition;
+    use crate::sqlite::wal::{FrameHeader, WalHeader, WalPosition};
 
     fn seg(first: u64) -> (SegmentMeta, Vec<u8>) {
-        let mut b = SegmentBuilder::default();
-        b.push(1, Some((1, first * 10)), &[0u8; 512]);
+        let hdr = WalHeader::parse(&WalHeader::encode(false, 512, 0, 1, 2)).unwrap();
+        let page = [0u8; 512];
+        let (fh, c) = FrameHeader::encode(&hdr, hdr.cksum, 1, 1, &page);
+        let mut b = SegmentBuilder::new(512);
+        b.push(&fh, &page, Some(first * 10));
+        let start = WalPosition::start_of(&hdr, 0);
         let meta = SegmentMeta {
             page_size: 512,
             first_txid: first,
@@ -141,8 +145,12 @@ mod tests {
             last_commit_ms: first * 10,
             frame_count: 1,
             db_pages: 1,
-            start: WalPosition::default(),
-            end: WalPosition::default(),
+            start,
+            end: WalPosition {
+                frame: 1,
+                cksum: c,
+                ..start
+            },
         };
         let bytes = b.encode(&meta);
         (meta, bytes)

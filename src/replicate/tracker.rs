@@ -5,7 +5,7 @@
 //! tells it, through `ResetPolicy`, what the locks it holds make provable.
 
 use crate::format::segment::{SegmentBuilder, SegmentMeta};
-use crate::sqlite::wal::{FrameHeader, WAL_HEADER_LEN, WalHeader, WalPosition};
+use crate::sqlite::wal::{FRAME_HEADER_LEN, FrameHeader, WAL_HEADER_LEN, WalHeader, WalPosition};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
@@ -53,12 +53,18 @@ pub struct Tracker {
     pub collect: bool,
     /// The header of the WAL `pos` is in (`None` while the WAL file is empty).
     pub hdr: Option<WalHeader>,
+    /// `(salt1, salt2, mxFrame)` from the WAL-index, set before a scan: frames past
+    /// mxFrame are not committed yet (or are stale ones from before a reset), so the scan
+    /// need not read them. Used once.
+    pub read_hint: Option<(u32, u32, u32)>,
     /// Latest committed frame of each page in the current WAL (for snapshots).
     index: HashMap<u32, u32>,
     pending: Pending,
     buf: Vec<u8>,
 }
 
+/// The segment buffer is kept between segments up to this size.
+const KEEP_BUFFER: usize = 4 << 20;
 /// Frames read per `pread` while scanning.
 const READ_FRAMES: usize = 64;
 
@@ -73,9 +79,10 @@ impl Tracker {
             reset_policy: ResetPolicy::Forbidden,
             collect: true,
             hdr: None,
+            read_hint: None,
             index: HashMap::new(),
             pending: Pending {
-                builder: SegmentBuilder::default(),
+                builder: SegmentBuilder::new(page_size),
                 start: pos,
                 first_txid: txid + 1,
                 first_ms: None,
@@ -86,18 +93,17 @@ impl Tracker {
 
     /// Read the WAL header, if the file has a valid one.
     pub fn read_header(wal: &File) -> io::Result<Option<WalHeader>> {
-        if wal.metadata()?.len() < WAL_HEADER_LEN as u64 {
-            return Ok(None);
-        }
         let mut hb = [0u8; WAL_HEADER_LEN];
-        wal.read_exact_at(&mut hb, 0)?;
-        Ok(WalHeader::parse(&hb).ok())
+        match wal.read_exact_at(&mut hb, 0) {
+            Ok(()) => Ok(WalHeader::parse(&hb).ok()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Consume committed transactions after `pos`. Stops at the first frame that does not
     /// continue the checksum chain, or after a commit once `budget` bytes are pending.
     pub fn scan(&mut self, wal: &File, now_ms: u64, budget: usize) -> io::Result<Scan> {
-        let len = wal.metadata()?.len();
         let Some(hdr) = Self::read_header(wal)? else {
             // Empty or truncated WAL (e.g. just after a TRUNCATE checkpoint): nothing new.
             return Ok(Scan::Progress {
@@ -134,71 +140,91 @@ impl Tracker {
         self.hdr = Some(hdr);
 
         let frame_len = hdr.frame_len() as usize;
+        // With a hint for this WAL the committed frames are known to be in the file; only
+        // without one is its size needed.
+        let (limit, len) = match self.read_hint.take() {
+            Some((s1, s2, mx)) if (s1, s2) == (hdr.salt1, hdr.salt2) => {
+                (mx, hdr.frame_offset(mx.max(1)) + frame_len as u64)
+            }
+            _ => (u32::MAX, wal.metadata()?.len()),
+        };
         let (mut frame, mut running) = (self.pos.frame, self.pos.cksum);
-        let committed_len = self.pending.builder.raw_len();
-        let committed_frames = self.pending.builder.frames();
-        let (mut keep_len, mut keep_frames) = (committed_len, committed_frames);
+        let mut keep = self.pending.builder.frames();
         let mut tx_pages: Vec<(u32, u32)> = Vec::new();
         let mut commits = 0u64;
         let mut more = false;
         'read: loop {
             let off = hdr.frame_offset(frame + 1);
-            let avail = len.saturating_sub(off) as usize / frame_len;
+            let avail = (len.saturating_sub(off) as usize / frame_len)
+                .min(limit.saturating_sub(frame) as usize);
             if avail == 0 {
                 break;
             }
             let n = avail.min(READ_FRAMES);
-            self.buf.resize(n * frame_len, 0);
-            wal.read_exact_at(&mut self.buf, off)?;
-            for i in 0..n {
-                let f = &self.buf[i * frame_len..(i + 1) * frame_len];
+            // Read straight into the segment being built (or a scratch buffer when
+            // skipping), then verify in place: each WAL byte is copied once.
+            let base = self.pending.builder.frames();
+            let base_bytes = self.pending.builder.raw_len();
+            let mut marks: Vec<(u32, u64)> = Vec::new();
+            let buf: &mut [u8] = if self.collect {
+                self.pending.builder.frames_tail(n)
+            } else {
+                self.buf.resize(n * frame_len, 0);
+                &mut self.buf
+            };
+            wal.read_exact_at(buf, off)?;
+            let mut valid = 0;
+            let mut stop = false;
+            for f in buf.chunks_exact(frame_len) {
                 let fh = FrameHeader::from_slice(f);
-                let page = &f[24..];
-                let Some(c) = fh.verify(&hdr, running, page) else {
-                    break 'read;
+                let Some(c) = fh.verify(&hdr, running, &f[FRAME_HEADER_LEN..]) else {
+                    stop = true;
+                    break;
                 };
+                valid += 1;
                 frame += 1;
                 running = c;
                 tx_pages.push((fh.pgno(), frame));
-                let commit = fh.is_commit().then(|| {
+                if fh.is_commit() {
                     let ms = now_ms.max(self.last_commit_ms);
-                    (fh.commit_size(), ms)
-                });
-                if self.collect {
-                    self.pending.builder.push(fh.pgno(), commit, page);
-                }
-                if let Some((size, ms)) = commit {
                     if self.collect {
+                        marks.push((base + valid - 1, ms));
                         self.txid += 1;
                         self.pending.first_ms.get_or_insert(ms);
                     }
-                    self.db_pages = size;
+                    self.db_pages = fh.commit_size();
                     self.last_commit_ms = ms;
                     self.pos.frame = frame;
                     self.pos.cksum = running;
                     self.index.extend(tx_pages.drain(..));
-                    keep_len = self.pending.builder.raw_len();
-                    keep_frames = self.pending.builder.frames();
+                    keep = base + valid;
                     commits += 1;
                     // Frames were appended after the read mark: no reset can follow now.
                     self.reset_policy = ResetPolicy::Forbidden;
-                    if keep_len >= budget {
+                    if base_bytes + valid as usize * frame_len >= budget {
                         more = true;
-                        break 'read;
+                        stop = true;
+                        break;
                     }
                 }
             }
+            if self.collect {
+                // Keep what is verified; the rest is re-read next time.
+                self.pending.builder.truncate(base + valid);
+                for (i, ms) in marks {
+                    self.pending.builder.mark_commit(i, ms);
+                }
+            }
+            if stop {
+                break 'read;
+            }
         }
         // Frames after the last commit belong to a transaction still being written.
-        self.pending.builder.truncate(keep_len, keep_frames);
+        if self.collect {
+            self.pending.builder.truncate(keep);
+            self.pending.builder.seal(keep);
+        }
         Ok(Scan::Progress { commits, more })
-    }
-
-    /// The pending transactions run into a newer WAL than the one they started in. Queueing
-    /// them at once records a position in the current WAL, which a restarted walship can
-    /// resume from.
-    pub fn pending_spans_reset(&self) -> bool {
-        self.pending.first_ms.is_some() && self.pending.start.epoch != self.pos.epoch
     }
 
     pub fn has_pending(&self) -> bool {
@@ -216,7 +242,7 @@ impl Tracker {
 
     /// Encode the pending transactions as one segment, leaving them pending (see
     /// `clear_pending`, once the segment is safely queued).
-    pub fn encode_pending(&self) -> Option<(SegmentMeta, Vec<u8>)> {
+    pub fn encode_pending(&mut self) -> Option<(SegmentMeta, Vec<u8>)> {
         let first_ms = self.pending.first_ms?;
         let meta = SegmentMeta {
             page_size: self.page_size,
@@ -235,7 +261,7 @@ impl Tracker {
 
     /// Forget the pending transactions (they were queued) and start a new segment.
     pub fn clear_pending(&mut self) {
-        self.pending.builder.clear();
+        self.pending.builder.clear(KEEP_BUFFER);
         self.pending.start = self.pos;
         self.pending.first_txid = self.txid + 1;
         self.pending.first_ms = None;
@@ -262,7 +288,7 @@ impl Tracker {
     pub fn start_collecting(&mut self, txid: u64) {
         self.collect = true;
         self.txid = txid;
-        self.pending.builder.clear();
+        self.pending.builder.clear(KEEP_BUFFER);
         self.pending.start = self.pos;
         self.pending.first_txid = txid + 1;
         self.pending.first_ms = None;
@@ -545,6 +571,32 @@ mod tests {
             let s = t.scan(w.file.as_file(), 1, usize::MAX).unwrap();
             assert_eq!(matches!(s, Scan::Lost(_)), lost);
         }
+    }
+
+    #[test]
+    fn read_hint_bounds_the_scan_to_committed_frames() {
+        let mut w = FakeWal::new(0, 1, 2);
+        let mut t = tracker_at_start(&w);
+        for i in 0..5 {
+            w.frame(2 + i, 2 + i, i as u8);
+        }
+        t.read_hint = Some((1, 2, 3));
+        assert_eq!(
+            t.scan(w.file.as_file(), 1, usize::MAX).unwrap(),
+            Scan::Progress {
+                commits: 3,
+                more: false
+            }
+        );
+        // A hint for another WAL is ignored; without a hint the scan reads to the end.
+        t.read_hint = Some((9, 9, 1));
+        assert_eq!(
+            t.scan(w.file.as_file(), 1, usize::MAX).unwrap(),
+            Scan::Progress {
+                commits: 2,
+                more: false
+            }
+        );
     }
 
     #[test]

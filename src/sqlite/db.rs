@@ -215,8 +215,8 @@ impl LiveDb {
     fn open_files(&mut self) -> Result<()> {
         if self.files.is_none() {
             let wal_path = self.wal_path();
-            let db = File::open(&self.path).map_err(|e| Error::io(&self.path, e))?;
-            let wal = File::open(&wal_path).map_err(|e| Error::io(&wal_path, e))?;
+            let db = open_noatime(&self.path).map_err(|e| Error::io(&self.path, e))?;
+            let wal = open_noatime(&wal_path).map_err(|e| Error::io(&wal_path, e))?;
             self.files = Some(Arc::new(DbFiles { db, wal }));
         }
         if self.shm.is_none() {
@@ -245,6 +245,17 @@ impl LiveDb {
         };
         !same(&self.path, &f.db) || !same(&self.wal_path(), &f.wal)
     }
+}
+
+/// Open for reading without updating the access time (walship reads the WAL constantly);
+/// O_NOATIME is only allowed to the file's owner, so fall back to a plain open.
+fn open_noatime(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOATIME)
+        .open(path)
+        .or_else(|_| File::open(path))
 }
 
 /// `<db>-wal`, `<db>-shm`: SQLite's names for the files beside a database.

@@ -167,25 +167,130 @@ impl FrameHeader {
 /// the WAL magic names, folded into two running sums. `data.len()` must be a multiple of 8.
 pub fn checksum(big_endian: bool, init: [u32; 2], data: &[u8]) -> [u32; 2] {
     debug_assert!(data.len().is_multiple_of(8));
-    let (mut s1, mut s2) = (init[0], init[1]);
+    #[cfg(target_arch = "x86_64")]
+    if data.len() >= 1024 && std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 was detected on this CPU.
+        return unsafe { linear::checksum_avx2(big_endian, init, data) };
+    }
     if big_endian {
-        for w in data.chunks_exact(8) {
-            s1 = s1
-                .wrapping_add(u32::from_be_bytes([w[0], w[1], w[2], w[3]]))
-                .wrapping_add(s2);
-            s2 = s2
-                .wrapping_add(u32::from_be_bytes([w[4], w[5], w[6], w[7]]))
-                .wrapping_add(s1);
-        }
+        fold::<true>(init, data)
     } else {
-        for w in data.chunks_exact(8) {
-            s1 = s1
-                .wrapping_add(u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-                .wrapping_add(s2);
-            s2 = s2
-                .wrapping_add(u32::from_le_bytes([w[4], w[5], w[6], w[7]]))
-                .wrapping_add(s1);
+        fold::<false>(init, data)
+    }
+}
+
+/// The checksum step is linear over the integers mod 2^32: with words (a, b),
+/// `(s1, s2) <- (s1 + s2 + a, s1 + 2*s2 + a + b)`, i.e. `s <- M s + (a, a + b)` with
+/// `M = [[1, 1], [1, 2]]`. So after n pairs, `s = M^n s0 + sum_k M^(n-k) (a_k, a_k + b_k)`:
+/// four dot products of the words with fixed coefficient vectors, which vectorise, instead
+/// of a serial chain of 2n dependent additions. Same result, bit for bit (tested).
+#[cfg(target_arch = "x86_64")]
+mod linear {
+    use std::sync::OnceLock;
+
+    /// Coefficients for one length: per word, its weight in s1 and in s2 (interleaved as the
+    /// words are), and M^n for the initial state.
+    struct Coeffs {
+        c1: Vec<u32>,
+        c2: Vec<u32>,
+        m: [[u32; 2]; 2],
+    }
+
+    fn mul(a: [[u32; 2]; 2], b: [[u32; 2]; 2]) -> [[u32; 2]; 2] {
+        let f = |i: usize, j: usize| {
+            a[i][0]
+                .wrapping_mul(b[0][j])
+                .wrapping_add(a[i][1].wrapping_mul(b[1][j]))
+        };
+        [[f(0, 0), f(0, 1)], [f(1, 0), f(1, 1)]]
+    }
+
+    fn build(pairs: usize) -> Coeffs {
+        const M: [[u32; 2]; 2] = [[1, 1], [1, 2]];
+        let (mut c1, mut c2) = (vec![0u32; 2 * pairs], vec![0u32; 2 * pairs]);
+        // p = M^(n-k) for k = n, n-1, ..., 1 (identity for the last pair).
+        let mut p: [[u32; 2]; 2] = [[1, 0], [0, 1]];
+        for k in (0..pairs).rev() {
+            // Contribution p * (a, a + b): a weighs p00 + p01 in s1, b weighs p01.
+            c1[2 * k] = p[0][0].wrapping_add(p[0][1]);
+            c1[2 * k + 1] = p[0][1];
+            c2[2 * k] = p[1][0].wrapping_add(p[1][1]);
+            c2[2 * k + 1] = p[1][1];
+            p = mul(p, M);
         }
+        Coeffs { c1, c2, m: p }
+    }
+
+    /// Coefficients for 2^i pairs (page sizes are powers of two).
+    fn coeffs(pairs: usize) -> Option<&'static Coeffs> {
+        static TABLE: [OnceLock<Coeffs>; 14] = [const { OnceLock::new() }; 14];
+        let i = pairs.trailing_zeros() as usize;
+        (pairs.is_power_of_two() && i < TABLE.len()).then(|| TABLE[i].get_or_init(|| build(pairs)))
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn checksum_avx2(big_endian: bool, init: [u32; 2], data: &[u8]) -> [u32; 2] {
+        let pairs = data.len() / 8;
+        let Some(c) = coeffs(pairs) else {
+            return if big_endian {
+                super::fold::<true>(init, data)
+            } else {
+                super::fold::<false>(init, data)
+            };
+        };
+        let (mut s1, mut s2) = (0u32, 0u32);
+        // Written as plain loops over whole arrays so LLVM emits vpmulld/vpaddd.
+        if big_endian {
+            for ((w, a), b) in data.chunks_exact(4).zip(&c.c1).zip(&c.c2) {
+                let x = u32::from_be_bytes(w.try_into().unwrap());
+                s1 = s1.wrapping_add(x.wrapping_mul(*a));
+                s2 = s2.wrapping_add(x.wrapping_mul(*b));
+            }
+        } else {
+            for ((w, a), b) in data.chunks_exact(4).zip(&c.c1).zip(&c.c2) {
+                let x = u32::from_le_bytes(w.try_into().unwrap());
+                s1 = s1.wrapping_add(x.wrapping_mul(*a));
+                s2 = s2.wrapping_add(x.wrapping_mul(*b));
+            }
+        }
+        let m = c.m;
+        [
+            m[0][0]
+                .wrapping_mul(init[0])
+                .wrapping_add(m[0][1].wrapping_mul(init[1]))
+                .wrapping_add(s1),
+            m[1][0]
+                .wrapping_mul(init[0])
+                .wrapping_add(m[1][1].wrapping_mul(init[1]))
+                .wrapping_add(s2),
+        ]
+    }
+}
+
+/// The hot loop, monomorphised per byte order; a whole 64-byte block per iteration so the
+/// loads are bounds-checked once (the sums themselves are an inherently serial chain).
+#[inline(always)]
+fn fold<const BE: bool>(init: [u32; 2], data: &[u8]) -> [u32; 2] {
+    let (mut s1, mut s2) = (init[0], init[1]);
+    let word = |b: &[u8], i: usize| {
+        let w = [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        if BE {
+            u32::from_be_bytes(w)
+        } else {
+            u32::from_le_bytes(w)
+        }
+    };
+    let mut blocks = data.chunks_exact(64);
+    for blk in &mut blocks {
+        let blk: &[u8; 64] = blk.try_into().unwrap();
+        for i in (0..64).step_by(8) {
+            s1 = s1.wrapping_add(word(blk, i)).wrapping_add(s2);
+            s2 = s2.wrapping_add(word(blk, i + 4)).wrapping_add(s1);
+        }
+    }
+    for w in blocks.remainder().chunks_exact(8) {
+        s1 = s1.wrapping_add(word(w, 0)).wrapping_add(s2);
+        s2 = s2.wrapping_add(word(w, 4)).wrapping_add(s1);
     }
     [s1, s2]
 }
@@ -296,6 +401,30 @@ mod tests {
             ..h
         };
         assert_eq!(f1.verify(&h2, h.cksum, &page), None);
+    }
+
+    #[test]
+    fn vectorised_checksum_equals_the_serial_chain() {
+        let mut x = 0x9e37_79b9u32;
+        for &len in &[1024usize, 4096, 8192, 65536, 4104, 1032] {
+            let data: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            for be in [false, true] {
+                let init = [x, x.rotate_left(7)];
+                let serial = if be {
+                    fold::<true>(init, &data)
+                } else {
+                    fold::<false>(init, &data)
+                };
+                assert_eq!(checksum(be, init, &data), serial, "len {len} be {be}");
+            }
+        }
     }
 
     #[test]
