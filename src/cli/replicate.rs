@@ -21,7 +21,7 @@ pub struct ReplicateArgs {
     #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "walship-demo",
           conflicts_with_all = ["db_path", "config"])]
     pub demo: Option<PathBuf>,
-    /// Upper bound between a commit and its upload (e.g. 1s, 500ms).
+    /// Upper bound between a commit and its upload (default 1s).
     #[arg(long)]
     pub sync_interval: Option<String>,
     /// Serve /metrics and /healthz on this address (e.g. :9090).
@@ -30,16 +30,17 @@ pub struct ReplicateArgs {
     /// Directory for segments waiting for upload (default: .<db>-walship beside the db).
     #[arg(long)]
     pub spool_dir: Option<PathBuf>,
-    /// Most bytes the spool may hold (e.g. 256MiB).
+    /// Most bytes the spool may hold (default 256MiB).
     #[arg(long)]
     pub spool_limit: Option<String>,
-    /// WAL pages after which walship checkpoints.
+    /// WAL size (pages) to keep to: walship checkpoints itself at twice this when the
+    /// application's own checkpoints do not keep the WAL below it (default 1000).
     #[arg(long)]
     pub min_checkpoint_pages: Option<u32>,
-    /// Seconds of replica failure after which /healthz reports unhealthy (e.g. 60s).
+    /// How long the replica may fail before /healthz reports unhealthy (default 60s).
     #[arg(long)]
     pub unhealthy_after: Option<String>,
-    /// Time allowed after SIGTERM to ship what is committed (e.g. 25s).
+    /// Time allowed after SIGTERM to ship what is committed (default 25s).
     #[arg(long)]
     pub shutdown_timeout: Option<String>,
     #[command(flatten)]

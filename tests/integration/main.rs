@@ -3,5 +3,6 @@
 //! the S3 server; without it the S3 variants skip, except under CI=true where they fail.
 
 mod bad_input;
+mod examples;
 mod sqlite_core;
 mod support;

@@ -283,6 +283,98 @@ fn idle_makes_no_puts_s3() {
     idle_no_puts(b, dir.path());
 }
 
+/// A SIGKILLed walship restarted while the WAL was not reset resumes its generation (no
+/// new snapshot), and nothing is lost across the restarts.
+fn resume_after_kill(backend: Backend, dir: &Path) {
+    let db = dir.join("app.db");
+    create_db(&db);
+    let log = dir.join("w.log");
+    let report = dir.join("report.json");
+    // Slow single-row writes: the WAL stays far below any checkpoint threshold.
+    let w = start_writer(
+        &db,
+        &strs(&["--tx", "400", "--rate", "50", "--single-row", "--report", report.to_str().unwrap()]),
+    );
+    let mut rep = Replicator::start(&db, &backend, &[], &log);
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1800));
+        rep.kill();
+        rep = Replicator::start(&db, &backend, &[], &log);
+    }
+    finish_writer(w, &report);
+    assert!(rep.terminate(Duration::from_secs(30)).success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("resuming generation").count(), 3, "{text}");
+    assert_eq!(text.matches("new generation").count(), 1, "{text}");
+    let out = dir.join("restored.db");
+    assert_success(&restore(&backend, &out), "restore");
+    assert_same_content(&db, &out);
+}
+
+#[test]
+fn resume_after_kill_file() {
+    let dir = scratch();
+    resume_after_kill(Backend::file(&dir.path().join("replica")), dir.path());
+}
+
+#[test]
+fn resume_after_kill_s3() {
+    let Some(b) = Backend::s3("resume") else { return };
+    let dir = scratch();
+    resume_after_kill(b, dir.path());
+}
+
+/// The config-file form: `${VAR}` expansion (bucket, credentials as references), a
+/// litestream.yml-style replica block, several databases.
+#[test]
+fn replicate_from_config_file_s3() {
+    let Some(b) = Backend::s3("config") else { return };
+    let dir = scratch();
+    let (db1, db2) = (dir.path().join("one.db"), dir.path().join("two.db"));
+    create_db(&db1);
+    create_db(&db2);
+    let (bucket, prefix) = b.url.strip_prefix("s3://").unwrap().split_once('/').unwrap();
+    let cfg = dir.path().join("walship.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - path: {}\n    replica:\n      type: s3\n      bucket: ${{TEST_BUCKET}}\n      path: {prefix}/one\n      endpoint: {}\n      force-path-style: true\n      access-key-id: ${{TEST_KEY}}\n      secret-access-key: ${{TEST_SECRET}}\n      sync-interval: 500ms\n  - path: {}\n    replicas:\n      - url: s3://${{TEST_BUCKET}}/{prefix}/two\n        endpoint: {}\n",
+            db1.display(),
+            b.flags[1],
+            db2.display(),
+            b.flags[1]
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("w.log")).unwrap();
+    let mut child = std::process::Command::new(walship_bin())
+        .args(["replicate", "--config", cfg.to_str().unwrap()])
+        .env("TEST_BUCKET", bucket)
+        .env("TEST_KEY", &b.env[0].1)
+        .env("TEST_SECRET", &b.env[1].1)
+        .envs(b.env.iter().cloned())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    for db in [&db1, &db2] {
+        let report = dir.path().join("r.json");
+        let w = start_writer(db, &strs(&["--tx", "200", "--rate", "200", "--report", report.to_str().unwrap()]));
+        finish_writer(w, &report);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    for (db, sub) in [(&db1, "one"), (&db2, "two")] {
+        let rb = Backend {
+            url: format!("{}/{sub}", b.url),
+            ..b.clone()
+        };
+        let out = dir.path().join(format!("{sub}-restored.db"));
+        assert_success(&restore(&rb, &out), "restore");
+        assert_same_content(db, &out);
+    }
+}
+
 /// The S3 server is down for 30 s mid-workload (the app checkpointing meanwhile): walship
 /// keeps the app working, stays within its local disk cap, catches up when the server
 /// returns, and the restore equals the source.
@@ -297,6 +389,7 @@ fn s3_outage_30s() {
     let backend = s3.backend("outage");
     let spool = dir.path().join("spool");
     let cap: u64 = 4 << 20;
+    let addr = format!("127.0.0.1:{}", free_port());
     let rep = Replicator::start(
         &db,
         &backend,
@@ -305,6 +398,10 @@ fn s3_outage_30s() {
             spool.to_str().unwrap(),
             "--spool-limit",
             "4MiB",
+            "--addr",
+            &addr,
+            "--unhealthy-after",
+            "5s",
         ],
         &dir.path().join("w.log"),
     );
@@ -337,11 +434,25 @@ fn s3_outage_30s() {
         })
     };
     std::thread::sleep(Duration::from_secs(10));
+    assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.1 200"), "healthy before the outage");
     s3.stop();
     eprintln!("S3 stopped");
-    std::thread::sleep(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(15));
+    let during = http_get(&addr, "/healthz");
+    assert!(
+        during.starts_with("HTTP/1.1 503") && during.contains("unreachable"),
+        "/healthz must fail after 5 s of outage:\n{during}"
+    );
+    assert!(metric(&addr, "walship_replication_lag_seconds") > 5.0, "lag must show the outage");
+    std::thread::sleep(Duration::from_secs(15));
     s3.resume();
     eprintln!("S3 back");
+    assert!(
+        wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
+            http_get(&addr, "/healthz").starts_with("HTTP/1.1 200")
+        }),
+        "/healthz must recover once the replica is back"
+    );
     let r = finish_writer(w, &report);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak = watcher.join().unwrap();
