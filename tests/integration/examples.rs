@@ -15,8 +15,8 @@ fn manifests() -> Vec<(String, Value)> {
         if path.extension().is_some_and(|e| e == "yaml") {
             let text = std::fs::read_to_string(&path).unwrap();
             for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-                let v = Value::deserialize(doc)
-                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let v =
+                    Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 out.push((path.display().to_string(), v));
             }
         }
@@ -61,7 +61,9 @@ fn sidecar_examples_match_the_binary() {
     let mut commands = 0;
     for (file, doc) in &docs {
         for c in containers(doc) {
-            let Some(cmd) = c["command"].as_sequence() else { continue };
+            let Some(cmd) = c["command"].as_sequence() else {
+                continue;
+            };
             let argv: Vec<&str> = cmd.iter().filter_map(Value::as_str).collect();
             if argv.first() == Some(&"walship") {
                 walship::cli::Cli::try_parse_from(&argv)

@@ -293,7 +293,15 @@ fn resume_after_kill(backend: Backend, dir: &Path) {
     // Slow single-row writes: the WAL stays far below any checkpoint threshold.
     let w = start_writer(
         &db,
-        &strs(&["--tx", "400", "--rate", "50", "--single-row", "--report", report.to_str().unwrap()]),
+        &strs(&[
+            "--tx",
+            "400",
+            "--rate",
+            "50",
+            "--single-row",
+            "--report",
+            report.to_str().unwrap(),
+        ]),
     );
     let mut rep = Replicator::start(&db, &backend, &[], &log);
     for _ in 0..3 {
@@ -319,7 +327,9 @@ fn resume_after_kill_file() {
 
 #[test]
 fn resume_after_kill_s3() {
-    let Some(b) = Backend::s3("resume") else { return };
+    let Some(b) = Backend::s3("resume") else {
+        return;
+    };
     let dir = scratch();
     resume_after_kill(b, dir.path());
 }
@@ -328,12 +338,19 @@ fn resume_after_kill_s3() {
 /// litestream.yml-style replica block, several databases.
 #[test]
 fn replicate_from_config_file_s3() {
-    let Some(b) = Backend::s3("config") else { return };
+    let Some(b) = Backend::s3("config") else {
+        return;
+    };
     let dir = scratch();
     let (db1, db2) = (dir.path().join("one.db"), dir.path().join("two.db"));
     create_db(&db1);
     create_db(&db2);
-    let (bucket, prefix) = b.url.strip_prefix("s3://").unwrap().split_once('/').unwrap();
+    let (bucket, prefix) = b
+        .url
+        .strip_prefix("s3://")
+        .unwrap()
+        .split_once('/')
+        .unwrap();
     let cfg = dir.path().join("walship.yml");
     std::fs::write(
         &cfg,
@@ -358,7 +375,17 @@ fn replicate_from_config_file_s3() {
         .unwrap();
     for db in [&db1, &db2] {
         let report = dir.path().join("r.json");
-        let w = start_writer(db, &strs(&["--tx", "200", "--rate", "200", "--report", report.to_str().unwrap()]));
+        let w = start_writer(
+            db,
+            &strs(&[
+                "--tx",
+                "200",
+                "--rate",
+                "200",
+                "--report",
+                report.to_str().unwrap(),
+            ]),
+        );
         finish_writer(w, &report);
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -434,7 +461,10 @@ fn s3_outage_30s() {
         })
     };
     std::thread::sleep(Duration::from_secs(10));
-    assert!(http_get(&addr, "/healthz").starts_with("HTTP/1.1 200"), "healthy before the outage");
+    assert!(
+        http_get(&addr, "/healthz").starts_with("HTTP/1.1 200"),
+        "healthy before the outage"
+    );
     s3.stop();
     eprintln!("S3 stopped");
     std::thread::sleep(Duration::from_secs(15));
@@ -443,7 +473,10 @@ fn s3_outage_30s() {
         during.starts_with("HTTP/1.1 503") && during.contains("unreachable"),
         "/healthz must fail after 5 s of outage:\n{during}"
     );
-    assert!(metric(&addr, "walship_replication_lag_seconds") > 5.0, "lag must show the outage");
+    assert!(
+        metric(&addr, "walship_replication_lag_seconds") > 5.0,
+        "lag must show the outage"
+    );
     std::thread::sleep(Duration::from_secs(15));
     s3.resume();
     eprintln!("S3 back");
