@@ -44,17 +44,17 @@ fn sidecar_examples_match_the_binary() {
     let docs = manifests();
     let mut configs = 0;
     for (file, doc) in &docs {
-        if doc["kind"] == "ConfigMap" {
-            if let Some(text) = doc["data"]["walship.yml"].as_str() {
-                let env = |k: &str| match k {
-                    "WALSHIP_BUCKET" => Some("bucket".to_string()),
-                    _ => None,
-                };
-                let cfg = walship::config::parse(text, &env)
-                    .unwrap_or_else(|e| panic!("{file}: walship.yml: {e}"));
-                assert!(!cfg.dbs.is_empty(), "{file}: no databases");
-                configs += 1;
-            }
+        if doc["kind"] == "ConfigMap"
+            && let Some(text) = doc["data"]["walship.yml"].as_str()
+        {
+            let env = |k: &str| match k {
+                "WALSHIP_BUCKET" => Some("bucket".to_string()),
+                _ => None,
+            };
+            let cfg = walship::config::parse(text, &env)
+                .unwrap_or_else(|e| panic!("{file}: walship.yml: {e}"));
+            assert!(!cfg.dbs.is_empty(), "{file}: no databases");
+            configs += 1;
         }
     }
     assert!(configs > 0, "no walship.yml ConfigMap");
