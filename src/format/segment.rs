@@ -224,8 +224,9 @@ impl SegmentBuilder {
         }
         let mut at = 0;
         while ready >= CHUNK_RAW {
-            self.sealed
-                .push(container::encode_chunk(&self.raw[at..at + CHUNK_RAW]));
+            self.sealed.push(container::encode_sparse_chunk(
+                &self.raw[at..at + CHUNK_RAW],
+            ));
             at += CHUNK_RAW;
             ready -= CHUNK_RAW;
         }
@@ -273,7 +274,7 @@ impl SegmentBuilder {
             w.push(c, &mut out);
         }
         for c in tail.chunks(CHUNK_RAW) {
-            w.chunk(c, &mut out);
+            w.sparse_chunk(c, &mut out);
         }
         if !table.is_empty() {
             w.chunk(&table, &mut out);

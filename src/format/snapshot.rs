@@ -175,10 +175,7 @@ impl SnapshotVerifier {
         if c.encoded_len != encoded.len() || c.raw.len() != want {
             return Err(format!("chunk {} has the wrong size", self.next));
         }
-        self.crc.combine(&crc32fast::Hasher::new_with_initial_len(
-            c.crc,
-            c.raw.len() as u64,
-        ));
+        self.crc.combine(&c.crc_hasher());
         self.next += 1;
         Ok(c.raw)
     }

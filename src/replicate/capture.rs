@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often the -shm locks are probed for a waiting application checkpoint.
-const PROBE_INTERVAL: Duration = Duration::from_millis(20);
+const PROBE_INTERVAL: Duration = Duration::from_millis(25);
 /// Least time between two WAL scans triggered by file events: bounds wake-ups under load
 /// while keeping commit timestamps within tens of milliseconds of the real commit.
 const MIN_SCAN_GAP: Duration = Duration::from_millis(50);
