@@ -7,10 +7,13 @@ It commits transactions of random sizes to two tables, optionally one transactio
 than 1,000 pages, optionally `PRAGMA wal_checkpoint(TRUNCATE)` at random moments, and
 writes a JSON report: commit latencies, every checkpoint's (busy, log, checkpointed,
 seconds, WAL bytes after), and, with --record, the commit time and a content hash after
-every transaction (for point-in-time tests).
+every transaction (for point-in-time tests). The content hash is the XOR of a hash of every
+row, kept up to date from the rows each transaction touches, so recording it costs
+O(rows changed) per commit; `writer.py --hash DB` computes the same value from scratch.
 
     writer.py --db app.db --tx 20000 --seed 1 --big-tx-at 5000 --checkpoint-every 400 \
               --rate 1500 --report report.json
+    writer.py --hash restored.db
 """
 import argparse
 import hashlib
@@ -37,30 +40,83 @@ def content_hash(conn):
     return h.hexdigest()
 
 
-def one_tx(conn, rng, big):
+ROW_QUERIES = {
+    "items": "SELECT id, k, v, n FROM items WHERE id = ?",
+    "counters": "SELECT name, value FROM counters WHERE name = ?",
+}
+
+
+def row_hash(table, row):
+    return int.from_bytes(hashlib.sha256(repr((table,) + tuple(row)).encode()).digest()[:16], "big")
+
+
+def rowset_hash(conn):
+    """XOR of row_hash over every row of both tables (order-free, so it can be updated)."""
+    acc = 0
+    for row in conn.execute("SELECT id, k, v, n FROM items"):
+        acc ^= row_hash("items", row)
+    for row in conn.execute("SELECT name, value FROM counters"):
+        acc ^= row_hash("counters", row)
+    return f"{acc:032x}"
+
+
+class Changes:
+    """Rows one transaction touches: old versions are hashed out before they change, the
+    new versions hashed in at the end. Disabled (no reads) when nothing is recorded."""
+
+    def __init__(self, conn, enabled):
+        self.conn, self.enabled, self.keys, self.delta = conn, enabled, set(), 0
+
+    def before(self, table, key):
+        if not self.enabled or (table, key) in self.keys:
+            return
+        self.keys.add((table, key))
+        row = self.conn.execute(ROW_QUERIES[table], (key,)).fetchone()
+        if row is not None:
+            self.delta ^= row_hash(table, row)
+
+    def inserted(self, table, key):
+        if self.enabled:
+            self.keys.add((table, key))
+
+    def finish(self):
+        for table, key in self.keys:
+            row = self.conn.execute(ROW_QUERIES[table], (key,)).fetchone()
+            if row is not None:
+                self.delta ^= row_hash(table, row)
+        return self.delta
+
+
+def one_tx(conn, rng, big, ch):
+    def insert(k, v, n):
+        cur = conn.execute("INSERT INTO items(k, v, n) VALUES (?, ?, ?)", (k, v, n))
+        ch.inserted("items", cur.lastrowid)
+
     if big:
         # > 1,000 pages at 4 KiB: 1,500 rows of 3 KiB each.
         for _ in range(1500):
-            conn.execute("INSERT INTO items(k, v, n) VALUES (?, ?, ?)",
-                         (f"big{rng.random()}", rng.randbytes(3000), 0))
+            insert(f"big{rng.random()}", rng.randbytes(3000), 0)
         return
     shape = rng.random()
     if shape < 0.6:
-        conn.execute("INSERT INTO items(k, v, n) VALUES (?, ?, ?)",
-                     (f"k{rng.randrange(1 << 30)}", rng.randbytes(rng.randrange(8, 200)), 1))
+        insert(f"k{rng.randrange(1 << 30)}", rng.randbytes(rng.randrange(8, 200)), 1)
     elif shape < 0.85:
         for _ in range(rng.randrange(2, 12)):
-            conn.execute("INSERT INTO items(k, v, n) VALUES (?, ?, ?)",
-                         (f"m{rng.randrange(1 << 30)}", rng.randbytes(rng.randrange(8, 1500)), 2))
+            insert(f"m{rng.randrange(1 << 30)}", rng.randbytes(rng.randrange(8, 1500)), 2)
     else:
         top = conn.execute("SELECT coalesce(max(id), 0) FROM items").fetchone()[0]
         start = rng.randrange(top + 1)
-        if shape < 0.95:
-            conn.execute("UPDATE items SET n = n + 1, v = ? WHERE id IN "
-                         "(SELECT id FROM items WHERE id >= ? LIMIT 5)", (rng.randbytes(64), start))
-        else:
-            conn.execute("DELETE FROM items WHERE id IN (SELECT id FROM items WHERE id >= ? LIMIT 8)",
-                         (start,))
+        limit = 5 if shape < 0.95 else 8
+        ids = [r[0] for r in conn.execute("SELECT id FROM items WHERE id >= ? LIMIT ?", (start, limit))]
+        for i in ids:
+            ch.before("items", i)
+        marks = ",".join("?" * len(ids))
+        if ids and shape < 0.95:
+            conn.execute(f"UPDATE items SET n = n + 1, v = ? WHERE id IN ({marks})",
+                         [rng.randbytes(64)] + ids)
+        elif ids:
+            conn.execute(f"DELETE FROM items WHERE id IN ({marks})", ids)
+    ch.before("counters", "tx")
     conn.execute("INSERT INTO counters(name, value) VALUES ('tx', 1) "
                  "ON CONFLICT(name) DO UPDATE SET value = value + 1")
 
@@ -74,7 +130,7 @@ def pct(xs, p):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--db", required=True)
+    ap.add_argument("--db")
     ap.add_argument("--tx", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--big-tx-at", type=int, default=-1, help="index of the >1000-page transaction")
@@ -85,7 +141,17 @@ def main():
     ap.add_argument("--record", help="append 'commit_unix_ms hash' lines after every commit")
     ap.add_argument("--report", help="write the JSON report here")
     ap.add_argument("--pause-file", help="while this file exists, stop writing")
+    ap.add_argument("--quiet-every", type=int, default=0,
+                    help="after about one commit in this many, write nothing for --quiet-ms")
+    ap.add_argument("--quiet-ms", type=int, default=500)
+    ap.add_argument("--hash", help="print the content hash of this database and exit")
     a = ap.parse_args()
+    if a.hash:
+        conn = sqlite3.connect(f"file:{a.hash}?mode=ro", uri=True)
+        print(rowset_hash(conn))
+        return 0
+    if not a.db:
+        ap.error("--db is required")
 
     rng = random.Random(a.seed)
     conn = sqlite3.connect(a.db, timeout=5.0, isolation_level=None)
@@ -95,6 +161,7 @@ def main():
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.executescript(SCHEMA)
     record = open(a.record, "a") if a.record else None
+    acc = int(rowset_hash(conn), 16) if record else 0
 
     latencies, checkpoints = [], []
     start = time.monotonic()
@@ -108,15 +175,23 @@ def main():
                 time.sleep(delay)
         t0 = time.perf_counter()
         conn.execute("BEGIN")
+        ch = Changes(conn, record is not None)
         if a.single_row:
-            conn.execute("INSERT INTO items(k, v, n) VALUES (?, ?, ?)", (f"s{i}", b"x" * 32, i))
+            cur = conn.execute("INSERT INTO items(k, v, n) VALUES (?, ?, ?)", (f"s{i}", b"x" * 32, i))
+            ch.inserted("items", cur.lastrowid)
         else:
-            one_tx(conn, rng, i == a.big_tx_at)
+            one_tx(conn, rng, i == a.big_tx_at, ch)
+        delta = ch.finish()
         conn.execute("COMMIT")
         latencies.append(time.perf_counter() - t0)
         if record:
-            record.write(f"{int(time.time() * 1000)} {i + 1} {content_hash(conn)}\n")
+            acc ^= delta
+            record.write(f"{int(time.time() * 1000)} {i + 1} {acc:032x}\n")
             record.flush()
+        if a.quiet_every and rng.randrange(a.quiet_every) == 0:
+            time.sleep(a.quiet_ms / 1000)
+            if a.rate > 0:
+                start += a.quiet_ms / 1000
         if a.checkpoint_every and rng.randrange(a.checkpoint_every) == 0:
             t1 = time.perf_counter()
             busy, log, ckpt = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()

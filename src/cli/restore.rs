@@ -1,12 +1,19 @@
-//! `walship restore [-o OUT] REPLICA_URL|DB_PATH`.
+//! `walship restore [-o OUT] REPLICA_URL|DB_PATH`: newest state or a point in time, a
+//! printed plan (`--dry-run`), and the init-container guards (`--if-db-not-exists`,
+//! `--if-replica-exists`; semantics in init/README.md).
 
 use super::{ReplicaFlags, resolve_source};
 use crate::error::{Error, Result};
+use crate::restore::plan::{self, Plan, Stop, Target};
+use crate::restore::when::{format_ms, parse_time};
 use crate::restore::{self, DEFAULT_PARALLELISM, RestoreOptions};
 use crate::storage::Replica;
-use crate::storage::layout::GenerationId;
+use crate::storage::layout::{self, GenerationId};
 use clap::Args;
+use serde::Serialize;
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Instant;
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
@@ -18,11 +25,30 @@ pub struct RestoreArgs {
     #[arg(short, long, env = "WALSHIP_CONFIG")]
     pub config: Option<PathBuf>,
     /// Replace the output file if it exists.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "if_db_not_exists")]
     pub force: bool,
-    /// Restore this generation's newest state instead of the replica's.
+    /// Restore the last transaction committed at or before this time: RFC 3339
+    /// (2026-11-21T14:02:00Z), a UTC time of day (14:02), or a duration ago (15m).
+    #[arg(long, conflicts_with = "txid")]
+    pub timestamp: Option<String>,
+    /// Restore exactly this transaction of the generation (--generation, default newest).
+    #[arg(long)]
+    pub txid: Option<u64>,
+    /// Restore from this generation only.
     #[arg(long)]
     pub generation: Option<String>,
+    /// Print the plan (generation, snapshot, segments, bytes) and restore nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Machine-readable output (the plan with --dry-run, else a summary).
+    #[arg(long)]
+    pub json: bool,
+    /// Init containers: do nothing (exit 0) if the output database already exists.
+    #[arg(long)]
+    pub if_db_not_exists: bool,
+    /// Init containers: do nothing (exit 0) if the replica holds nothing to restore.
+    #[arg(long)]
+    pub if_replica_exists: bool,
     /// Downloads in flight.
     #[arg(long, default_value_t = DEFAULT_PARALLELISM)]
     pub parallelism: usize,
@@ -33,7 +59,48 @@ pub struct RestoreArgs {
     pub replica: ReplicaFlags,
 }
 
+#[derive(Serialize)]
+struct DryRun<'a> {
+    replica: &'a str,
+    output: &'a std::path::Path,
+    plan: &'a Plan,
+    objects: usize,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct Summary<'a> {
+    restored: bool,
+    output: &'a std::path::Path,
+    reason: Option<String>,
+    generation: Option<&'a GenerationId>,
+    txid: Option<u64>,
+    commit_time: Option<String>,
+    pages: Option<u32>,
+    downloaded_bytes: Option<u64>,
+    seconds: Option<f64>,
+}
+
+fn skipped(json: bool, output: &std::path::Path, reason: String) {
+    tracing::info!("{reason}; nothing to restore");
+    if json {
+        let s = Summary {
+            restored: false,
+            output,
+            reason: Some(reason),
+            generation: None,
+            txid: None,
+            commit_time: None,
+            pages: None,
+            downloaded_bytes: None,
+            seconds: None,
+        };
+        println!("{}", serde_json::to_string_pretty(&s).expect("serialises"));
+    }
+}
+
 pub async fn run(args: RestoreArgs) -> Result<()> {
+    let started = Instant::now();
     let (rcfg, db_path) = resolve_source(&args.source, args.config.as_deref(), &args.replica)?;
     let output =
         args.output.clone().or(db_path).ok_or_else(|| {
@@ -47,26 +114,173 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
                 .ok_or_else(|| Error::Usage(format!("{g:?} is not a generation id")))
         })
         .transpose()?;
+    let target = match (&args.timestamp, args.txid) {
+        (Some(t), _) => Target::Time(parse_time(t, restore_now_ms()).map_err(Error::Usage)?),
+        (None, Some(n)) => Target::Txid(n),
+        (None, None) => Target::Latest,
+    };
+    if args.if_db_not_exists && output.exists() {
+        skipped(
+            args.json,
+            &output,
+            format!("{} already exists", output.display()),
+        );
+        return Ok(());
+    }
+    if args.if_replica_exists
+        && let crate::config::Location::File { dir } = &rcfg.location
+        && !dir.exists()
+    {
+        skipped(
+            args.json,
+            &output,
+            format!("replica directory {} does not exist", dir.display()),
+        );
+        return Ok(());
+    }
     let replica = Replica::open(&rcfg, false)?;
-    let report = restore::restore(
+    // A store that cannot be reached is an error even with --if-replica-exists: an init
+    // container must not start an empty database because S3 was down.
+    let objects = replica.list(layout::GENERATIONS).await?;
+    let gens = plan::group(&objects);
+    if args.if_replica_exists && !gens.values().any(|g| !g.snapshots.is_empty()) {
+        let what = if gens.is_empty() {
+            "holds no generations"
+        } else {
+            "holds no snapshot yet"
+        };
+        skipped(
+            args.json,
+            &output,
+            format!("replica {} {what}", replica.url()),
+        );
+        return Ok(());
+    }
+    let plan = plan::plan(&gens, generation.as_ref(), target).map_err(|reason| Error::Replica {
+        replica: replica.url().to_string(),
+        reason,
+    })?;
+    if args.dry_run {
+        print_plan(&replica, &output, &plan, args.json);
+        return Ok(());
+    }
+    if let Some(at) = plan.gap_after {
+        tracing::warn!(
+            "generation {} has segments missing after transaction {at}; restoring up to it",
+            plan.generation
+        );
+    }
+    if output.exists() && !args.force {
+        return Err(Error::Refused(format!(
+            "{} already exists; pass --force to replace it",
+            output.display()
+        )));
+    }
+    let report = restore::restore_plan(
         &replica,
+        plan,
         &RestoreOptions {
             output: output.clone(),
             force: args.force,
             generation,
+            target,
             parallelism: args.parallelism.max(1),
             integrity_check: !args.no_integrity_check,
+            progress: std::io::stderr().is_terminal() && !args.json,
         },
+        started,
     )
     .await?;
     tracing::info!(
         generation = %report.plan.generation,
-        txid = report.plan.txid,
+        txid = report.txid,
+        committed = %format_ms(report.commit_ms),
         pages = report.pages,
         downloaded = report.downloaded,
         ms = report.elapsed.as_millis() as u64,
         "restored {}",
         output.display()
     );
+    if args.json {
+        let s = Summary {
+            restored: true,
+            output: &output,
+            reason: None,
+            generation: Some(&report.plan.generation),
+            txid: Some(report.txid),
+            commit_time: Some(format_ms(report.commit_ms)),
+            pages: Some(report.pages),
+            downloaded_bytes: Some(report.downloaded),
+            seconds: Some(report.elapsed.as_secs_f64()),
+        };
+        println!("{}", serde_json::to_string_pretty(&s).expect("serialises"));
+    }
     Ok(())
+}
+
+fn restore_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn mb(b: u64) -> String {
+    format!("{:.1} MB", b as f64 / 1e6)
+}
+
+fn print_plan(replica: &Replica, output: &std::path::Path, plan: &Plan, json: bool) {
+    let objects = 1 + plan.segments.len();
+    if json {
+        let d = DryRun {
+            replica: replica.url(),
+            output,
+            plan,
+            objects,
+            bytes: plan.bytes(),
+        };
+        println!("{}", serde_json::to_string_pretty(&d).expect("serialises"));
+        return;
+    }
+    let target = match plan.target {
+        Target::Latest => "the newest state".to_string(),
+        Target::Time(t) => format!("the last transaction at or before {}", format_ms(t)),
+        Target::Txid(n) => format!("transaction {n}"),
+    };
+    println!("restore plan for {} -> {}", replica.url(), output.display());
+    println!("  target      {target}");
+    println!(
+        "  generation  {} (created {})",
+        plan.generation,
+        format_ms(plan.generation.created_ms())
+    );
+    println!(
+        "  snapshot    transaction {} of {}, {}  {}",
+        plan.snapshot.name.txid,
+        format_ms(plan.snapshot.name.commit_ms),
+        mb(plan.snapshot.size),
+        plan.snapshot.key
+    );
+    match (plan.segments.first(), plan.segments.last()) {
+        (Some(a), Some(b)) => println!(
+            "  segments    {}: transactions {}..={} ({} .. {}), {}",
+            plan.segments.len(),
+            a.name.first_txid,
+            b.name.last_txid,
+            format_ms(a.name.first_commit_ms),
+            format_ms(b.name.last_commit_ms),
+            mb(plan.segments.iter().map(|s| s.size).sum())
+        ),
+        _ => println!("  segments    none"),
+    }
+    let ends = match plan.stop {
+        None => format!("transaction {}", plan.txid),
+        Some(Stop::Txid(n)) => format!("transaction {n} (inside the last segment)"),
+        Some(Stop::Time(t)) => format!(
+            "the last commit at or before {} (inside the last segment, at most transaction {})",
+            format_ms(t),
+            plan.txid
+        ),
+    };
+    println!("  restores    {ends}");
+    println!("  download    {} in {objects} objects", mb(plan.bytes()));
 }

@@ -1,9 +1,11 @@
-//! `walship restore`: plan from one LIST (plan.rs), download the snapshot and segments in
-//! parallel ahead of an in-order apply, verify every CRC and the position chain, build the
-//! database in a temporary file beside the target, check it with `PRAGMA integrity_check`,
-//! fsync, and only then rename it into place (invariant 7).
+//! `walship restore`: plan from one LIST (plan.rs), newest state or a point in time;
+//! download the snapshot and segments in parallel ahead of an in-order apply, verify every
+//! CRC and the position chain, build the database in a temporary file beside the target,
+//! check it with `PRAGMA integrity_check`, fsync, and only then rename it into place
+//! (invariant 7), so a crash at any moment leaves no partial file at the target path.
 
 pub mod plan;
+pub mod when;
 
 use crate::error::{Error, Result};
 use crate::format::container;
@@ -14,7 +16,7 @@ use crate::sqlite::wal::WalPosition;
 use crate::storage::Replica;
 use crate::storage::layout::{self, GenerationId};
 use futures::StreamExt;
-use plan::Plan;
+use plan::{Plan, Stop, Target};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -30,26 +32,117 @@ pub struct RestoreOptions {
     pub output: PathBuf,
     pub force: bool,
     pub generation: Option<GenerationId>,
+    pub target: Target,
     pub parallelism: usize,
     pub integrity_check: bool,
+    /// Print a progress line (on a terminal).
+    pub progress: bool,
 }
 
 #[derive(Debug)]
 pub struct RestoreReport {
     pub plan: Plan,
     pub pages: u32,
+    /// The last transaction restored, and when walship saw it commit.
+    pub txid: u64,
+    pub commit_ms: u64,
     pub downloaded: u64,
     pub elapsed: Duration,
 }
 
-/// List the replica and plan a restore of its newest state (or of one generation's).
-pub async fn plan_restore(replica: &Replica, generation: Option<&GenerationId>) -> Result<Plan> {
+/// List the replica and plan a restore of `target` (in one generation, if given).
+pub async fn plan_restore(
+    replica: &Replica,
+    generation: Option<&GenerationId>,
+    target: Target,
+) -> Result<Plan> {
     let objects = replica.list(layout::GENERATIONS).await?;
     let gens = plan::group(&objects);
-    plan::plan_latest(&gens, generation).map_err(|reason| Error::Replica {
+    plan::plan(&gens, generation, target).map_err(|reason| Error::Replica {
         replica: replica.url().to_string(),
         reason,
     })
+}
+
+/// Transient failures are retried here too (object_store retries a few times itself),
+/// with backoff, so a restore survives a store that blips for tens of seconds.
+const GET_ATTEMPTS: u32 = 6;
+
+fn transient(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Store {
+            kind: crate::error::StoreErrorKind::Unreachable | crate::error::StoreErrorKind::Other,
+            ..
+        }
+    )
+}
+
+async fn get_retrying(
+    replica: &Replica,
+    key: &str,
+    range: Option<std::ops::Range<u64>>,
+) -> Result<bytes::Bytes> {
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        let r = match &range {
+            Some(r) => replica.get_range(key, r.clone()).await,
+            None => replica.get(key).await,
+        };
+        match r {
+            Err(e) if transient(&e) && attempt < GET_ATTEMPTS => {
+                tracing::warn!("{e}; retrying in {delay:?}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(8));
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// A one-line progress display on stderr, redrawn at most twice a second.
+struct Progress {
+    enabled: bool,
+    total: u64,
+    done: u64,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(enabled: bool, total: u64) -> Self {
+        let now = Instant::now();
+        Progress {
+            enabled,
+            total,
+            done: 0,
+            started: now,
+            last: now,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.done += n;
+        if self.enabled && self.last.elapsed() >= Duration::from_millis(500) {
+            self.last = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64().max(0.001);
+            eprint!(
+                "\rrestoring: {:.1} / {:.1} MB ({:.0}%), {:.0} MB/s   ",
+                self.done as f64 / 1e6,
+                self.total as f64 / 1e6,
+                100.0 * self.done as f64 / self.total.max(1) as f64,
+                self.done as f64 / 1e6 / secs
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if self.enabled && self.started.elapsed() >= Duration::from_millis(500) {
+            eprintln!();
+        }
+    }
 }
 
 pub async fn restore(replica: &Replica, opts: &RestoreOptions) -> Result<RestoreReport> {
@@ -60,7 +153,17 @@ pub async fn restore(replica: &Replica, opts: &RestoreOptions) -> Result<Restore
             opts.output.display()
         )));
     }
-    let plan = plan_restore(replica, opts.generation.as_ref()).await?;
+    let plan = plan_restore(replica, opts.generation.as_ref(), opts.target).await?;
+    restore_plan(replica, plan, opts, started).await
+}
+
+/// Carry out `plan` (from `plan_restore`) into `opts.output`.
+pub async fn restore_plan(
+    replica: &Replica,
+    plan: Plan,
+    opts: &RestoreOptions,
+    started: Instant,
+) -> Result<RestoreReport> {
     if let Some(at) = plan.gap_after {
         tracing::warn!(
             "generation {} has segments missing after transaction {at}; restoring up to it",
@@ -68,31 +171,28 @@ pub async fn restore(replica: &Replica, opts: &RestoreOptions) -> Result<Restore
         );
     }
     let tmp = TempFile::create(&opts.output)?;
-    let mut downloaded = 0u64;
-    let snap = apply_snapshot(
-        replica,
-        &plan,
-        tmp.file(),
-        opts.parallelism,
-        &mut downloaded,
-    )
-    .await?;
+    let mut progress = Progress::new(opts.progress, plan.bytes());
+    let snap = apply_snapshot(replica, &plan, tmp.file(), opts.parallelism, &mut progress).await?;
     let mut pages = snap.page_count;
     let mut pos = snap.position;
     let mut next_txid = snap.txid + 1;
+    let (mut txid, mut commit_ms) = (snap.txid, snap.commit_ms);
     let ps = snap.page_size;
     let segments = plan.segments.clone();
-    let mut segs = futures::stream::iter(segments.iter())
-        .map(|s| async move { (s, replica.get(&s.key).await) })
+    let last = segments.len().saturating_sub(1);
+    let mut segs = futures::stream::iter(segments.iter().enumerate())
+        .map(|(i, s)| async move { (i, s, get_retrying(replica, &s.key, None).await) })
         .buffered(opts.parallelism.max(1));
-    while let Some((obj, bytes)) = segs.next().await {
+    while let Some((i, obj, bytes)) = segs.next().await {
         let bytes = bytes?;
-        downloaded += bytes.len() as u64;
+        progress.add(bytes.len() as u64);
         let seg = Segment::decode(&bytes).map_err(|r| Error::corrupt(&obj.key, r))?;
         let m = &seg.meta;
         if m.first_txid != next_txid
             || m.first_txid != obj.name.first_txid
             || m.last_txid != obj.name.last_txid
+            || m.first_commit_ms != obj.name.first_commit_ms
+            || m.last_commit_ms != obj.name.last_commit_ms
             || m.page_size != ps
         {
             return Err(Error::corrupt(
@@ -106,18 +206,23 @@ pub async fn restore(replica: &Replica, opts: &RestoreOptions) -> Result<Restore
                 "does not start where the previous object ended (WAL position mismatch)",
             ));
         }
-        tokio::task::block_in_place(|| apply_segment(tmp.file(), &seg))
-            .map_err(|e| Error::io(tmp.path(), e))?;
-        pages = m.db_pages;
+        let stop = if i == last { plan.stop } else { None };
+        let applied = tokio::task::block_in_place(|| apply_segment(tmp.file(), &seg, stop))
+            .map_err(|e| Error::io(tmp.path(), e))?
+            .ok_or_else(|| Error::corrupt(&obj.key, "no transaction at or before the target"))?;
+        (pages, txid, commit_ms) = applied;
         pos = m.end;
         next_txid = m.last_txid + 1;
     }
     drop(segs);
+    progress.finish();
     tmp.finish(pages as u64 * ps as u64, opts.integrity_check, &opts.output)?;
     Ok(RestoreReport {
         plan,
         pages,
-        downloaded,
+        txid,
+        commit_ms,
+        downloaded: progress.done,
         elapsed: started.elapsed(),
     })
 }
@@ -126,6 +231,7 @@ struct SnapshotApplied {
     page_size: u32,
     page_count: u32,
     txid: u64,
+    commit_ms: u64,
     position: WalPosition,
 }
 
@@ -134,7 +240,7 @@ async fn apply_snapshot(
     plan: &Plan,
     out: &File,
     parallelism: usize,
-    downloaded: &mut u64,
+    progress: &mut Progress,
 ) -> Result<SnapshotApplied> {
     let key = &plan.snapshot.key;
     let corrupt = |r: String| Error::corrupt(key, r);
@@ -143,8 +249,8 @@ async fn apply_snapshot(
             .map_err(|e| Error::io(key.to_string(), e))
     };
     let meta = if plan.snapshot.size <= WHOLE_SNAPSHOT_MAX {
-        let bytes = replica.get(key).await?;
-        *downloaded += bytes.len() as u64;
+        let bytes = get_retrying(replica, key, None).await?;
+        progress.add(bytes.len() as u64);
         let meta = SnapshotMeta::parse_header(&bytes).map_err(corrupt)?;
         let (_, payload) =
             container::decode_all(&bytes, crate::format::snapshot::MAGIC).map_err(corrupt)?;
@@ -157,51 +263,72 @@ async fn apply_snapshot(
         meta
     } else {
         let size = plan.snapshot.size;
-        let head = replica
-            .get_range(key, 0..SnapshotMeta::HEADER_LEN as u64)
-            .await?;
+        let head = get_retrying(replica, key, Some(0..SnapshotMeta::HEADER_LEN as u64)).await?;
         let meta = SnapshotMeta::parse_header(&head).map_err(corrupt)?;
-        let foot = replica
-            .get_range(key, size - container::FOOTER_LEN as u64..size)
-            .await?;
+        let foot = get_retrying(
+            replica,
+            key,
+            Some(size - container::FOOTER_LEN as u64..size),
+        )
+        .await?;
         let t_off = container::parse_footer(&foot).map_err(corrupt)?;
         if t_off >= size {
             return Err(corrupt("trailer offset out of range".into()));
         }
-        let tbytes = replica.get_range(key, t_off..size).await?;
+        let tbytes = get_retrying(replica, key, Some(t_off..size)).await?;
         let trailer = container::parse_trailer(&tbytes, t_off).map_err(corrupt)?;
         let mut verifier = SnapshotVerifier::new(meta, trailer).map_err(corrupt)?;
         let ranges: Vec<_> = (0..meta.chunk_count())
             .map(|i| verifier.chunk_range(i))
             .collect();
         let mut chunks = futures::stream::iter(ranges.into_iter().enumerate())
-            .map(|(i, r)| async move { (i as u32, replica.get_range(key, r).await) })
+            .map(|(i, r)| async move { (i as u32, get_retrying(replica, key, Some(r)).await) })
             .buffered(parallelism.max(1));
         while let Some((i, bytes)) = chunks.next().await {
             let bytes = bytes?;
-            *downloaded += bytes.len() as u64;
+            progress.add(bytes.len() as u64);
             let raw = verifier.accept(&bytes).map_err(corrupt)?;
             write(meta.chunk_pages(i).start, meta.page_size, &raw)?;
         }
         verifier.finish().map_err(corrupt)?;
         meta
     };
-    if meta.txid != plan.snapshot.name.txid {
+    if meta.txid != plan.snapshot.name.txid || meta.commit_ms != plan.snapshot.name.commit_ms {
         return Err(corrupt("header does not match its name".into()));
     }
     Ok(SnapshotApplied {
         page_size: meta.page_size,
         page_count: meta.page_count,
         txid: meta.txid,
+        commit_ms: meta.commit_ms,
         position: meta.position,
     })
 }
 
-/// Write a segment's pages: only the last version of each page matters.
-fn apply_segment(out: &File, seg: &Segment) -> std::io::Result<()> {
+/// Write a segment's transactions, all of them or those `stop` includes; only the last
+/// version of each page matters. Returns the database size in pages, the txid and the
+/// commit time after the last transaction applied (`None` when `stop` includes none).
+fn apply_segment(
+    out: &File,
+    seg: &Segment,
+    stop: Option<Stop>,
+) -> std::io::Result<Option<(u32, u64, u64)>> {
     let ps = seg.meta.page_size as u64;
+    let mut txid = seg.meta.first_txid;
+    let mut end = None;
+    let mut cut = 0;
+    for (i, f) in seg.frames().enumerate() {
+        if let Some((db_pages, ms)) = f.commit {
+            if stop.is_some_and(|s| !s.includes(txid, ms)) {
+                break;
+            }
+            end = Some((db_pages, txid, ms));
+            cut = i + 1;
+            txid += 1;
+        }
+    }
     let mut latest: HashMap<u32, &[u8]> = HashMap::new();
-    for f in seg.frames() {
+    for f in seg.frames().take(cut) {
         latest.insert(f.pgno, f.page);
     }
     let mut pages: Vec<_> = latest.into_iter().collect();
@@ -209,7 +336,7 @@ fn apply_segment(out: &File, seg: &Segment) -> std::io::Result<()> {
     for (pgno, data) in pages {
         out.write_all_at(data, (pgno as u64 - 1) * ps)?;
     }
-    Ok(())
+    Ok(end)
 }
 
 /// The database under construction, beside the target; removed unless `finish`ed.

@@ -61,13 +61,49 @@ pub fn group(objects: &[Listed]) -> BTreeMap<GenerationId, Generation> {
     gens
 }
 
+/// What a restore aims at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// The newest state.
+    Latest,
+    /// The last transaction committed (seen by walship) at or before this Unix time in ms.
+    Time(u64),
+    /// Exactly this transaction of the chosen generation.
+    Txid(u64),
+}
+
+/// Where the last segment is cut short (it also holds transactions past the target).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stop {
+    /// After the last commit at or before this time (ms).
+    Time(u64),
+    /// After this transaction.
+    Txid(u64),
+}
+
+impl Stop {
+    /// Whether a commit of transaction `txid` at `ms` is restored.
+    pub fn includes(&self, txid: u64, ms: u64) -> bool {
+        match *self {
+            Stop::Time(t) => ms <= t,
+            Stop::Txid(n) => txid <= n,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
+    pub target: Target,
     pub generation: GenerationId,
     pub snapshot: Obj<SnapshotName>,
     pub segments: Vec<Obj<SegmentName>>,
-    /// The last transaction the restored database will hold.
+    /// The last transaction the restored database will hold; with `stop` set, the most it
+    /// can hold (the commit table of the last segment decides).
     pub txid: u64,
+    /// Set when the last segment is applied only in part.
+    pub stop: Option<Stop>,
     /// Set when segments exist past a missing range: the plan stops before the gap.
     pub gap_after: Option<u64>,
 }
@@ -78,42 +114,187 @@ impl Plan {
     }
 }
 
-/// The newest restorable state: the newest generation that has a snapshot (newer ones
-/// without a snapshot are still being started), its newest snapshot, and every segment
-/// after it up to the first gap. `only` restricts the choice to one generation.
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+/// The generations a restore may use, newest first: `only`, or every one with a snapshot.
+fn candidates<'a>(
+    gens: &'a BTreeMap<GenerationId, Generation>,
+    only: Option<&GenerationId>,
+) -> Result<Vec<(&'a GenerationId, &'a Generation)>, String> {
+    let list: Vec<_> = match only {
+        Some(id) => {
+            let (id, g) = gens
+                .get_key_value(id)
+                .ok_or_else(|| format!("generation {id} does not exist"))?;
+            if g.snapshots.is_empty() {
+                return Err(format!("generation {id} has no snapshot"));
+            }
+            vec![(id, g)]
+        }
+        None => gens
+            .iter()
+            .rev()
+            .filter(|(_, g)| !g.snapshots.is_empty())
+            .collect(),
+    };
+    if list.is_empty() {
+        return Err(if gens.is_empty() {
+            "no generations: nothing has been replicated here".into()
+        } else {
+            "no generation has a snapshot yet".into()
+        });
+    }
+    Ok(list)
+}
+
+/// Plan a restore of `target` from one LIST's worth of names. `only` restricts the choice
+/// to one generation. Errors say why, and for a time outside the replica, which window
+/// exists.
+pub fn plan(
+    gens: &BTreeMap<GenerationId, Generation>,
+    only: Option<&GenerationId>,
+    target: Target,
+) -> Result<Plan, String> {
+    let cands = candidates(gens, only)?;
+    match target {
+        Target::Latest => {
+            // The newest generation with a snapshot (newer ones without one are still being
+            // started), its newest snapshot, and every segment after it up to a gap.
+            let (id, g) = cands[0];
+            let snapshot = g.snapshots.last().expect("candidates have snapshots");
+            let (segments, gap_after) = chain_after(&g.segments, snapshot.name.txid);
+            let txid = segments
+                .last()
+                .map_or(snapshot.name.txid, |s| s.name.last_txid);
+            Ok(Plan {
+                target,
+                generation: id.clone(),
+                snapshot: snapshot.clone(),
+                segments,
+                txid,
+                stop: None,
+                gap_after,
+            })
+        }
+        Target::Txid(n) => {
+            let (id, g) = cands[0];
+            let snapshot = g
+                .snapshots
+                .iter()
+                .rev()
+                .find(|s| s.name.txid <= n)
+                .ok_or_else(|| {
+                    format!(
+                        "transaction {n} is before generation {id}'s oldest snapshot \
+                         (transaction {})",
+                        g.snapshots[0].name.txid
+                    )
+                })?;
+            let (chain, gap) = chain_after(&g.segments, snapshot.name.txid);
+            let segments: Vec<_> = chain
+                .into_iter()
+                .take_while(|s| s.name.first_txid <= n)
+                .collect();
+            let end = segments
+                .last()
+                .map_or(snapshot.name.txid, |s| s.name.last_txid);
+            if end < n {
+                return Err(match gap {
+                    Some(at) if at < n => format!(
+                        "generation {id} is missing transactions after {at}: transaction {n} \
+                         cannot be restored"
+                    ),
+                    _ => format!("generation {id} holds transactions up to {end}, not {n}"),
+                });
+            }
+            Ok(Plan {
+                target,
+                generation: id.clone(),
+                snapshot: snapshot.clone(),
+                segments,
+                txid: n,
+                stop: (end > n).then_some(Stop::Txid(n)),
+                gap_after: None,
+            })
+        }
+        Target::Time(t) => {
+            let oldest = cands
+                .iter()
+                .map(|(_, g)| g.snapshots[0].name.commit_ms)
+                .min()
+                .expect("non-empty");
+            let newest = cands
+                .iter()
+                .filter_map(|(_, g)| g.last_write_ms())
+                .max()
+                .unwrap_or(oldest);
+            // The newest generation that existed at `t`: its oldest snapshot is not later.
+            let Some(&(id, g)) = cands
+                .iter()
+                .find(|(_, g)| g.snapshots[0].name.commit_ms <= t)
+            else {
+                return Err(format!(
+                    "{} is before the oldest restorable point; this replica can restore \
+                     from {} to {}",
+                    rfc3339(t),
+                    rfc3339(oldest),
+                    rfc3339(newest)
+                ));
+            };
+            let snapshot = g
+                .snapshots
+                .iter()
+                .rev()
+                .find(|s| s.name.commit_ms <= t)
+                .expect("the oldest qualifies");
+            let (chain, _) = chain_after(&g.segments, snapshot.name.txid);
+            let segments: Vec<_> = chain
+                .into_iter()
+                .take_while(|s| s.name.first_commit_ms <= t)
+                .collect();
+            let (end_txid, end_ms) = segments
+                .last()
+                .map_or((snapshot.name.txid, snapshot.name.commit_ms), |s| {
+                    (s.name.last_txid, s.name.last_commit_ms)
+                });
+            // Transactions committed by `t` that the chain cannot reach: refuse rather
+            // than restore something older than asked.
+            if let Some(s) = g
+                .segments
+                .iter()
+                .find(|s| s.name.first_txid > end_txid + 1 && s.name.first_commit_ms <= t)
+            {
+                return Err(format!(
+                    "generation {id} is missing transactions {}..{} (a gap before {}); the \
+                     newest restorable point before the gap is {}",
+                    end_txid + 1,
+                    s.name.first_txid - 1,
+                    rfc3339(t),
+                    rfc3339(end_ms)
+                ));
+            }
+            Ok(Plan {
+                target,
+                generation: id.clone(),
+                snapshot: snapshot.clone(),
+                segments,
+                txid: end_txid,
+                stop: (end_ms > t).then_some(Stop::Time(t)),
+                gap_after: None,
+            })
+        }
+    }
+}
+
+/// The newest restorable state (`plan` with `Target::Latest`).
 pub fn plan_latest(
     gens: &BTreeMap<GenerationId, Generation>,
     only: Option<&GenerationId>,
 ) -> Result<Plan, String> {
-    let candidates: Vec<_> = match only {
-        Some(id) => vec![(
-            id,
-            gens.get(id)
-                .ok_or_else(|| format!("generation {id} does not exist"))?,
-        )],
-        None => gens.iter().rev().collect(),
-    };
-    for (id, g) in candidates {
-        let Some(snapshot) = g.snapshots.last() else {
-            continue;
-        };
-        let (segments, gap_after) = chain_after(&g.segments, snapshot.name.txid);
-        let txid = segments
-            .last()
-            .map_or(snapshot.name.txid, |s| s.name.last_txid);
-        return Ok(Plan {
-            generation: id.clone(),
-            snapshot: snapshot.clone(),
-            segments,
-            txid,
-            gap_after,
-        });
-    }
-    Err(match only {
-        Some(id) => format!("generation {id} has no snapshot"),
-        None if gens.is_empty() => "no generations: nothing has been replicated here".into(),
-        None => "no generation has a snapshot yet".into(),
-    })
+    plan(gens, only, Target::Latest)
 }
 
 /// Segments continuing from `txid` without a hole. Where several start at the same
@@ -254,5 +435,132 @@ mod tests {
                 .unwrap_err()
                 .contains("no generation has a snapshot")
         );
+    }
+
+    fn snap_at(g_id: &GenerationId, txid: u64, ms: u64) -> Listed {
+        Listed {
+            name: layout::format_snapshot(
+                g_id,
+                &SnapshotName {
+                    txid,
+                    commit_ms: ms,
+                },
+            ),
+            size: 100,
+        }
+    }
+
+    fn seg_at(g_id: &GenerationId, a: u64, b: u64, ta: u64, tb: u64) -> Listed {
+        Listed {
+            name: layout::format_segment(
+                g_id,
+                &SegmentName {
+                    first_txid: a,
+                    last_txid: b,
+                    first_commit_ms: ta,
+                    last_commit_ms: tb,
+                },
+            ),
+            size: 10,
+        }
+    }
+
+    /// Generation a: snapshot at 1000, txs 1..=10 at 1100..=2000, snapshot of tx 10, txs
+    /// 11..=20 at 2100..=3000. Generation b (after a lost continuity): snapshot at 5000,
+    /// txs 1..=5 at 5100..=5500.
+    fn history() -> (
+        GenerationId,
+        GenerationId,
+        BTreeMap<GenerationId, Generation>,
+    ) {
+        let (a, b) = (g(1), g(2));
+        let objs = vec![
+            snap_at(&a, 0, 1000),
+            seg_at(&a, 1, 4, 1100, 1400),
+            seg_at(&a, 5, 10, 1500, 2000),
+            snap_at(&a, 10, 2000),
+            seg_at(&a, 11, 20, 2100, 3000),
+            snap_at(&b, 0, 5000),
+            seg_at(&b, 1, 5, 5100, 5500),
+        ];
+        (a, b, group(&objs))
+    }
+
+    #[test]
+    fn time_inside_a_segment_stops_within_it() {
+        let (a, _, gens) = history();
+        let p = plan(&gens, None, Target::Time(1550)).unwrap();
+        assert_eq!(p.generation, a);
+        assert_eq!(p.snapshot.name.txid, 0);
+        assert_eq!(p.segments.len(), 2, "1..4 whole, 5..10 up to the stop");
+        assert_eq!(p.stop, Some(Stop::Time(1550)));
+        // Between two segments: the first whole, nothing of the second.
+        let p = plan(&gens, None, Target::Time(1450)).unwrap();
+        assert_eq!((p.segments.len(), p.txid, p.stop), (1, 4, None));
+        assert!(Stop::Time(1450).includes(5, 1450) && !Stop::Time(1450).includes(6, 1451));
+    }
+
+    #[test]
+    fn time_uses_the_newest_snapshot_at_or_before_it() {
+        let (a, _, gens) = history();
+        let p = plan(&gens, None, Target::Time(2500)).unwrap();
+        assert_eq!((p.generation, p.snapshot.name.txid), (a, 10));
+        assert_eq!(p.segments.len(), 1);
+        assert_eq!(p.stop, Some(Stop::Time(2500)));
+        // Exactly at a segment's last commit: whole segment, no stop.
+        let p = plan(&gens, None, Target::Time(3000)).unwrap();
+        assert_eq!((p.txid, p.stop), (20, None));
+    }
+
+    #[test]
+    fn time_between_generations_restores_the_older_ones_end() {
+        let (a, b, gens) = history();
+        let p = plan(&gens, None, Target::Time(4000)).unwrap();
+        assert_eq!((p.generation, p.txid, p.stop), (a, 20, None));
+        let p = plan(&gens, None, Target::Time(5000)).unwrap();
+        assert_eq!((p.generation, p.txid, p.segments.len()), (b.clone(), 0, 0));
+        // After the newest commit: the newest state, not an error.
+        let p = plan(&gens, None, Target::Time(99_999)).unwrap();
+        assert_eq!((p.generation, p.txid, p.stop), (b, 5, None));
+    }
+
+    #[test]
+    fn time_before_the_oldest_point_names_the_window() {
+        let (_, _, gens) = history();
+        let e = plan(&gens, None, Target::Time(999)).unwrap_err();
+        assert!(e.contains("before the oldest restorable point"), "{e}");
+        assert!(e.contains("1970-01-01T00:00:01.000Z"), "{e}");
+        assert!(e.contains("1970-01-01T00:00:05.500Z"), "{e}");
+    }
+
+    #[test]
+    fn time_past_a_gap_is_refused_with_the_last_good_point() {
+        let a = g(1);
+        let gens = group(&[
+            snap_at(&a, 0, 100),
+            seg_at(&a, 1, 3, 110, 130),
+            seg_at(&a, 7, 9, 170, 190),
+        ]);
+        assert_eq!(plan(&gens, None, Target::Time(150)).unwrap().txid, 3);
+        let e = plan(&gens, None, Target::Time(180)).unwrap_err();
+        assert!(e.contains("missing transactions 4..6"), "{e}");
+        assert!(e.contains("00:00:00.130Z"), "{e}");
+    }
+
+    #[test]
+    fn txid_target_within_one_generation() {
+        let (a, b, gens) = history();
+        let p = plan(&gens, Some(&a), Target::Txid(7)).unwrap();
+        assert_eq!((p.snapshot.name.txid, p.segments.len()), (0, 2));
+        assert_eq!((p.txid, p.stop), (7, Some(Stop::Txid(7))));
+        let p = plan(&gens, Some(&a), Target::Txid(10)).unwrap();
+        assert_eq!(
+            (p.snapshot.name.txid, p.segments.len(), p.stop),
+            (10, 0, None)
+        );
+        // Without --generation: the newest one.
+        assert_eq!(plan(&gens, None, Target::Txid(5)).unwrap().generation, b);
+        let e = plan(&gens, None, Target::Txid(6)).unwrap_err();
+        assert!(e.contains("up to 5"), "{e}");
     }
 }

@@ -4,5 +4,7 @@
 
 mod bad_input;
 mod examples;
+mod init_mode;
+mod pitr;
 mod sqlite_core;
 mod support;

@@ -6,34 +6,6 @@ use crate::support::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Small deterministic PRNG (the seed is printed, so a failure can be replayed).
-struct Lcg(u64);
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
-
-fn seed() -> u64 {
-    std::env::var("WALSHIP_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
-}
-
-fn strs(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 /// ≥ 20,000 transactions of random sizes (one > 1,000 pages), the writer's own TRUNCATE
 /// checkpoints at random moments, walship SIGKILLed and restarted ≥ 10 times; after a
 /// final SIGTERM the restore equals the source, table by table, row by row.
