@@ -75,6 +75,14 @@ fn main() -> ExitCode {
                 init_logging(args.log_format, args.log.as_deref());
                 cli::generations::run(a).await
             }
+            Command::Snapshots(a) => {
+                init_logging(args.log_format, args.log.as_deref());
+                cli::snapshots::run(a).await
+            }
+            Command::Verify(a) => {
+                init_logging(args.log_format, args.log.as_deref());
+                cli::verify::run(a).await
+            }
         }
     });
     match result {

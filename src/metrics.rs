@@ -47,6 +47,9 @@ pub struct Metrics {
     pub spool_bytes: Family<DbLabel, Gauge>,
     pub replica_up: Family<DbLabel, Gauge>,
     pub checkpoints: Family<KindLabel, Counter>,
+    pub validation_ok: Family<DbLabel, Gauge>,
+    pub validation_time: Family<DbLabel, FGauge>,
+    pub validations: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -64,6 +67,9 @@ impl Default for Metrics {
             spool_bytes: Family::default(),
             replica_up: Family::default(),
             checkpoints: Family::default(),
+            validation_ok: Family::default(),
+            validation_time: Family::default(),
+            validations: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -102,6 +108,21 @@ impl Default for Metrics {
             m.generation.clone(),
         );
         registry.register("errors", "Errors by kind", m.errors.clone());
+        registry.register(
+            "validation_ok",
+            "1 if the last validation (restore to a scratch file and check) passed, else 0",
+            m.validation_ok.clone(),
+        );
+        registry.register(
+            "validation_timestamp_seconds",
+            "Unix time of the last validation",
+            m.validation_time.clone(),
+        );
+        registry.register(
+            "validations",
+            "Validations run, by result (ok, failed)",
+            m.validations.clone(),
+        );
         registry.register(
             "spool_bytes",
             "Bytes of segments in the local spool waiting for upload",

@@ -4,6 +4,8 @@
 pub mod generations;
 pub mod replicate;
 pub mod restore;
+pub mod snapshots;
+pub mod verify;
 
 use crate::config::{self, Location, ReplicaConfig};
 use crate::error::{Error, Result};
@@ -44,10 +46,15 @@ pub enum LogFormat {
 pub enum Command {
     /// Replicate databases until SIGTERM/SIGINT (the sidecar).
     Replicate(replicate::ReplicateArgs),
-    /// Restore the newest state of a replica into a database file.
+    /// Restore a replica's newest state, or a point in time, into a database file.
     Restore(restore::RestoreArgs),
     /// List the generations in a replica.
     Generations(generations::GenerationsArgs),
+    /// List the snapshots in a replica (the restore points plans start from).
+    Snapshots(snapshots::SnapshotsArgs),
+    /// Restore the newest state to a scratch file and check it and its generation's
+    /// objects; non-zero exit on any problem.
+    Verify(verify::VerifyArgs),
 }
 
 /// Settings for a replica given by URL on the command line.

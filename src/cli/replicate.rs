@@ -24,6 +24,16 @@ pub struct ReplicateArgs {
     /// Upper bound between a commit and its upload (default 1s).
     #[arg(long)]
     pub sync_interval: Option<String>,
+    /// Time between snapshots within a generation (default 24h; 0 turns it off).
+    #[arg(long)]
+    pub snapshot_interval: Option<String>,
+    /// Also snapshot once the WAL shipped since the last snapshot exceeds this many times
+    /// the database size (default 1; 0 turns it off).
+    #[arg(long)]
+    pub snapshot_wal_ratio: Option<f64>,
+    /// Verify the replica (restore to a scratch file and check it) this often (default off).
+    #[arg(long)]
+    pub validation_interval: Option<String>,
     /// Serve /metrics and /healthz on this address (e.g. :9090).
     #[arg(long)]
     pub addr: Option<String>,
@@ -81,6 +91,22 @@ impl ReplicateArgs {
             if let Some(n) = self.min_checkpoint_pages {
                 db.min_checkpoint_pages = n.max(1);
             }
+            if let Some(s) = &self.snapshot_interval {
+                db.snapshot_interval = Some(config::parse_duration("--snapshot-interval", s)?)
+                    .filter(|d| !d.is_zero());
+            }
+            if let Some(s) = &self.validation_interval {
+                db.validation_interval = Some(config::parse_duration("--validation-interval", s)?)
+                    .filter(|d| !d.is_zero());
+            }
+            if let Some(r) = self.snapshot_wal_ratio {
+                if !(r >= 0.0 && r.is_finite()) {
+                    return Err(Error::Usage(
+                        "--snapshot-wal-ratio must be a number >= 0".into(),
+                    ));
+                }
+                db.snapshot_wal_ratio = r;
+            }
         }
         if let Some(a) = &self.addr {
             cfg.metrics_addr = Some(config::parse_listen_addr(a)?);
@@ -104,6 +130,9 @@ fn single(db: &Path, replica: config::ReplicaConfig) -> Config {
             spool_limit: config::DEFAULT_SPOOL_LIMIT,
             min_checkpoint_pages: config::DEFAULT_MIN_CHECKPOINT_PAGES,
             sync_interval: config::DEFAULT_SYNC_INTERVAL,
+            snapshot_interval: Some(config::DEFAULT_SNAPSHOT_INTERVAL),
+            snapshot_wal_ratio: config::DEFAULT_SNAPSHOT_WAL_RATIO,
+            validation_interval: None,
         }],
         metrics_addr: None,
         unhealthy_after: config::DEFAULT_UNHEALTHY_AFTER,

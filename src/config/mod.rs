@@ -16,6 +16,12 @@ pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// without walship.
 pub const DEFAULT_MIN_CHECKPOINT_PAGES: u32 = 1000;
 pub const DEFAULT_SPOOL_LIMIT: u64 = 256 << 20;
+/// A snapshot a day bounds restore work for databases that change slowly, at the cost of
+/// one object a day (Litestream's effective default too: its retention check snapshots).
+pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// A snapshot also once the WAL shipped since the last one exceeds the database's size
+/// (times this ratio): a restore then never replays more WAL than one database's worth.
+pub const DEFAULT_SNAPSHOT_WAL_RATIO: f64 = 1.0;
 pub const DEFAULT_UNHEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// Kubernetes gives 30 s by default between SIGTERM and SIGKILL; leave a margin.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
@@ -82,6 +88,7 @@ pub struct RawReplica {
     pub secret_access_key: Option<String>,
     pub sync_interval: Option<String>,
     pub snapshot_interval: Option<String>,
+    pub snapshot_wal_ratio: Option<f64>,
     pub retention: Option<String>,
     pub retention_check_interval: Option<String>,
     pub validation_interval: Option<String>,
@@ -109,6 +116,13 @@ pub struct DbConfig {
     pub spool_limit: u64,
     pub min_checkpoint_pages: u32,
     pub sync_interval: Duration,
+    /// Time between snapshots within a generation (`None`: only when a generation starts).
+    pub snapshot_interval: Option<Duration>,
+    /// Snapshot when WAL shipped since the last snapshot exceeds this × the database size
+    /// (0: never for this reason).
+    pub snapshot_wal_ratio: f64,
+    /// Run `verify` against the replica this often (off when `None`).
+    pub validation_interval: Option<Duration>,
 }
 
 /// Where a replica lives. `prefix` never starts or ends with `/`.
@@ -379,14 +393,32 @@ fn resolve_db(
         }
     };
     let rat = format!("{at}.replica");
+    let snapshot_interval = match &replica.snapshot_interval {
+        Some(s) => {
+            Some(parse_duration(&format!("{rat}.snapshot-interval"), s)?).filter(|d| !d.is_zero())
+        }
+        None => Some(DEFAULT_SNAPSHOT_INTERVAL),
+    };
+    let snapshot_wal_ratio = replica
+        .snapshot_wal_ratio
+        .unwrap_or(DEFAULT_SNAPSHOT_WAL_RATIO);
+    if !(snapshot_wal_ratio >= 0.0 && snapshot_wal_ratio.is_finite()) {
+        return Err(Error::Config(format!(
+            "{rat}.snapshot-wal-ratio must be a number >= 0 (0 turns it off)"
+        )));
+    }
+    let validation_interval = match &replica.validation_interval {
+        Some(s) => {
+            Some(parse_duration(&format!("{rat}.validation-interval"), s)?).filter(|d| !d.is_zero())
+        }
+        None => None,
+    };
     for (key, v) in [
-        ("snapshot-interval", &replica.snapshot_interval),
         ("retention", &replica.retention),
         (
             "retention-check-interval",
             &replica.retention_check_interval,
         ),
-        ("validation-interval", &replica.validation_interval),
     ] {
         if let Some(v) = v {
             parse_duration(&format!("{rat}.{key}"), v)?;
@@ -435,6 +467,9 @@ fn resolve_db(
         spool_limit,
         min_checkpoint_pages,
         sync_interval,
+        snapshot_interval,
+        snapshot_wal_ratio,
+        validation_interval,
     })
 }
 

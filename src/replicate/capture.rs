@@ -48,6 +48,9 @@ const BARRIER_FACTOR: u32 = 8;
 const CHECKPOINT_ROUNDS: usize = 4;
 /// Longest walship waits for the application's write lock (it holds it far shorter).
 const LOCK_WAIT: Duration = Duration::from_millis(100);
+/// The WAL-size trigger for a snapshot never fires below this much WAL: a small, hot
+/// database would otherwise be snapshotted every few seconds.
+const SNAPSHOT_WAL_FLOOR: u64 = 64 << 20;
 
 /// Where a generation left off, found in the spool or the replica at start-up.
 #[derive(Debug, Clone)]
@@ -63,6 +66,8 @@ pub struct ResumePoint {
 pub struct CaptureSettings {
     pub sync_interval: Duration,
     pub min_checkpoint_pages: u32,
+    pub snapshot_interval: Option<Duration>,
+    pub snapshot_wal_ratio: f64,
 }
 
 struct Run {
@@ -91,6 +96,11 @@ pub struct Capture {
     mark_frame: u32,
     /// The fully backfilled WAL state walship last settled its read lock on.
     settled: Option<(u32, u32, u32)>,
+    /// Since the last snapshot of this generation (or walship's start): when, its txid,
+    /// and the raw WAL bytes queued after it.
+    last_snapshot_at: Instant,
+    snapshot_txid: u64,
+    wal_since_snapshot: u64,
 }
 
 impl Capture {
@@ -118,6 +128,9 @@ impl Capture {
             checkpoint_not_before: now,
             mark_frame: 0,
             settled: None,
+            last_snapshot_at: now,
+            snapshot_txid: 0,
+            wal_since_snapshot: 0,
         }
     }
 
@@ -183,6 +196,7 @@ impl Capture {
                     tracing::info!(db = %self.state.label, generation = %rp.generation, txid = rp.txid,
                         "resuming generation");
                     self.state.set_generation(&rp.generation);
+                    self.snapshot_txid = rp.txid;
                     self.run = Some(Run {
                         generation: rp.generation,
                         tracker: t,
@@ -234,6 +248,8 @@ impl Capture {
         {
             if !self.state.snapshot_active.load(Ordering::Acquire) {
                 self.step_out(pid)?;
+            } else if self.cancel_optional_snapshot("the application is checkpointing") {
+                // Stepped aside at the next probe, once the uploader has dropped it.
             } else if self.state.failing_since_ms.load(Ordering::Relaxed) != 0 {
                 // A snapshot that cannot upload must not hold the app's checkpoint
                 // hostage for the whole outage: give up this generation for now.
@@ -255,8 +271,98 @@ impl Capture {
             }
         }
         self.cut_if_due()?;
+        if self.state.failing_since_ms.load(Ordering::Relaxed) != 0 {
+            self.cancel_optional_snapshot("the replica is unreachable");
+        }
+        self.snapshot_if_due()?;
         self.maintain_wal()?;
         self.checkpoint_if_due()
+    }
+
+    /// Cancel an in-flight snapshot taken within a generation (not one that starts a
+    /// generation, which the generation needs). True if there was one.
+    fn cancel_optional_snapshot(&mut self, why: &str) -> bool {
+        match &self.snapshot {
+            Some(job) if job.manifest.is_none() => {
+                if !job.cancelled.swap(true, Ordering::AcqRel) {
+                    tracing::info!(db = %self.state.label, txid = job.meta.txid,
+                        "snapshot cancelled: {why}; a later one replaces it");
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Snapshots within a generation: every `snapshot_interval`, or once the WAL queued
+    /// since the last one exceeds the database size times `snapshot_wal_ratio` (at least
+    /// `SNAPSHOT_WAL_FLOOR`), so a restore never replays unbounded WAL. Never while idle:
+    /// no new transaction, no snapshot.
+    fn snapshot_if_due(&mut self) -> Result<()> {
+        let Some(run) = self.run.as_ref() else {
+            return Ok(());
+        };
+        if self.state.snapshot_active.load(Ordering::Acquire)
+            || self.state.failing_since_ms.load(Ordering::Relaxed) != 0
+        {
+            return Ok(());
+        }
+        let t = &run.tracker;
+        let Some(reason) = snapshot_due(
+            self.wal_since_snapshot,
+            t.db_pages as u64 * t.page_size as u64,
+            &self.settings,
+            self.last_snapshot_at.elapsed(),
+        ) else {
+            return Ok(());
+        };
+        if t.txid == self.snapshot_txid {
+            self.last_snapshot_at = Instant::now();
+            return Ok(());
+        }
+        // Renew the read mark after a complete scan, then scan to the end under the new
+        // mark: the snapshot position is at or past the mark, so no checkpoint can copy a
+        // page newer than the position into the database file while it is read.
+        if !self.scan_to_end()? {
+            return Ok(());
+        }
+        self.db.refresh_read()?;
+        if !self.scan_to_end()? || !self.cut()? {
+            return Ok(());
+        }
+        let files = self.db.files();
+        let Some(run) = self.run.as_mut() else {
+            return Ok(());
+        };
+        self.mark_frame = run.tracker.pos.frame;
+        let t = &run.tracker;
+        let meta = SnapshotMeta {
+            page_size: t.page_size,
+            page_count: t.db_pages,
+            pages_per_chunk: SnapshotMeta::pages_per_chunk_for(t.page_size),
+            txid: t.txid,
+            commit_ms: t.last_commit_ms,
+            position: t.pos,
+        };
+        let job = Arc::new(SnapshotJob {
+            generation: run.generation.clone(),
+            manifest: None,
+            meta,
+            files,
+            index: t.page_index().clone(),
+            wal: t.hdr,
+            cancelled: Default::default(),
+        });
+        tracing::info!(db = %self.state.label, generation = %run.generation, txid = t.txid,
+            pages = t.db_pages, wal_bytes = self.wal_since_snapshot,
+            reason, "snapshot");
+        self.last_snapshot_at = Instant::now();
+        self.snapshot_txid = t.txid;
+        self.wal_since_snapshot = 0;
+        self.snapshot = Some(job.clone());
+        self.state.snapshot_active.store(true, Ordering::Release);
+        self.state.push(Job::Snapshot(job));
+        Ok(())
     }
 
     /// Keep the WAL restarting without walship checkpointing: renew the read mark as the
@@ -465,6 +571,7 @@ impl Capture {
         }
         let entry = self.spool.write(&run.generation, &meta, &bytes)?;
         run.tracker.clear_pending();
+        self.wal_since_snapshot += meta.frame_count as u64 * (24 + meta.page_size as u64);
         self.state.push(Job::Segment(entry));
         self.publish_oldest();
         Ok(true)
@@ -784,6 +891,9 @@ impl Capture {
         };
         t.start_collecting(0);
         t.last_commit_ms = now;
+        self.last_snapshot_at = Instant::now();
+        self.snapshot_txid = 0;
+        self.wal_since_snapshot = 0;
         tracing::info!(db = %self.state.label, generation = %generation, pages = meta.page_count,
             reason = %self.next_reason, "new generation");
         let job = Arc::new(job);
@@ -854,4 +964,53 @@ fn random_u32() -> u32 {
     h.write_u128(t.map(|d| d.as_nanos()).unwrap_or(0));
     h.write_u32(std::process::id());
     h.finish() as u32
+}
+
+/// Why a snapshot is due within a generation, if it is: `wal` raw WAL bytes queued since
+/// the last snapshot, a database of `db_bytes`, `elapsed` since the last snapshot.
+fn snapshot_due(
+    wal: u64,
+    db_bytes: u64,
+    s: &CaptureSettings,
+    elapsed: Duration,
+) -> Option<&'static str> {
+    let limit = (s.snapshot_wal_ratio * db_bytes as f64).max(SNAPSHOT_WAL_FLOOR as f64);
+    if s.snapshot_wal_ratio > 0.0 && wal as f64 >= limit {
+        Some("the WAL since the last snapshot outgrew the database")
+    } else if s.snapshot_interval.is_some_and(|i| elapsed >= i) {
+        Some("snapshot-interval")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_triggers() {
+        let s = |interval: Option<u64>, ratio: f64| CaptureSettings {
+            sync_interval: Duration::from_secs(1),
+            min_checkpoint_pages: 1000,
+            snapshot_interval: interval.map(Duration::from_secs),
+            snapshot_wal_ratio: ratio,
+        };
+        let gb = 1 << 30;
+        let hour = Duration::from_secs(3600);
+        // WAL beyond the database size (1 GB db): due; below it: not.
+        assert!(snapshot_due(gb + 1, gb, &s(None, 1.0), hour).is_some());
+        assert_eq!(snapshot_due(gb - 1, gb, &s(None, 1.0), hour), None);
+        assert!(snapshot_due(gb / 2 + 1, gb, &s(None, 0.5), hour).is_some());
+        // A small database: the floor applies.
+        assert_eq!(snapshot_due(10 << 20, 1 << 20, &s(None, 1.0), hour), None);
+        assert!(snapshot_due(SNAPSHOT_WAL_FLOOR, 1 << 20, &s(None, 1.0), hour).is_some());
+        // Ratio 0 turns the WAL trigger off; the interval still applies.
+        assert_eq!(snapshot_due(u64::MAX / 2, gb, &s(None, 0.0), hour), None);
+        assert_eq!(snapshot_due(0, gb, &s(Some(7200), 1.0), hour), None);
+        assert_eq!(
+            snapshot_due(0, gb, &s(Some(3600), 1.0), hour),
+            Some("snapshot-interval")
+        );
+    }
 }

@@ -15,7 +15,7 @@ use crate::config::{Config, DbConfig};
 use crate::error::{Error, Result};
 use crate::format::segment::SegmentMeta;
 use crate::format::snapshot::SnapshotMeta;
-use crate::metrics::{Health, Metrics};
+use crate::metrics::{DbLabel, Health, KindLabel, Metrics};
 use crate::sqlite::db::{LiveDb, check_database};
 use crate::storage::Replica;
 use crate::storage::layout::{self, GenerationId, ObjectName};
@@ -200,6 +200,8 @@ async fn start_db(
         CaptureSettings {
             sync_interval: db.sync_interval,
             min_checkpoint_pages: db.min_checkpoint_pages,
+            snapshot_interval: db.snapshot_interval,
+            snapshot_wal_ratio: db.snapshot_wal_ratio,
         },
     );
     let stop_capture = Arc::new(AtomicBool::new(false));
@@ -209,12 +211,92 @@ async fn start_db(
         .spawn(move || capture.run(flag, resume))
         .map_err(|e| Error::io(&db.path, e))?;
     let uploader = tokio::spawn(upload::run(state.clone(), replica, spool, stop));
+    if let Some(every) = db.validation_interval {
+        spawn_validator(db, state.metrics.clone(), stop_capture.clone(), every)?;
+    }
     Ok(Running {
         state,
         stop: stop_capture,
         capture,
         uploader,
     })
+}
+
+/// `validation-interval`: every `every`, run `verify` (restore the newest state into
+/// `<spool>/validate`, check it and its generation's objects) on a thread of its own, and
+/// publish the result as metrics. The thread ends with capture.
+fn spawn_validator(
+    db: &DbConfig,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    every: Duration,
+) -> Result<()> {
+    let rcfg = db.replica.clone();
+    let dir = db.spool_dir.join("validate");
+    let label = DbLabel {
+        db: db.path.display().to_string(),
+    };
+    std::thread::Builder::new()
+        .name("walship-validate".into())
+        .spawn(move || {
+            // Restore applies pages with block_in_place, which needs a multi-thread runtime.
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(db = %label.db, "validation disabled: {e}");
+                    return;
+                }
+            };
+            let mut next = Instant::now() + every;
+            while !stop.load(Ordering::Acquire) {
+                let now = Instant::now();
+                if now < next {
+                    std::thread::sleep((next - now).min(Duration::from_secs(1)));
+                    continue;
+                }
+                next = now + every;
+                // A run killed midway leaves its scratch copy: start clean.
+                let _ = std::fs::remove_dir_all(&dir);
+                let result = rt.block_on(async {
+                    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+                    let replica = Replica::open(&rcfg, false)?;
+                    crate::restore::verify::verify(&replica, None, &dir, 4).await
+                });
+                let _ = std::fs::remove_dir_all(&dir);
+                metrics
+                    .validation_time
+                    .get_or_create(&label)
+                    .set(now_ms() as f64 / 1000.0);
+                let kind = match &result {
+                    Ok(r) => {
+                        tracing::info!(db = %label.db, generation = %r.generation, txid = r.txid,
+                            objects = r.objects, seconds = r.seconds, "validation passed");
+                        "ok"
+                    }
+                    Err(e) => {
+                        tracing::error!(db = %label.db, "validation failed: {e}");
+                        "failed"
+                    }
+                };
+                metrics
+                    .validation_ok
+                    .get_or_create(&label)
+                    .set(result.is_ok() as i64);
+                metrics
+                    .validations
+                    .get_or_create(&KindLabel {
+                        db: label.db.clone(),
+                        kind: kind.into(),
+                    })
+                    .inc();
+            }
+        })
+        .map_err(|e| Error::io(&db.path, e))?;
+    Ok(())
 }
 
 /// Where to continue: the newest generation in the replica, if it has a snapshot, at its

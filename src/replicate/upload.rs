@@ -80,6 +80,16 @@ pub async fn run(
                     describe(&job)
                 );
             }
+            Err(e)
+                if matches!(&job, Job::Snapshot(s) if s.manifest.is_none())
+                    && (is_generation_fatal(&e)
+                        || matches!(&job, Job::Snapshot(s) if s.cancelled.load(Ordering::Acquire))) =>
+            {
+                // A snapshot within a generation is an optimisation: the segments before
+                // and after it still chain, so the generation goes on without it.
+                tracing::warn!(db = %state.label, "{}: {e}; skipped", describe(&job));
+                drop_front(&state);
+            }
             Err(e) if is_generation_fatal(&e) => {
                 tracing::error!(db = %state.label, "{}: {e}; starting a new generation", describe(&job));
                 state.metrics.error(&state.label, e.kind_label());
@@ -172,6 +182,14 @@ fn finish_front(state: &DbState, spool: &Spool, job: &Job, bytes: u64) {
         .get_or_create(&label)
         .set(now as f64 / 1000.0);
     state.store_ok();
+}
+
+/// Remove the front job (an optional snapshot) without counting it as uploaded.
+fn drop_front(state: &DbState) {
+    let mut q = state.queue.lock().unwrap();
+    q.jobs.pop_front();
+    drop(q);
+    state.snapshot_active.store(false, Ordering::Release);
 }
 
 /// Drop every queued job of `generation` (their spool files too) and ask capture for a new

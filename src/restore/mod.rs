@@ -5,6 +5,7 @@
 //! (invariant 7), so a crash at any moment leaves no partial file at the target path.
 
 pub mod plan;
+pub mod verify;
 pub mod when;
 
 use crate::error::{Error, Result};
@@ -78,7 +79,7 @@ fn transient(e: &Error) -> bool {
     )
 }
 
-async fn get_retrying(
+pub(crate) async fn get_retrying(
     replica: &Replica,
     key: &str,
     range: Option<std::ops::Range<u64>>,
@@ -103,7 +104,7 @@ async fn get_retrying(
 }
 
 /// A one-line progress display on stderr, redrawn at most twice a second.
-struct Progress {
+pub(crate) struct Progress {
     enabled: bool,
     total: u64,
     done: u64,
@@ -112,7 +113,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(enabled: bool, total: u64) -> Self {
+    pub(crate) fn new(enabled: bool, total: u64) -> Self {
         let now = Instant::now();
         Progress {
             enabled,
@@ -172,7 +173,14 @@ pub async fn restore_plan(
     }
     let tmp = TempFile::create(&opts.output)?;
     let mut progress = Progress::new(opts.progress, plan.bytes());
-    let snap = apply_snapshot(replica, &plan, tmp.file(), opts.parallelism, &mut progress).await?;
+    let snap = apply_snapshot(
+        replica,
+        &plan.snapshot,
+        tmp.file(),
+        opts.parallelism,
+        &mut progress,
+    )
+    .await?;
     let mut pages = snap.page_count;
     let mut pos = snap.position;
     let mut next_txid = snap.txid + 1;
@@ -227,7 +235,7 @@ pub async fn restore_plan(
     })
 }
 
-struct SnapshotApplied {
+pub(crate) struct SnapshotApplied {
     page_size: u32,
     page_count: u32,
     txid: u64,
@@ -235,20 +243,20 @@ struct SnapshotApplied {
     position: WalPosition,
 }
 
-async fn apply_snapshot(
+pub(crate) async fn apply_snapshot(
     replica: &Replica,
-    plan: &Plan,
+    snapshot: &plan::Obj<layout::SnapshotName>,
     out: &File,
     parallelism: usize,
     progress: &mut Progress,
 ) -> Result<SnapshotApplied> {
-    let key = &plan.snapshot.key;
+    let key = &snapshot.key;
     let corrupt = |r: String| Error::corrupt(key, r);
     let write = |first_page: u32, ps: u32, raw: &[u8]| {
         tokio::task::block_in_place(|| out.write_all_at(raw, (first_page as u64 - 1) * ps as u64))
             .map_err(|e| Error::io(key.to_string(), e))
     };
-    let meta = if plan.snapshot.size <= WHOLE_SNAPSHOT_MAX {
+    let meta = if snapshot.size <= WHOLE_SNAPSHOT_MAX {
         let bytes = get_retrying(replica, key, None).await?;
         progress.add(bytes.len() as u64);
         let meta = SnapshotMeta::parse_header(&bytes).map_err(corrupt)?;
@@ -262,7 +270,7 @@ async fn apply_snapshot(
         }
         meta
     } else {
-        let size = plan.snapshot.size;
+        let size = snapshot.size;
         let head = get_retrying(replica, key, Some(0..SnapshotMeta::HEADER_LEN as u64)).await?;
         let meta = SnapshotMeta::parse_header(&head).map_err(corrupt)?;
         let foot = get_retrying(
@@ -293,7 +301,7 @@ async fn apply_snapshot(
         verifier.finish().map_err(corrupt)?;
         meta
     };
-    if meta.txid != plan.snapshot.name.txid || meta.commit_ms != plan.snapshot.name.commit_ms {
+    if meta.txid != snapshot.name.txid || meta.commit_ms != snapshot.name.commit_ms {
         return Err(corrupt("header does not match its name".into()));
     }
     Ok(SnapshotApplied {

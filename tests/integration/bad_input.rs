@@ -4,6 +4,7 @@
 use crate::support::*;
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
 #[track_caller]
 fn assert_fails_naming(o: &Output, needles: &[&str]) {
@@ -171,15 +172,24 @@ fn restore_refuses_to_overwrite_without_force() {
 
 /// Replicate a small database and stop cleanly; returns its path and the backend.
 fn replicated(dir: &Path, backend: Backend) -> (std::path::PathBuf, Backend) {
+    replicated_with(dir, backend, &[], "300")
+}
+
+fn replicated_with(
+    dir: &Path,
+    backend: Backend,
+    extra: &[&str],
+    tx: &str,
+) -> (std::path::PathBuf, Backend) {
     let db = dir.join("app.db");
     create_db(&db);
-    let rep = Replicator::start(&db, &backend, &[], &dir.join("w.log"));
+    let rep = Replicator::start(&db, &backend, extra, &dir.join("w.log"));
     let report = dir.join("report.json");
     let w = start_writer(
         &db,
         &[
             "--tx",
-            "300",
+            tx,
             "--rate",
             "300",
             "--report",
@@ -192,25 +202,32 @@ fn replicated(dir: &Path, backend: Backend) -> (std::path::PathBuf, Backend) {
     (db, backend)
 }
 
-/// A damaged object makes restore fail naming that object, and leaves no file behind.
-fn corrupt_object_named(backend: Backend, dir: &Path, damage: impl Fn(&[u8]) -> Vec<u8>) {
-    let (_, backend) = replicated(dir, backend);
-    let store = object_store_for(&backend);
+/// Damage the first object (in name order) whose name ends with `suffix`; returns its
+/// file name.
+fn damage_first(backend: &Backend, suffix: &str, damage: impl Fn(&[u8]) -> Vec<u8>) -> String {
+    let store = object_store_for(backend);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let key = rt.block_on(async {
+    rt.block_on(async {
         use futures::TryStreamExt;
         use object_store::ObjectStoreExt;
         let (store, prefix) = &store;
-        let all: Vec<_> = store.list(Some(prefix)).try_collect().await.unwrap();
-        let seg = all
+        let mut all: Vec<_> = store.list(Some(prefix)).try_collect().await.unwrap();
+        all.sort_by(|a, b| a.location.cmp(&b.location));
+        let obj = all
             .iter()
             .map(|m| m.location.clone())
-            .find(|l| l.as_ref().ends_with(".seg"))
-            .expect("a segment");
-        let bytes = store.get(&seg).await.unwrap().bytes().await.unwrap();
-        store.put(&seg, damage(&bytes).into()).await.unwrap();
-        seg.as_ref().rsplit('/').next().unwrap().to_string()
-    });
+            .find(|l| l.as_ref().ends_with(suffix))
+            .expect("an object to damage");
+        let bytes = store.get(&obj).await.unwrap().bytes().await.unwrap();
+        store.put(&obj, damage(&bytes).into()).await.unwrap();
+        obj.as_ref().rsplit('/').next().unwrap().to_string()
+    })
+}
+
+/// A damaged object makes restore fail naming that object, and leaves no file behind.
+fn corrupt_object_named(backend: Backend, dir: &Path, damage: impl Fn(&[u8]) -> Vec<u8>) {
+    let (_, backend) = replicated(dir, backend);
+    let key = damage_first(&backend, ".seg", damage);
     let out = dir.join("out.db");
     let o = restore(&backend, &out);
     assert_fails_naming(&o, &["corrupt object", &key]);
@@ -299,4 +316,96 @@ fn restore_of_empty_replica_says_so() {
     let b = Backend::file(&dir.path().join("r"));
     let o = restore(&b, &dir.path().join("out.db"));
     assert_fails_naming(&o, &["no generations"]);
+}
+
+/// `verify` passes on a sound replica, and fails naming the object when an older snapshot
+/// (one the newest restore does not even read) or a segment is damaged.
+fn verify_finds_damage(backend: Backend, dir: &Path) {
+    let (_, backend) = replicated_with(dir, backend, &["--snapshot-interval", "1s"], "1200");
+    let o = walship(&["verify", "--json", &backend.url], Some(&backend));
+    assert_success(&o, "verify of a sound replica");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["objects"].as_u64().unwrap() >= 4, "{r}");
+    let snaps = walship(&["snapshots", "--json", &backend.url], Some(&backend));
+    let snaps: Vec<serde_json::Value> = serde_json::from_slice(&snaps.stdout).unwrap();
+    assert!(snaps.len() >= 2, "need an older snapshot: {snaps:?}");
+
+    let key = damage_first(&backend, ".snap", flip_middle);
+    let out = dir.join("still-fine.db");
+    assert_success(
+        &restore(&backend, &out),
+        "restore does not read the old snapshot",
+    );
+    let o = walship(&["verify", &backend.url], Some(&backend));
+    assert_fails_naming(&o, &["corrupt object", &key]);
+}
+
+fn verify_finds_a_damaged_segment(backend: Backend, dir: &Path) {
+    let (_, backend) = replicated(dir, backend);
+    assert_success(
+        &walship(&["verify", &backend.url], Some(&backend)),
+        "verify",
+    );
+    let key = damage_first(&backend, ".seg", truncate_tail);
+    let o = walship(&["verify", &backend.url], Some(&backend));
+    assert_fails_naming(&o, &["corrupt object", &key]);
+}
+
+#[test]
+fn verify_finds_damage_file() {
+    let dir = tempfile::tempdir().unwrap();
+    verify_finds_damage(Backend::file(&dir.path().join("r")), dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    verify_finds_a_damaged_segment(Backend::file(&dir.path().join("r")), dir.path());
+}
+
+#[test]
+fn verify_finds_damage_s3() {
+    let (Some(a), Some(b)) = (Backend::s3("verify-snap"), Backend::s3("verify-seg")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    verify_finds_damage(a, dir.path());
+    let dir = tempfile::tempdir().unwrap();
+    verify_finds_a_damaged_segment(b, dir.path());
+}
+
+/// `validation-interval` in the sidecar: the metrics say the replica verifies, then, once
+/// a segment is damaged, that it does not, and the log names the object.
+#[test]
+fn validation_interval_reports_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::file(&dir.path().join("r"));
+    let db = dir.path().join("app.db");
+    create_db(&db);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let rep = Replicator::start(
+        &db,
+        &backend,
+        &["--validation-interval", "1s", "--addr", &addr],
+        &dir.path().join("w.log"),
+    );
+    let report = dir.path().join("report.json");
+    let w = start_writer(
+        &db,
+        &strs(&[
+            "--tx",
+            "300",
+            "--rate",
+            "300",
+            "--report",
+            report.to_str().unwrap(),
+        ]),
+    );
+    finish_writer(w, &report);
+    let ok = |want: f64| {
+        wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
+            crate::sqlite_core::metric(&addr, "walship_validation_ok") == want
+        })
+    };
+    assert!(ok(1.0), "validation never passed: {}", rep.log_text());
+    let key = damage_first(&backend, ".seg", flip_middle);
+    assert!(ok(0.0), "damage not reported: {}", rep.log_text());
+    assert!(rep.log_text().contains(&key), "log does not name {key}");
+    assert!(rep.terminate(Duration::from_secs(30)).success());
 }

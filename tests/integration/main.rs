@@ -6,5 +6,6 @@ mod bad_input;
 mod examples;
 mod init_mode;
 mod pitr;
+mod snapshots;
 mod sqlite_core;
 mod support;

@@ -173,7 +173,7 @@ fn app_truncate_checkpoint_s3() {
     app_truncate(b, dir.path());
 }
 
-fn metric(addr: &str, name: &str) -> f64 {
+pub fn metric(addr: &str, name: &str) -> f64 {
     let body = http_get(addr, "/metrics");
     body.lines()
         .find(|l| l.starts_with(name))
