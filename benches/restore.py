@@ -56,7 +56,7 @@ def build_db(path, size_mb):
         c.execute("BEGIN")
         c.execute(f"""WITH RECURSIVE s(i) AS (SELECT {start} UNION ALL SELECT i + 1 FROM s WHERE i < {start + n - 1})
                       INSERT INTO items(k, v, n)
-                      SELECT 'row-' || i, randomblob(2000) || CAST(printf('%.2000c', 'a' || i) AS BLOB), i FROM s""")
+                      SELECT 'row-' || i, CAST(randomblob(2000) || printf('%.2000c', 'a' || i) AS BLOB), i FROM s""")
         c.execute("COMMIT")
     c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     c.close()

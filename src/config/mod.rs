@@ -654,6 +654,32 @@ dbs:
     }
 
     #[test]
+    fn snapshot_and_validation_settings() {
+        let one = |r: &str| {
+            parse(
+                &format!("dbs:\n  - path: a\n    replica: {{url: file:///x{r}}}\n"),
+                &env,
+            )
+            .unwrap()
+            .dbs
+            .remove(0)
+        };
+        let d = one("");
+        assert_eq!(d.snapshot_interval, Some(DEFAULT_SNAPSHOT_INTERVAL));
+        assert_eq!(d.snapshot_wal_ratio, DEFAULT_SNAPSHOT_WAL_RATIO);
+        assert_eq!(d.validation_interval, None);
+        let d = one(", snapshot-interval: 1h, snapshot-wal-ratio: 0.5, validation-interval: 6h");
+        assert_eq!(d.snapshot_interval, Some(Duration::from_secs(3600)));
+        assert_eq!(d.snapshot_wal_ratio, 0.5);
+        assert_eq!(d.validation_interval, Some(Duration::from_secs(6 * 3600)));
+        assert_eq!(one(", snapshot-interval: 0s").snapshot_interval, None);
+        assert!(
+            err("dbs:\n  - path: a\n    replica: {url: file:///x, snapshot-wal-ratio: -1}\n")
+                .contains("snapshot-wal-ratio")
+        );
+    }
+
+    #[test]
     fn sizes_and_locations() {
         assert_eq!(parse_size("k", "256MiB").unwrap(), 256 << 20);
         assert_eq!(parse_size("k", "1GB").unwrap(), 1_000_000_000);

@@ -141,6 +141,22 @@ pub fn chunk_range(t: &Trailer, i: usize) -> Range<u64> {
 
 /// Checks a snapshot's chunks as they arrive (in any order of download, fed in order):
 /// each chunk's CRC, the page count, and at the end the whole-payload CRC of the trailer.
+/// Decode chunk `i` of a snapshot described by `meta` from exactly its bytes, checking its
+/// CRC and size. Pure, so chunks can be decoded in parallel.
+pub fn decode_chunk_at(
+    meta: &SnapshotMeta,
+    i: u32,
+    encoded: &[u8],
+) -> Result<container::Chunk, String> {
+    let c =
+        container::decode_chunk(encoded)?.ok_or_else(|| "unexpected end of chunks".to_string())?;
+    let want = meta.chunk_pages(i).len() * meta.page_size as usize;
+    if c.encoded_len != encoded.len() || c.raw.len() != want {
+        return Err(format!("chunk {i} has the wrong size"));
+    }
+    Ok(c)
+}
+
 pub struct SnapshotVerifier {
     meta: SnapshotMeta,
     trailer: Trailer,
@@ -169,15 +185,16 @@ impl SnapshotVerifier {
 
     /// Decode chunk `next` from exactly its bytes; returns its raw pages.
     pub fn accept(&mut self, encoded: &[u8]) -> Result<Vec<u8>, String> {
-        let c = container::decode_chunk(encoded)?
-            .ok_or_else(|| "unexpected end of chunks".to_string())?;
-        let want = self.meta.chunk_pages(self.next).len() * self.meta.page_size as usize;
-        if c.encoded_len != encoded.len() || c.raw.len() != want {
-            return Err(format!("chunk {} has the wrong size", self.next));
-        }
+        let c = decode_chunk_at(&self.meta, self.next, encoded)?;
+        self.accept_decoded(&c);
+        Ok(c.raw)
+    }
+
+    /// Take chunk `next`, already decoded (in any thread) by `decode_chunk_at`: chunks must
+    /// arrive in order for the payload CRC.
+    pub fn accept_decoded(&mut self, c: &container::Chunk) {
         self.crc.combine(&c.crc_hasher());
         self.next += 1;
-        Ok(c.raw)
     }
 
     pub fn finish(self) -> Result<(), String> {

@@ -5,6 +5,7 @@
 mod bad_input;
 mod examples;
 mod init_mode;
+mod large;
 mod pitr;
 mod snapshots;
 mod sqlite_core;
