@@ -77,7 +77,7 @@ def bucket_bytes(endpoint, prefix):
     return size or 0
 
 
-def replicate_until_settled(tool, args, db, prefix, workdir):
+def replicate_until_settled(tool, args, db, prefix, workdir, min_bytes):
     cmd, env = sidecar.replicator_cmd(tool, args, db, prefix, workdir, f"127.0.0.1:{sidecar.free_port()}")
     if tool == "walship":
         cmd = [c for c in cmd if c not in ("--addr",) and not c.startswith("127.0.0.1:")]
@@ -90,7 +90,7 @@ def replicate_until_settled(tool, args, db, prefix, workdir):
         b = bucket_bytes(args.endpoint, prefix)
         if b != last:
             last, stable_since = b, time.monotonic()
-        elif b > 0 and time.monotonic() - stable_since >= 5:
+        elif b >= min_bytes and time.monotonic() - stable_since >= 5:
             break
     p.send_signal(signal.SIGTERM)
     try:
@@ -139,7 +139,9 @@ def main():
             db = os.path.join(workdir, "app.db")
             shutil.copy(src, db)
             prefix = f"{tool}-{int(time.time())}"
-            rep_s, stored = replicate_until_settled(tool, args, db, prefix, workdir)
+            # Both tools upload the snapshot as a multipart upload, invisible until complete:
+            # wait for at least 40% of the database (walship's lz4 stores about half).
+            rep_s, stored = replicate_until_settled(tool, args, db, prefix, workdir, size * 0.4)
             out = os.path.join(workdir, "restored.db")
             cmd, env = sidecar.restore_cmd(tool, args, db, prefix, workdir, out)
             secs, code, cpu, rss, err = timed(cmd, env)
