@@ -27,8 +27,8 @@ pub struct ReplicateArgs {
     /// Time between snapshots within a generation (default 24h; 0 turns it off).
     #[arg(long)]
     pub snapshot_interval: Option<String>,
-    /// Also snapshot once the WAL shipped since the last snapshot exceeds this many times
-    /// the database size (default 1; 0 turns it off).
+    /// Also snapshot once the segments stored since the last snapshot exceed this many
+    /// times the database size (default 1; 0 turns it off).
     #[arg(long)]
     pub snapshot_wal_ratio: Option<f64>,
     /// Verify the replica (restore to a scratch file and check it) this often (default off).

@@ -19,8 +19,8 @@ pub const DEFAULT_SPOOL_LIMIT: u64 = 256 << 20;
 /// A snapshot a day bounds restore work for databases that change slowly, at the cost of
 /// one object a day (Litestream's effective default too: its retention check snapshots).
 pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
-/// A snapshot also once the WAL shipped since the last one exceeds the database's size
-/// (times this ratio): a restore then never replays more WAL than one database's worth.
+/// A snapshot also once the segments stored since the last one exceed the database's size
+/// (times this ratio): a restore then never downloads more WAL than one database's worth.
 pub const DEFAULT_SNAPSHOT_WAL_RATIO: f64 = 1.0;
 pub const DEFAULT_UNHEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// Kubernetes gives 30 s by default between SIGTERM and SIGKILL; leave a margin.
@@ -118,8 +118,8 @@ pub struct DbConfig {
     pub sync_interval: Duration,
     /// Time between snapshots within a generation (`None`: only when a generation starts).
     pub snapshot_interval: Option<Duration>,
-    /// Snapshot when WAL shipped since the last snapshot exceeds this × the database size
-    /// (0: never for this reason).
+    /// Snapshot when the segments stored since the last snapshot exceed this × the
+    /// database size (0: never for this reason).
     pub snapshot_wal_ratio: f64,
     /// Run `verify` against the replica this often (off when `None`).
     pub validation_interval: Option<Duration>,

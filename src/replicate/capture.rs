@@ -48,8 +48,8 @@ const BARRIER_FACTOR: u32 = 8;
 const CHECKPOINT_ROUNDS: usize = 4;
 /// Longest walship waits for the application's write lock (it holds it far shorter).
 const LOCK_WAIT: Duration = Duration::from_millis(100);
-/// The WAL-size trigger for a snapshot never fires below this much WAL: a small, hot
-/// database would otherwise be snapshotted every few seconds.
+/// The WAL-size trigger for a snapshot never fires below this many segment bytes: a small,
+/// hot database would otherwise be snapshotted every few seconds.
 const SNAPSHOT_WAL_FLOOR: u64 = 64 << 20;
 
 /// Where a generation left off, found in the spool or the replica at start-up.
@@ -97,7 +97,7 @@ pub struct Capture {
     /// The fully backfilled WAL state walship last settled its read lock on.
     settled: Option<(u32, u32, u32)>,
     /// Since the last snapshot of this generation (or walship's start): when, its txid,
-    /// and the raw WAL bytes queued after it.
+    /// and the segment bytes (compressed, as stored) queued after it.
     last_snapshot_at: Instant,
     snapshot_txid: u64,
     wal_since_snapshot: u64,
@@ -294,9 +294,9 @@ impl Capture {
         }
     }
 
-    /// Snapshots within a generation: every `snapshot_interval`, or once the WAL queued
-    /// since the last one exceeds the database size times `snapshot_wal_ratio` (at least
-    /// `SNAPSHOT_WAL_FLOOR`), so a restore never replays unbounded WAL. Never while idle:
+    /// Snapshots within a generation: every `snapshot_interval`, or once the segments queued
+    /// since the last one (as stored) exceed the database size times `snapshot_wal_ratio`
+    /// (at least `SNAPSHOT_WAL_FLOOR`), so a restore never downloads unbounded WAL. Never while idle:
     /// no new transaction, no snapshot.
     fn snapshot_if_due(&mut self) -> Result<()> {
         let Some(run) = self.run.as_ref() else {
@@ -571,7 +571,8 @@ impl Capture {
         }
         let entry = self.spool.write(&run.generation, &meta, &bytes)?;
         run.tracker.clear_pending();
-        self.wal_since_snapshot += meta.frame_count as u64 * (24 + meta.page_size as u64);
+        // Counted as stored: what a restore downloads is what its work scales with.
+        self.wal_since_snapshot += bytes.len() as u64;
         self.state.push(Job::Segment(entry));
         self.publish_oldest();
         Ok(true)
@@ -966,7 +967,7 @@ fn random_u32() -> u32 {
     h.finish() as u32
 }
 
-/// Why a snapshot is due within a generation, if it is: `wal` raw WAL bytes queued since
+/// Why a snapshot is due within a generation, if it is: `wal` segment bytes queued since
 /// the last snapshot, a database of `db_bytes`, `elapsed` since the last snapshot.
 fn snapshot_due(
     wal: u64,
