@@ -426,7 +426,11 @@ impl Segment {
                 next_commit.next();
             }
         }
-        if running != m.end.cksum || salts != (m.end.salt1, m.end.salt2) {
+        // The end may also be the start of the next WAL (frame 0 of a WAL with other salts):
+        // capture adopted a restarted WAL's header before any of its frames. Its checksum
+        // is that header's, which no frame here carries; the next segment starts from it.
+        let at_next_wal = m.end.frame == 0 && (m.end.salt1, m.end.salt2) != salts;
+        if !at_next_wal && (running != m.end.cksum || salts != (m.end.salt1, m.end.salt2)) {
             return Err("frames do not end at the end position".into());
         }
         Ok(())
@@ -500,6 +504,28 @@ mod tests {
             },
         };
         (meta, b)
+    }
+
+    /// A segment whose frames end in one WAL and whose end position is the start of the
+    /// next, restarted WAL (capture saw the new header before any of its frames).
+    #[test]
+    fn end_at_the_start_of_the_next_wal_is_accepted() {
+        let (mut meta, mut b) = sample();
+        let next = WalHeader::parse(&WalHeader::encode(true, PS, 10, 12, 99)).unwrap();
+        meta.end = WalPosition::start_of(&next, 3);
+        let seg = Segment::decode(&b.encode(&meta)).unwrap();
+        assert_eq!(seg.meta.end, meta.end);
+        // Frame 0 of the same WAL, or a later frame of another, is still refused.
+        let (mut meta, mut b) = sample();
+        meta.end.frame = 0;
+        meta.end.cksum = [1, 2];
+        assert!(Segment::decode(&b.encode(&meta)).is_err());
+        let (mut meta, mut b) = sample();
+        meta.end = WalPosition {
+            frame: 1,
+            ..WalPosition::start_of(&next, 3)
+        };
+        assert!(Segment::decode(&b.encode(&meta)).is_err());
     }
 
     #[test]
