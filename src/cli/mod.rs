@@ -85,6 +85,15 @@ impl ReplicaFlags {
     }
 }
 
+/// The `--generation` flag, checked.
+pub fn parse_generation(g: Option<&str>) -> Result<Option<crate::storage::layout::GenerationId>> {
+    g.map(|g| {
+        crate::storage::layout::GenerationId::parse(g)
+            .ok_or_else(|| Error::Usage(format!("{g:?} is not a generation id")))
+    })
+    .transpose()
+}
+
 /// A replica URL, or the path of a database listed in the config file.
 pub fn resolve_source(
     source: &str,

@@ -106,14 +106,7 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
         args.output.clone().or(db_path).ok_or_else(|| {
             Error::Usage("give -o OUTPUT when restoring from a replica URL".into())
         })?;
-    let generation = args
-        .generation
-        .as_deref()
-        .map(|g| {
-            GenerationId::parse(g)
-                .ok_or_else(|| Error::Usage(format!("{g:?} is not a generation id")))
-        })
-        .transpose()?;
+    let generation = super::parse_generation(args.generation.as_deref())?;
     let target = match (&args.timestamp, args.txid) {
         (Some(t), _) => Target::Time(parse_time(t, restore_now_ms()).map_err(Error::Usage)?),
         (None, Some(n)) => Target::Txid(n),

@@ -3,12 +3,11 @@
 //! problem, so it can run as a CronJob.
 
 use super::{ReplicaFlags, resolve_source};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::restore::DEFAULT_PARALLELISM;
 use crate::restore::verify::verify;
 use crate::restore::when::format_ms;
 use crate::storage::Replica;
-use crate::storage::layout::GenerationId;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -36,14 +35,7 @@ pub struct VerifyArgs {
 
 pub async fn run(args: VerifyArgs) -> Result<()> {
     let (rcfg, _) = resolve_source(&args.source, args.config.as_deref(), &args.replica)?;
-    let generation = args
-        .generation
-        .as_deref()
-        .map(|g| {
-            GenerationId::parse(g)
-                .ok_or_else(|| Error::Usage(format!("{g:?} is not a generation id")))
-        })
-        .transpose()?;
+    let generation = super::parse_generation(args.generation.as_deref())?;
     let replica = Replica::open(&rcfg, false)?;
     let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let r = verify(&replica, generation.as_ref(), &dir, args.parallelism.max(1)).await?;

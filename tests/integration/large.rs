@@ -11,17 +11,6 @@ use std::time::{Duration, Instant};
 /// buffers, not the database, decide it.
 const RSS_LIMIT_MIB: i64 = 256;
 
-fn hash(db: &Path) -> String {
-    let o = Command::new("python3")
-        .arg(writer_script())
-        .arg("--hash")
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
-}
-
 fn large_restore(backend: Backend, dir: &Path) {
     let db = dir.join("app.db");
     create_db(&db);
@@ -99,7 +88,11 @@ fn large_restore(backend: Backend, dir: &Path) {
         "restore failed"
     );
     assert!(rss_mib < RSS_LIMIT_MIB, "restore peak RSS {rss_mib} MiB");
-    assert_eq!(hash(&out), hash(&db), "restored content differs");
+    assert_eq!(
+        content_hash(&out),
+        content_hash(&db),
+        "restored content differs"
+    );
 }
 
 #[test]

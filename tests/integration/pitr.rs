@@ -33,17 +33,6 @@ fn read_record(path: &Path) -> Vec<Commit> {
         .collect()
 }
 
-fn content_hash(db: &Path) -> String {
-    let o = std::process::Command::new("python3")
-        .arg(writer_script())
-        .arg("--hash")
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
-}
-
 /// How long after a commit the restore target lies; the writer's quiet spells are longer,
 /// so the next commit comes after the target.
 const AFTER_COMMIT_MS: u64 = 300;

@@ -125,17 +125,7 @@ fn snapshots_at_an_interval(backend: Backend, dir: &Path) {
             Some(&backend),
         );
         assert_success(&o, &format!("restore at {ts}"));
-        let h = std::process::Command::new("python3")
-            .arg(writer_script())
-            .arg("--hash")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&h.stdout).trim(),
-            lines[j].1,
-            "restore at {ts}"
-        );
+        assert_eq!(content_hash(&out), lines[j].1, "restore at {ts}");
     }
     assert!(
         from_interval_snapshot >= 2,

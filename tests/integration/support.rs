@@ -219,6 +219,19 @@ pub fn finish_writer(mut w: Child, report: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
 }
 
+/// The writer's content hash of a database (`writer.py --hash`): the same value it records
+/// after each commit with `--record`.
+pub fn content_hash(db: &Path) -> String {
+    let o = Command::new("python3")
+        .arg(writer_script())
+        .arg("--hash")
+        .arg(db)
+        .output()
+        .expect("python3 tests/writer.py --hash");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
 /// Create a WAL-mode database with the writer's schema (as the app would on first start).
 pub fn create_db(path: &Path) {
     let c = rusqlite::Connection::open(path).unwrap();
