@@ -174,9 +174,6 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
         plan,
         &RestoreOptions {
             output: output.clone(),
-            force: args.force,
-            generation,
-            target,
             parallelism: args.parallelism.max(1),
             integrity_check: !args.no_integrity_check,
             progress: std::io::stderr().is_terminal() && !args.json,

@@ -15,9 +15,9 @@ use crate::format::snapshot::{SnapshotMeta, SnapshotVerifier, decode_chunk_at};
 use crate::sqlite::db::sidecar_path;
 use crate::sqlite::wal::WalPosition;
 use crate::storage::Replica;
-use crate::storage::layout::{self, GenerationId};
+use crate::storage::layout;
 use futures::StreamExt;
-use plan::{Plan, Stop, Target};
+use plan::{Plan, Stop};
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -31,9 +31,6 @@ const WHOLE_SNAPSHOT_MAX: u64 = 16 << 20;
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
     pub output: PathBuf,
-    pub force: bool,
-    pub generation: Option<GenerationId>,
-    pub target: Target,
     pub parallelism: usize,
     pub integrity_check: bool,
     /// Print a progress line (on a terminal).
@@ -49,20 +46,6 @@ pub struct RestoreReport {
     pub commit_ms: u64,
     pub downloaded: u64,
     pub elapsed: Duration,
-}
-
-/// List the replica and plan a restore of `target` (in one generation, if given).
-pub async fn plan_restore(
-    replica: &Replica,
-    generation: Option<&GenerationId>,
-    target: Target,
-) -> Result<Plan> {
-    let objects = replica.list(layout::GENERATIONS).await?;
-    let gens = plan::group(&objects);
-    plan::plan(&gens, generation, target).map_err(|reason| Error::Replica {
-        replica: replica.url().to_string(),
-        reason,
-    })
 }
 
 /// Transient failures are retried here too (object_store retries a few times itself),
@@ -146,19 +129,7 @@ impl Progress {
     }
 }
 
-pub async fn restore(replica: &Replica, opts: &RestoreOptions) -> Result<RestoreReport> {
-    let started = Instant::now();
-    if opts.output.exists() && !opts.force {
-        return Err(Error::Refused(format!(
-            "{} already exists; pass --force to replace it",
-            opts.output.display()
-        )));
-    }
-    let plan = plan_restore(replica, opts.generation.as_ref(), opts.target).await?;
-    restore_plan(replica, plan, opts, started).await
-}
-
-/// Carry out `plan` (from `plan_restore`) into `opts.output`.
+/// Carry out `plan` (from `plan::plan` over one LIST) into `opts.output`, replacing it.
 pub async fn restore_plan(
     replica: &Replica,
     plan: Plan,

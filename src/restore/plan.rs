@@ -334,32 +334,13 @@ mod tests {
         GenerationId::new(n, 0)
     }
 
+    /// Names whose commit times equal their txids.
     fn snap(g_id: &GenerationId, txid: u64) -> Listed {
-        Listed {
-            name: layout::format_snapshot(
-                g_id,
-                &SnapshotName {
-                    txid,
-                    commit_ms: txid,
-                },
-            ),
-            size: 100,
-        }
+        snap_at(g_id, txid, txid)
     }
 
     fn seg(g_id: &GenerationId, a: u64, b: u64) -> Listed {
-        Listed {
-            name: layout::format_segment(
-                g_id,
-                &SegmentName {
-                    first_txid: a,
-                    last_txid: b,
-                    first_commit_ms: a,
-                    last_commit_ms: b,
-                },
-            ),
-            size: 10,
-        }
+        seg_at(g_id, a, b, a, b)
     }
 
     #[test]

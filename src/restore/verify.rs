@@ -75,9 +75,6 @@ pub async fn verify(
         plan,
         &RestoreOptions {
             output: scratch.0.join("verify.db"),
-            force: true,
-            generation: generation.cloned(),
-            target: Target::Latest,
             parallelism,
             integrity_check: true,
             progress: false,
