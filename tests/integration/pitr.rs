@@ -33,6 +33,9 @@ fn read_record(path: &Path) -> Vec<Commit> {
         .collect()
 }
 
+/// The suite runs 1 GB restores beside this test: give shipping on SIGTERM room.
+const SHUTDOWN: &[&str] = &["--shutdown-timeout", "75s"];
+
 /// How long after a commit the restore target lies; the writer's quiet spells are longer,
 /// so the next commit comes after the target.
 const AFTER_COMMIT_MS: u64 = 300;
@@ -70,7 +73,7 @@ fn pitr_under_crashes(backend: Backend, dir: &Path) {
         ]),
     );
     let mut writer = Some(writer);
-    let mut rep = Replicator::start(&db, &backend, &[], &log);
+    let mut rep = Replicator::start(&db, &backend, SHUTDOWN, &log);
     // Times during which commits may be stamped late: from a little more than one sync
     // interval before a kill (transactions seen but not yet cut into a segment are read
     // again after the restart) until the restarted walship has scanned.
@@ -93,11 +96,16 @@ fn pitr_under_crashes(backend: Backend, dir: &Path) {
         rep.kill();
         kills += 1;
         std::thread::sleep(Duration::from_millis(rng.below(300)));
-        rep = Replicator::start(&db, &backend, &[], &log);
+        rep = Replicator::start(&db, &backend, SHUTDOWN, &log);
         blind.push((killed.saturating_sub(1500), now_ms() + 1000));
     }
     finish_writer(writer.take().unwrap(), &report);
-    assert!(rep.terminate(Duration::from_secs(30)).success());
+    let status = rep.terminate(Duration::from_secs(90));
+    assert!(
+        status.success(),
+        "walship exited {status} on SIGTERM; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     assert!(
         kills >= 5,
         "only {kills} kills: the workload ended too soon"
