@@ -120,6 +120,7 @@ pub fn assert_success(o: &Output, what: &str) {
 pub struct Replicator {
     child: Child,
     pub log: PathBuf,
+    started: Instant,
 }
 
 impl Replicator {
@@ -147,6 +148,7 @@ impl Replicator {
         Replicator {
             child,
             log: log.to_path_buf(),
+            started: Instant::now(),
         }
     }
 
@@ -161,6 +163,13 @@ impl Replicator {
 
     /// SIGTERM and wait (bounded) for exit.
     pub fn terminate(mut self, within: Duration) -> ExitStatus {
+        // A signal that lands between spawn and walship's handler registration (the first
+        // milliseconds of main) takes the default action, as for any process; the tests
+        // check shutdown behaviour, not that window.
+        let alive_for = Duration::from_millis(1000);
+        if let Some(wait) = alive_for.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(wait);
+        }
         unsafe { libc::kill(self.pid(), libc::SIGTERM) };
         let until = Instant::now() + within;
         loop {
