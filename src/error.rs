@@ -116,6 +116,17 @@ impl Error {
         }
     }
 
+    /// The store said the object does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            Error::Store {
+                kind: StoreErrorKind::NotFound,
+                ..
+            }
+        )
+    }
+
     /// Exit code for the binary: 2 for bad input the user must fix before retrying.
     pub fn exit_code(&self) -> i32 {
         match self {

@@ -2,12 +2,14 @@
 //! Data flows one way: `cli -> {replicate, restore} -> {sqlite, format, storage} -> error`.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod format;
 pub mod metrics;
 pub mod replicate;
 pub mod restore;
+pub mod retention;
 pub mod sqlite;
 pub mod storage;
 

@@ -83,6 +83,10 @@ fn main() -> ExitCode {
                 init_logging(args.log_format, args.log.as_deref());
                 cli::verify::run(a).await
             }
+            Command::Cleanup(a) => {
+                init_logging(args.log_format, args.log.as_deref());
+                cli::cleanup::run(a).await
+            }
         }
     });
     match result {

@@ -50,6 +50,9 @@ pub struct Metrics {
     pub validation_ok: Family<DbLabel, Gauge>,
     pub validation_time: Family<DbLabel, FGauge>,
     pub validations: Family<KindLabel, Counter>,
+    pub retention_runs: Family<KindLabel, Counter>,
+    pub retention_deleted_objects: Family<DbLabel, Counter>,
+    pub retention_deleted_bytes: Family<DbLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -70,6 +73,9 @@ impl Default for Metrics {
             validation_ok: Family::default(),
             validation_time: Family::default(),
             validations: Family::default(),
+            retention_runs: Family::default(),
+            retention_deleted_objects: Family::default(),
+            retention_deleted_bytes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -122,6 +128,21 @@ impl Default for Metrics {
             "validations",
             "Validations run, by result (ok, failed)",
             m.validations.clone(),
+        );
+        registry.register(
+            "retention_runs",
+            "Retention runs, by result (ok, failed)",
+            m.retention_runs.clone(),
+        );
+        registry.register(
+            "retention_deleted_objects",
+            "Objects deleted by retention",
+            m.retention_deleted_objects.clone(),
+        );
+        registry.register(
+            "retention_deleted_bytes",
+            "Bytes deleted by retention",
+            m.retention_deleted_bytes.clone(),
         );
         registry.register(
             "spool_bytes",

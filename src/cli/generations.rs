@@ -8,7 +8,6 @@ use crate::storage::layout;
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
-use std::time::{Duration, UNIX_EPOCH};
 
 #[derive(Debug, Args)]
 pub struct GenerationsArgs {
@@ -35,9 +34,7 @@ pub struct GenerationRow {
     pub last_txid: Option<u64>,
 }
 
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
+use crate::clock::rfc3339;
 
 pub async fn rows(replica: &Replica) -> Result<Vec<GenerationRow>> {
     let objects = replica.list(layout::GENERATIONS).await?;

@@ -1,6 +1,7 @@
 //! Command-line interface: flag definitions (clap) and one file per subcommand, each
 //! turning flags into one library call. No replication logic lives here.
 
+pub mod cleanup;
 pub mod generations;
 pub mod replicate;
 pub mod restore;
@@ -45,7 +46,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Replicate databases until SIGTERM/SIGINT (the sidecar).
-    Replicate(replicate::ReplicateArgs),
+    Replicate(Box<replicate::ReplicateArgs>),
     /// Restore a replica's newest state, or a point in time, into a database file.
     Restore(restore::RestoreArgs),
     /// List the generations in a replica.
@@ -55,6 +56,9 @@ pub enum Command {
     /// Restore the newest state to a scratch file and check it and its generation's
     /// objects; non-zero exit on any problem.
     Verify(verify::VerifyArgs),
+    /// Delete what retention no longer needs, whole old generations included (the
+    /// CronJob); over a config's databases or every database below a URL prefix.
+    Cleanup(cleanup::CleanupArgs),
 }
 
 /// Settings for a replica given by URL on the command line.

@@ -34,6 +34,16 @@ pub struct ReplicateArgs {
     /// Verify the replica (restore to a scratch file and check it) this often (default off).
     #[arg(long)]
     pub validation_interval: Option<String>,
+    /// Keep point-in-time restore this far back; older objects and whole old generations
+    /// are deleted (default 24h; 0 keeps everything).
+    #[arg(long)]
+    pub retention: Option<String>,
+    /// How often retention runs (default 1h).
+    #[arg(long)]
+    pub retention_check_interval: Option<String>,
+    /// Extra restore points beyond the window, e.g. hourly=24,daily=7.
+    #[arg(long)]
+    pub retention_tiers: Option<String>,
     /// Serve /metrics and /healthz on this address (e.g. :9090).
     #[arg(long)]
     pub addr: Option<String>,
@@ -99,6 +109,23 @@ impl ReplicateArgs {
                 db.validation_interval = Some(config::parse_duration("--validation-interval", s)?)
                     .filter(|d| !d.is_zero());
             }
+            if let Some(s) = &self.retention {
+                db.retention =
+                    Some(config::parse_duration("--retention", s)?).filter(|d| !d.is_zero());
+            }
+            if let Some(s) = &self.retention_check_interval {
+                db.retention_check_interval =
+                    config::parse_duration("--retention-check-interval", s)?;
+                if db.retention_check_interval.is_zero() {
+                    return Err(Error::Usage(
+                        "--retention-check-interval must be above zero".into(),
+                    ));
+                }
+            }
+            if let Some(s) = &self.retention_tiers {
+                db.retention_tiers = crate::retention::Tiers::parse(s)
+                    .map_err(|e| Error::Usage(format!("--retention-tiers: {e}")))?;
+            }
             if let Some(r) = self.snapshot_wal_ratio {
                 if !(r >= 0.0 && r.is_finite()) {
                     return Err(Error::Usage(
@@ -133,13 +160,15 @@ fn single(db: &Path, replica: config::ReplicaConfig) -> Config {
             snapshot_interval: Some(config::DEFAULT_SNAPSHOT_INTERVAL),
             snapshot_wal_ratio: config::DEFAULT_SNAPSHOT_WAL_RATIO,
             validation_interval: None,
+            retention: Some(config::DEFAULT_RETENTION),
+            retention_check_interval: config::DEFAULT_RETENTION_CHECK_INTERVAL,
+            retention_tiers: Default::default(),
         }],
         metrics_addr: None,
         unhealthy_after: config::DEFAULT_UNHEALTHY_AFTER,
         shutdown_timeout: config::DEFAULT_SHUTDOWN_TIMEOUT,
         log_json: false,
         log_level: None,
-        warnings: Vec::new(),
     }
 }
 
@@ -174,9 +203,6 @@ fn demo_config(dir: &Path) -> Result<Config> {
 }
 
 pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-    for w in &cfg.warnings {
-        tracing::warn!("{w}");
-    }
     let outcome = crate::replicate::run(cfg, Arc::new(Metrics::default()), shutdown).await?;
     if !outcome.incomplete.is_empty() {
         return Err(Error::Replica {

@@ -99,6 +99,9 @@ fn skipped(json: bool, output: &std::path::Path, reason: String) {
     }
 }
 
+/// Plans made again when an object vanishes between LIST and GET.
+const REPLAN_ATTEMPTS: u32 = 3;
+
 pub async fn run(args: RestoreArgs) -> Result<()> {
     let started = Instant::now();
     let (rcfg, db_path) = resolve_source(&args.source, args.config.as_deref(), &args.replica)?;
@@ -108,7 +111,7 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
         })?;
     let generation = super::parse_generation(args.generation.as_deref())?;
     let target = match (&args.timestamp, args.txid) {
-        (Some(t), _) => Target::Time(parse_time(t, restore_now_ms()).map_err(Error::Usage)?),
+        (Some(t), _) => Target::Time(parse_time(t, crate::clock::now_ms()).map_err(Error::Usage)?),
         (None, Some(n)) => Target::Txid(n),
         (None, None) => Target::Latest,
     };
@@ -134,53 +137,68 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
     let replica = Replica::open(&rcfg, false)?;
     // A store that cannot be reached is an error even with --if-replica-exists: an init
     // container must not start an empty database because S3 was down.
-    let objects = replica.list(layout::GENERATIONS).await?;
-    let gens = plan::group(&objects);
-    if args.if_replica_exists && !gens.values().any(|g| !g.snapshots.is_empty()) {
-        let what = if gens.is_empty() {
-            "holds no generations"
-        } else {
-            "holds no snapshot yet"
-        };
-        skipped(
-            args.json,
-            &output,
-            format!("replica {} {what}", replica.url()),
-        );
-        return Ok(());
-    }
-    let plan = plan::plan(&gens, generation.as_ref(), target).map_err(|reason| Error::Replica {
-        replica: replica.url().to_string(),
-        reason,
-    })?;
-    if args.dry_run {
-        print_plan(&replica, &output, &plan, args.json);
-        return Ok(());
-    }
-    if let Some(at) = plan.gap_after {
-        tracing::warn!(
-            "generation {} has segments missing after transaction {at}; restoring up to it",
-            plan.generation
-        );
-    }
-    if output.exists() && !args.force {
-        return Err(Error::Refused(format!(
-            "{} already exists; pass --force to replace it",
-            output.display()
-        )));
-    }
-    let report = restore::restore_plan(
-        &replica,
-        plan,
-        &RestoreOptions {
-            output: output.clone(),
-            parallelism: args.parallelism.max(1),
-            integrity_check: !args.no_integrity_check,
-            progress: std::io::stderr().is_terminal() && !args.json,
-        },
-        started,
-    )
-    .await?;
+    // A plan is made from one LIST; if an object it names disappears before it is read
+    // (retention or `cleanup` removed it meanwhile), plan again from a fresh LIST.
+    let mut attempt = 1;
+    let report = loop {
+        let objects = replica.list(layout::GENERATIONS).await?;
+        let gens = plan::group(&objects);
+        if args.if_replica_exists && !gens.values().any(|g| !g.snapshots.is_empty()) {
+            let what = if gens.is_empty() {
+                "holds no generations"
+            } else {
+                "holds no snapshot yet"
+            };
+            skipped(
+                args.json,
+                &output,
+                format!("replica {} {what}", replica.url()),
+            );
+            return Ok(());
+        }
+        let plan =
+            plan::plan(&gens, generation.as_ref(), target).map_err(|reason| Error::Replica {
+                replica: replica.url().to_string(),
+                reason,
+            })?;
+        if args.dry_run {
+            print_plan(&replica, &output, &plan, args.json);
+            return Ok(());
+        }
+        if let Some(at) = plan.gap_after {
+            tracing::warn!(
+                "generation {} has segments missing after transaction {at}; restoring up to it",
+                plan.generation
+            );
+        }
+        if output.exists() && !args.force {
+            return Err(Error::Refused(format!(
+                "{} already exists; pass --force to replace it",
+                output.display()
+            )));
+        }
+        let result = restore::restore_plan(
+            &replica,
+            plan,
+            &RestoreOptions {
+                output: output.clone(),
+                parallelism: args.parallelism.max(1),
+                integrity_check: !args.no_integrity_check,
+                progress: std::io::stderr().is_terminal() && !args.json,
+            },
+            started,
+        )
+        .await;
+        match result {
+            Err(e) if e.is_not_found() && attempt < REPLAN_ATTEMPTS => {
+                tracing::warn!(
+                    "{e}; it was deleted after the listing (retention?): planning again"
+                );
+                attempt += 1;
+            }
+            r => break r?,
+        }
+    };
     tracing::info!(
         generation = %report.plan.generation,
         txid = report.txid,
@@ -206,12 +224,6 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&s).expect("serialises"));
     }
     Ok(())
-}
-
-fn restore_now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn mb(b: u64) -> String {

@@ -22,6 +22,9 @@ pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// A snapshot also once the segments stored since the last one exceed the database's size
 /// (times this ratio): a restore then never downloads more WAL than one database's worth.
 pub const DEFAULT_SNAPSHOT_WAL_RATIO: f64 = 1.0;
+/// Litestream's default: a day of point-in-time restore, checked hourly.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_UNHEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// Kubernetes gives 30 s by default between SIGTERM and SIGKILL; leave a margin.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
@@ -91,6 +94,7 @@ pub struct RawReplica {
     pub snapshot_wal_ratio: Option<f64>,
     pub retention: Option<String>,
     pub retention_check_interval: Option<String>,
+    pub retention_tiers: Option<crate::retention::Tiers>,
     pub validation_interval: Option<String>,
 }
 
@@ -104,8 +108,6 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub log_json: bool,
     pub log_level: Option<String>,
-    /// Things accepted but not acted on, to log once logging is set up.
-    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -123,6 +125,10 @@ pub struct DbConfig {
     pub snapshot_wal_ratio: f64,
     /// Run `verify` against the replica this often (off when `None`).
     pub validation_interval: Option<Duration>,
+    /// Keep point-in-time restore this far back (`None`: keep everything).
+    pub retention: Option<Duration>,
+    pub retention_check_interval: Duration,
+    pub retention_tiers: crate::retention::Tiers,
 }
 
 /// Where a replica lives. `prefix` never starts or ends with `/`.
@@ -156,6 +162,35 @@ impl ReplicaConfig {
             skip_verify: false,
             access_key_id: None,
             secret_access_key: None,
+        }
+    }
+
+    /// The same store, rooted at `sub` below this root (prefix mode of `cleanup`).
+    pub fn below(&self, sub: &str) -> ReplicaConfig {
+        let sub = sub.trim_matches('/');
+        let join = |p: &str| match (p.is_empty(), sub.is_empty()) {
+            (_, true) => p.to_string(),
+            (true, false) => sub.to_string(),
+            (false, false) => format!("{p}/{sub}"),
+        };
+        let location = match &self.location {
+            Location::S3 { bucket, prefix } => Location::S3 {
+                bucket: bucket.clone(),
+                prefix: join(prefix),
+            },
+            Location::Gcs { bucket, prefix } => Location::Gcs {
+                bucket: bucket.clone(),
+                prefix: join(prefix),
+            },
+            Location::Azure { container, prefix } => Location::Azure {
+                container: container.clone(),
+                prefix: join(prefix),
+            },
+            Location::File { dir } => Location::File { dir: dir.join(sub) },
+        };
+        ReplicaConfig {
+            location,
+            ..self.clone()
         }
     }
 
@@ -326,9 +361,8 @@ fn resolve(raw: RawConfig) -> Result<Config> {
         .map(parse_listen_addr)
         .transpose()?;
     let mut dbs = Vec::new();
-    let mut warnings = Vec::new();
     for (i, db) in raw.dbs.iter().enumerate() {
-        dbs.push(resolve_db(&raw, db, i, &mut warnings)?);
+        dbs.push(resolve_db(&raw, db, i)?);
     }
     Ok(Config {
         dbs,
@@ -347,7 +381,6 @@ fn resolve(raw: RawConfig) -> Result<Config> {
             .and_then(|l| l.kind.as_deref())
             .is_some_and(|t| t.eq_ignore_ascii_case("json")),
         log_level: raw.logging.as_ref().and_then(|l| l.level.clone()),
-        warnings,
     })
 }
 
@@ -362,12 +395,7 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr> {
         .map_err(|_| Error::Config(format!("addr: {s:?} is not a listen address like :9090")))
 }
 
-fn resolve_db(
-    top: &RawConfig,
-    db: &RawDb,
-    i: usize,
-    warnings: &mut Vec<String>,
-) -> Result<DbConfig> {
+fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
     let at = format!("dbs[{i}]");
     let path = PathBuf::from(
         db.path
@@ -413,19 +441,18 @@ fn resolve_db(
         }
         None => None,
     };
-    for (key, v) in [
-        ("retention", &replica.retention),
-        (
-            "retention-check-interval",
-            &replica.retention_check_interval,
-        ),
-    ] {
-        if let Some(v) = v {
-            parse_duration(&format!("{rat}.{key}"), v)?;
-            warnings.push(format!(
-                "{rat}.{key} is accepted but not acted on yet by this version"
-            ));
-        }
+    let retention = match &replica.retention {
+        Some(v) => Some(parse_duration(&format!("{rat}.retention"), v)?).filter(|d| !d.is_zero()),
+        None => Some(DEFAULT_RETENTION),
+    };
+    let retention_check_interval = match &replica.retention_check_interval {
+        Some(v) => parse_duration(&format!("{rat}.retention-check-interval"), v)?,
+        None => DEFAULT_RETENTION_CHECK_INTERVAL,
+    };
+    if retention_check_interval.is_zero() {
+        return Err(Error::Config(format!(
+            "{rat}.retention-check-interval must be above zero"
+        )));
     }
     for (key, v) in [
         ("monitor-interval", &db.monitor_interval),
@@ -470,6 +497,9 @@ fn resolve_db(
         snapshot_interval,
         snapshot_wal_ratio,
         validation_interval,
+        retention,
+        retention_check_interval,
+        retention_tiers: replica.retention_tiers.unwrap_or_default(),
     })
 }
 
@@ -673,6 +703,18 @@ dbs:
         assert_eq!(d.snapshot_wal_ratio, 0.5);
         assert_eq!(d.validation_interval, Some(Duration::from_secs(6 * 3600)));
         assert_eq!(one(", snapshot-interval: 0s").snapshot_interval, None);
+        assert_eq!(d.retention, Some(DEFAULT_RETENTION));
+        let d = one(
+            ", retention: 168h, retention-check-interval: 10m, retention-tiers: {hourly: 24, daily: 7}",
+        );
+        assert_eq!(d.retention, Some(Duration::from_secs(168 * 3600)));
+        assert_eq!(d.retention_check_interval, Duration::from_secs(600));
+        assert_eq!((d.retention_tiers.hourly, d.retention_tiers.daily), (24, 7));
+        assert_eq!(one(", retention: 0s").retention, None);
+        assert!(
+            err("dbs:\n  - path: a\n    replica: {url: file:///x, retention-tiers: {yearly: 2}}\n")
+                .contains("yearly")
+        );
         assert!(
             err("dbs:\n  - path: a\n    replica: {url: file:///x, snapshot-wal-ratio: -1}\n")
                 .contains("snapshot-wal-ratio")

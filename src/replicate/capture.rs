@@ -877,7 +877,7 @@ impl Capture {
                 format: 1,
                 engine: "sqlite".into(),
                 page_size: t.page_size,
-                created: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                created: crate::clock::rfc3339(now_ms()),
                 created_ms: now,
                 host: hostname(),
                 database: self.state.label.clone(),

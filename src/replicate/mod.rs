@@ -210,6 +210,19 @@ async fn start_db(
         .name("walship-capture".into())
         .spawn(move || capture.run(flag, resume))
         .map_err(|e| Error::io(&db.path, e))?;
+    if let Some(window) = db.retention {
+        let policy = crate::retention::Policy {
+            tiers: db.retention_tiers,
+            ..crate::retention::Policy::new(window)
+        };
+        tokio::spawn(retention_loop(
+            state.clone(),
+            replica.clone(),
+            policy,
+            db.retention_check_interval,
+            stop.clone(),
+        ));
+    }
     let uploader = tokio::spawn(upload::run(state.clone(), replica, spool, stop));
     if let Some(every) = db.validation_interval {
         spawn_validator(db, state.metrics.clone(), stop_capture.clone(), every)?;
@@ -220,6 +233,67 @@ async fn start_db(
         capture,
         uploader,
     })
+}
+
+/// `retention`: every `every`, plan and apply retention to this database's replica with
+/// the generation being written protected; results go to the log and metrics. Ends when
+/// shutdown begins.
+async fn retention_loop(
+    state: Arc<DbState>,
+    replica: Arc<Replica>,
+    policy: crate::retention::Policy,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<Option<Instant>>,
+) {
+    let label = state.db_label();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        let live = state.generation.lock().unwrap().clone();
+        let result =
+            crate::retention::apply(&replica, &policy, now_ms(), live.as_ref(), false, None).await;
+        let kind = match &result {
+            Ok(o) => {
+                if o.deleted_objects > 0 {
+                    tracing::info!(db = %state.label, objects = o.deleted_objects,
+                        bytes = o.deleted_bytes, "retention deleted what the window no longer needs");
+                }
+                state
+                    .metrics
+                    .retention_deleted_objects
+                    .get_or_create(&label)
+                    .inc_by(o.deleted_objects as u64);
+                state
+                    .metrics
+                    .retention_deleted_bytes
+                    .get_or_create(&label)
+                    .inc_by(o.deleted_bytes);
+                "ok"
+            }
+            Err(e) => {
+                tracing::error!(db = %state.label, "retention failed: {e}");
+                state
+                    .metrics
+                    .errors
+                    .get_or_create(&KindLabel {
+                        db: state.label.clone(),
+                        kind: "retention".into(),
+                    })
+                    .inc();
+                "failed"
+            }
+        };
+        state
+            .metrics
+            .retention_runs
+            .get_or_create(&KindLabel {
+                db: state.label.clone(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
 }
 
 /// `validation-interval`: every `every`, run `verify` (restore the newest state into

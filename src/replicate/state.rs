@@ -4,20 +4,13 @@
 
 use super::snapshot::SnapshotJob;
 use super::spool::SpoolEntry;
+pub use crate::clock::now_ms;
 use crate::metrics::{DbLabel, GenerationLabel, Metrics};
 use crate::storage::layout::GenerationId;
 use crate::storage::replica::RequestCounts;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Upload work, in the order it must reach the replica.
 pub enum Job {

@@ -114,10 +114,7 @@ impl Plan {
     }
 }
 
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
-}
+use crate::clock::rfc3339;
 
 /// The generations a restore may use, newest first: `only`, or every one with a snapshot.
 fn candidates<'a>(
@@ -251,6 +248,11 @@ pub fn plan(
                 .find(|s| s.name.commit_ms <= t)
                 .expect("the oldest qualifies");
             let (chain, _) = chain_after(&g.segments, snapshot.name.txid);
+            let (chain_txid, chain_ms) = chain
+                .last()
+                .map_or((snapshot.name.txid, snapshot.name.commit_ms), |s| {
+                    (s.name.last_txid, s.name.last_commit_ms)
+                });
             let segments: Vec<_> = chain
                 .into_iter()
                 .take_while(|s| s.name.first_commit_ms <= t)
@@ -260,21 +262,36 @@ pub fn plan(
                 .map_or((snapshot.name.txid, snapshot.name.commit_ms), |s| {
                     (s.name.last_txid, s.name.last_commit_ms)
                 });
-            // Transactions committed by `t` that the chain cannot reach: refuse rather
-            // than restore something older than asked.
-            if let Some(s) = g
-                .segments
-                .iter()
-                .find(|s| s.name.first_txid > end_txid + 1 && s.name.first_commit_ms <= t)
-            {
-                return Err(format!(
-                    "generation {id} is missing transactions {}..{} (a gap before {}); the \
-                     newest restorable point before the gap is {}",
-                    end_txid + 1,
-                    s.name.first_txid - 1,
-                    rfc3339(t),
-                    rfc3339(end_ms)
-                ));
+            // Transactions the chain cannot reach (lost, or removed by retention beyond its
+            // window) that may have committed by `t`: refuse rather than restore something
+            // older than asked. They committed between the chain's end and the next object.
+            if t > chain_ms {
+                let next = g
+                    .segments
+                    .iter()
+                    .filter(|s| s.name.first_txid > chain_txid + 1)
+                    .map(|s| (s.name.first_txid, s.name.first_commit_ms))
+                    .chain(
+                        g.snapshots
+                            .iter()
+                            .filter(|s| s.name.txid > chain_txid + 1)
+                            .map(|s| (s.name.txid, s.name.commit_ms)),
+                    )
+                    .min();
+                if let Some((next_txid, next_ms)) = next {
+                    return Err(format!(
+                        "generation {id} does not hold transactions {}..{} (lost, or removed \
+                         by retention), which committed between {} and {}; {} cannot be \
+                         restored exactly: the nearest restore points are {} and {}",
+                        chain_txid + 1,
+                        next_txid - 1,
+                        rfc3339(chain_ms),
+                        rfc3339(next_ms),
+                        rfc3339(t),
+                        rfc3339(chain_ms),
+                        rfc3339(next_ms)
+                    ));
+                }
             }
             Ok(Plan {
                 target,
@@ -326,13 +343,55 @@ pub fn chain_after(
     (chain, gap)
 }
 
+/// Listings built from names, for planner tests here and in `retention`.
 #[cfg(test)]
-mod tests {
+pub(crate) mod fixtures {
     use super::*;
 
-    fn g(n: u64) -> GenerationId {
+    pub fn g(n: u64) -> GenerationId {
         GenerationId::new(n, 0)
     }
+
+    pub fn snap_at(g_id: &GenerationId, txid: u64, ms: u64) -> Listed {
+        Listed {
+            name: layout::format_snapshot(
+                g_id,
+                &SnapshotName {
+                    txid,
+                    commit_ms: ms,
+                },
+            ),
+            size: 100,
+        }
+    }
+
+    pub fn seg_at(g_id: &GenerationId, a: u64, b: u64, ta: u64, tb: u64) -> Listed {
+        Listed {
+            name: layout::format_segment(
+                g_id,
+                &SegmentName {
+                    first_txid: a,
+                    last_txid: b,
+                    first_commit_ms: ta,
+                    last_commit_ms: tb,
+                },
+            ),
+            size: 10,
+        }
+    }
+
+    pub fn manifest(g_id: &GenerationId) -> Listed {
+        Listed {
+            name: layout::format_manifest(g_id),
+            size: 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
 
     /// Names whose commit times equal their txids.
     fn snap(g_id: &GenerationId, txid: u64) -> Listed {
@@ -418,34 +477,6 @@ mod tests {
         );
     }
 
-    fn snap_at(g_id: &GenerationId, txid: u64, ms: u64) -> Listed {
-        Listed {
-            name: layout::format_snapshot(
-                g_id,
-                &SnapshotName {
-                    txid,
-                    commit_ms: ms,
-                },
-            ),
-            size: 100,
-        }
-    }
-
-    fn seg_at(g_id: &GenerationId, a: u64, b: u64, ta: u64, tb: u64) -> Listed {
-        Listed {
-            name: layout::format_segment(
-                g_id,
-                &SegmentName {
-                    first_txid: a,
-                    last_txid: b,
-                    first_commit_ms: ta,
-                    last_commit_ms: tb,
-                },
-            ),
-            size: 10,
-        }
-    }
-
     /// Generation a: snapshot at 1000, txs 1..=10 at 1100..=2000, snapshot of tx 10, txs
     /// 11..=20 at 2100..=3000. Generation b (after a lost continuity): snapshot at 5000,
     /// txs 1..=5 at 5100..=5500.
@@ -522,10 +553,29 @@ mod tests {
             seg_at(&a, 1, 3, 110, 130),
             seg_at(&a, 7, 9, 170, 190),
         ]);
-        assert_eq!(plan(&gens, None, Target::Time(150)).unwrap().txid, 3);
-        let e = plan(&gens, None, Target::Time(180)).unwrap_err();
-        assert!(e.contains("missing transactions 4..6"), "{e}");
-        assert!(e.contains("00:00:00.130Z"), "{e}");
+        assert_eq!(plan(&gens, None, Target::Time(130)).unwrap().txid, 3);
+        // 4..6 committed somewhere in 130..170: neither 150 nor 180 is known exactly.
+        for t in [150, 180] {
+            let e = plan(&gens, None, Target::Time(t)).unwrap_err();
+            assert!(e.contains("does not hold transactions 4..6"), "{e}");
+            assert!(e.contains("00:00:00.130Z"), "{e}");
+        }
+    }
+
+    #[test]
+    fn time_between_a_kept_tier_snapshot_and_the_window_is_refused() {
+        // Retention kept snapshot 10 (a tier point) and the window from snapshot 50.
+        let a = g(1);
+        let gens = group(&[
+            snap_at(&a, 10, 1000),
+            snap_at(&a, 50, 5000),
+            seg_at(&a, 51, 60, 5100, 6000),
+        ]);
+        let p = plan(&gens, None, Target::Time(1000)).unwrap();
+        assert_eq!((p.snapshot.name.txid, p.txid), (10, 10));
+        let e = plan(&gens, None, Target::Time(3000)).unwrap_err();
+        assert!(e.contains("does not hold transactions 11..49"), "{e}");
+        assert_eq!(plan(&gens, None, Target::Time(5500)).unwrap().txid, 60);
     }
 
     #[test]

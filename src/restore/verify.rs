@@ -37,7 +37,27 @@ impl Drop for Scratch {
     }
 }
 
+/// Verify; when an object named by the LIST vanishes before it is read (retention deleted
+/// it meanwhile), start again from a fresh LIST.
 pub async fn verify(
+    replica: &Replica,
+    generation: Option<&GenerationId>,
+    scratch_parent: &Path,
+    parallelism: usize,
+) -> Result<VerifyReport> {
+    let mut attempt = 1;
+    loop {
+        match verify_once(replica, generation, scratch_parent, parallelism).await {
+            Err(e) if e.is_not_found() && attempt < 3 => {
+                tracing::warn!("{e}; it was deleted after the listing: verifying again");
+                attempt += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn verify_once(
     replica: &Replica,
     generation: Option<&GenerationId>,
     scratch_parent: &Path,
@@ -88,9 +108,14 @@ pub async fn verify(
         .write(true)
         .open("/dev/null")
         .map_err(|e| Error::io("/dev/null", e))?;
+    // Objects retention deletes while this runs are skipped: they are no restore point
+    // any more.
     for s in g.snapshots.iter().filter(|s| !used.contains(&s.key)) {
         let mut progress = Progress::new(false, 0);
-        apply_snapshot(replica, s, &sink, parallelism, &mut progress).await?;
+        match apply_snapshot(replica, s, &sink, parallelism, &mut progress).await {
+            Err(e) if e.is_not_found() => continue,
+            r => r?,
+        };
         checked += 1;
         bytes += s.size;
     }
@@ -103,7 +128,10 @@ pub async fn verify(
         .map(|s| async move { (s, get_retrying(replica, &s.key, None).await) })
         .buffered(parallelism.max(1));
     while let Some((s, b)) = segs.next().await {
-        let b = b?;
+        let b = match b {
+            Err(e) if e.is_not_found() => continue,
+            b => b?,
+        };
         let seg = Segment::decode(&b).map_err(|r| Error::corrupt(&s.key, r))?;
         if seg.meta.first_txid != s.name.first_txid || seg.meta.last_txid != s.name.last_txid {
             return Err(Error::corrupt(&s.key, "header does not match its name"));

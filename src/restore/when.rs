@@ -3,7 +3,7 @@
 //! moment in UTC, today or yesterday), or a duration ago (`15m`, `2h30m ago`). Pure: the
 //! current time is an argument.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 fn ms_of(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -67,10 +67,7 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, String> {
     u64::try_from(ms).map_err(|_| bad())
 }
 
-/// RFC 3339 with milliseconds, UTC.
-pub fn format_ms(ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
+pub use crate::clock::rfc3339 as format_ms;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,7 @@ use super::credentials;
 use crate::config::{Location, ReplicaConfig};
 use crate::error::{Error, Result, StoreErrorKind};
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
@@ -343,6 +343,37 @@ impl Replica {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.err(format!("DELETE {rel}"), e)),
         }
+    }
+
+    /// Delete `keys` with the store's batch API (S3 DeleteObjects: up to 1,000 keys per
+    /// request), counting requests. Keys already gone are fine; any other failure is an
+    /// error naming the first key it hit.
+    pub async fn delete_many(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let per_request = if self.url.starts_with("s3://") {
+            1000
+        } else {
+            1
+        };
+        self.counts
+            .delete
+            .fetch_add(keys.len().div_ceil(per_request) as u64, Ordering::Relaxed);
+        let paths: Vec<object_store::Result<Path>> =
+            keys.iter().map(|k| Ok(self.path(k))).collect();
+        let results: Vec<_> = self
+            .store
+            .delete_stream(futures::stream::iter(paths).boxed())
+            .collect()
+            .await;
+        for r in results {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.err(format!("DELETE ({} objects)", keys.len()), e)),
+            }
+        }
+        Ok(())
     }
 
     /// Start-up check: the replica is reachable and writable. Writes a probe object twice

@@ -246,26 +246,6 @@ fn corrupt_object_named(backend: Backend, dir: &Path, damage: impl Fn(&[u8]) -> 
     );
 }
 
-fn object_store_for(b: &Backend) -> (Box<dyn object_store::ObjectStore>, object_store::path::Path) {
-    if let Some(dir) = b.url.strip_prefix("file://") {
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap();
-        return (Box::new(fs), object_store::path::Path::from(""));
-    }
-    let rest = b.url.strip_prefix("s3://").unwrap();
-    let (bucket, prefix) = rest.split_once('/').unwrap();
-    let endpoint = &b.flags[1];
-    let s3 = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(bucket)
-        .with_endpoint(endpoint)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_access_key_id(&b.env[0].1)
-        .with_secret_access_key(&b.env[1].1)
-        .build()
-        .unwrap();
-    (Box::new(s3), object_store::path::Path::from(prefix))
-}
-
 fn flip_middle(b: &[u8]) -> Vec<u8> {
     let mut v = b.to_vec();
     let i = v.len() / 2;

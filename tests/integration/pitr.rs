@@ -7,32 +7,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use walship::restore::when::format_ms;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-struct Commit {
-    ms: u64,
-    hash: String,
-}
-
-fn read_record(path: &Path) -> Vec<Commit> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            Commit {
-                ms: f[0].parse().unwrap(),
-                hash: f[2].to_string(),
-            }
-        })
-        .collect()
-}
-
 /// The suite runs 1 GB restores beside this test: give shipping on SIGTERM room.
 const SHUTDOWN: &[&str] = &["--shutdown-timeout", "75s"];
 

@@ -21,6 +21,33 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+pub struct Commit {
+    pub ms: u64,
+    pub hash: String,
+}
+
+/// The writer's `--record` file; a torn last line (writer killed) is skipped.
+pub fn read_record(path: &Path) -> Vec<Commit> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Some(Commit {
+                ms: f.first()?.parse().ok()?,
+                hash: f.get(2).filter(|h| h.len() == 32)?.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// A replica location plus what a walship command needs to reach it.
 #[derive(Clone, Debug)]
 pub struct Backend {
@@ -493,4 +520,65 @@ pub fn seed() -> u64 {
 
 pub fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
+}
+
+/// A client of the backend's store, independent of walship's, and the replica's prefix.
+pub fn object_store_for(
+    b: &Backend,
+) -> (Box<dyn object_store::ObjectStore>, object_store::path::Path) {
+    if let Some(dir) = b.url.strip_prefix("file://") {
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap();
+        return (Box::new(fs), object_store::path::Path::from(""));
+    }
+    let rest = b.url.strip_prefix("s3://").unwrap();
+    let (bucket, prefix) = rest.split_once('/').unwrap();
+    let endpoint = &b.flags[1];
+    let s3 = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name(bucket)
+        .with_endpoint(endpoint)
+        .with_allow_http(true)
+        .with_region("us-east-1")
+        .with_access_key_id(&b.env[0].1)
+        .with_secret_access_key(&b.env[1].1)
+        .build()
+        .unwrap();
+    (Box::new(s3), object_store::path::Path::from(prefix))
+}
+
+/// Every object of the backend's replica (names relative to its root) and its size, read
+/// with the test's own client.
+pub fn list_objects(b: &Backend) -> BTreeMap<String, u64> {
+    let (store, prefix) = object_store_for(b);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use futures::TryStreamExt;
+        let all: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
+        let root = prefix.as_ref().to_string();
+        all.into_iter()
+            .map(|m| {
+                let name = m.location.as_ref();
+                let rel = if root.is_empty() {
+                    name
+                } else {
+                    name.strip_prefix(&root).unwrap().trim_start_matches('/')
+                };
+                (rel.to_string(), m.size)
+            })
+            .collect()
+    })
+}
+
+/// Write an object into the backend's replica with the test's own client.
+pub fn put_object(b: &Backend, rel: &str, bytes: &[u8]) {
+    let (store, prefix) = object_store_for(b);
+    let path = if prefix.as_ref().is_empty() {
+        object_store::path::Path::from(rel)
+    } else {
+        object_store::path::Path::from(format!("{}/{rel}", prefix.as_ref()))
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use object_store::ObjectStoreExt;
+        store.put(&path, bytes.to_vec().into()).await.unwrap();
+    });
 }

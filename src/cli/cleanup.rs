@@ -1,0 +1,292 @@
+//! `walship cleanup`: apply retention once (the CronJob) to the databases of a config, one
+//! database, or every database found below a URL prefix. One database's failure is
+//! reported and the others still run; the exit status is non-zero if any failed.
+
+use super::{ReplicaFlags, resolve_source};
+use crate::config::{self, ReplicaConfig};
+use crate::error::{Error, Result};
+use crate::retention::{self, Outcome, Policy, Tiers};
+use crate::storage::layout::{self, GenerationId};
+use crate::storage::{Listed, Replica};
+use clap::Args;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// A URL (every database below it is cleaned: prefix mode) or a database path listed
+    /// in the config. Without it, every database in the config.
+    pub source: Option<String>,
+    #[arg(short, long, env = "WALSHIP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Keep point-in-time restore this far back (required with a URL; overrides the
+    /// config's `retention`).
+    #[arg(long)]
+    pub retention: Option<String>,
+    /// Extra restore points beyond the window, e.g. hourly=24,daily=7 (overrides the
+    /// config's `retention-tiers`).
+    #[arg(long)]
+    pub tiers: Option<String>,
+    /// Print the plan; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub replica: ReplicaFlags,
+}
+
+/// One database to clean.
+struct Target {
+    replica: ReplicaConfig,
+    policy: Policy,
+    /// Its objects from the prefix-mode listing (names relative to its root).
+    listing: Option<Vec<Listed>>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    databases: Vec<DbReport>,
+    failed: usize,
+    list_requests: u64,
+    delete_requests: u64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum DbReport {
+    Done(Box<Outcome>),
+    Failed { replica: String, error: String },
+}
+
+fn policy_override(args: &CleanupArgs, base: Option<Policy>) -> Result<Option<Policy>> {
+    let window = match &args.retention {
+        Some(s) => Some(config::parse_duration("--retention", s)?),
+        None => None,
+    };
+    let mut p = match (window, base) {
+        (Some(w), Some(b)) => Policy { window: w, ..b },
+        (Some(w), None) => Policy::new(w),
+        (None, b) => match b {
+            Some(b) => b,
+            None => return Ok(None),
+        },
+    };
+    if let Some(t) = &args.tiers {
+        p.tiers = Tiers::parse(t).map_err(|e| Error::Usage(format!("--tiers: {e}")))?;
+    }
+    Ok(Some(p))
+}
+
+/// Every walship database below `replica`'s root, from one recursive LIST: a database is
+/// a prefix holding `generations/<walship generation id>/…`.
+fn discover(objects: Vec<Listed>) -> BTreeMap<String, Vec<Listed>> {
+    let mut dbs: BTreeMap<String, Vec<Listed>> = BTreeMap::new();
+    for o in objects {
+        let parts: Vec<&str> = o.name.split('/').collect();
+        let at = (0..parts.len().saturating_sub(2)).find(|&i| {
+            parts[i] == layout::GENERATIONS && GenerationId::parse(parts[i + 1]).is_some()
+        });
+        if let Some(i) = at {
+            dbs.entry(parts[..i].join("/")).or_default().push(Listed {
+                name: parts[i..].join("/"),
+                size: o.size,
+            });
+        }
+    }
+    dbs
+}
+
+async fn targets(args: &CleanupArgs) -> Result<Vec<Target>> {
+    match args.source.as_deref() {
+        Some(url) if url.contains("://") => {
+            let policy = policy_override(args, None)?.ok_or_else(|| {
+                Error::Usage(
+                    "--retention is required with a URL (how far back point-in-time restore \
+                     must keep working, e.g. 168h)"
+                        .into(),
+                )
+            })?;
+            let root = args.replica.replica(url)?;
+            let store = Replica::open(&root, false)?;
+            let found = discover(store.list("").await?);
+            if found.is_empty() {
+                return Err(Error::Replica {
+                    replica: store.url().to_string(),
+                    reason: "no walship replica below this prefix (nothing has \
+                             generations/<id>/): check the URL"
+                        .into(),
+                });
+            }
+            Ok(found
+                .into_iter()
+                .map(|(sub, listing)| Target {
+                    replica: root.below(&sub),
+                    policy: policy.clone(),
+                    listing: Some(listing),
+                })
+                .collect())
+        }
+        Some(path) => {
+            let (replica, _) = resolve_source(path, args.config.as_deref(), &args.replica)?;
+            let cfg = match &args.config {
+                Some(p) => Some(config::load(p)?),
+                None => None,
+            };
+            let base = cfg
+                .and_then(|c| c.dbs.into_iter().find(|d| d.replica.url() == replica.url()))
+                .and_then(db_policy);
+            let policy = policy_override(args, base)?.ok_or_else(|| {
+                Error::Usage(format!(
+                    "{path}: retention is off (0) and no --retention given"
+                ))
+            })?;
+            Ok(vec![Target {
+                replica,
+                policy,
+                listing: None,
+            }])
+        }
+        None => {
+            let path = args
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+            let cfg = config::load(&path)?;
+            let mut out = Vec::new();
+            for db in cfg.dbs {
+                let replica = db.replica.clone();
+                // A database with retention off is left alone unless --retention says.
+                if let Some(policy) = policy_override(args, db_policy(db))? {
+                    out.push(Target {
+                        replica,
+                        policy,
+                        listing: None,
+                    });
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+fn db_policy(db: config::DbConfig) -> Option<Policy> {
+    db.retention.map(|w| Policy {
+        tiers: db.retention_tiers,
+        ..Policy::new(w)
+    })
+}
+
+pub async fn run(args: CleanupArgs) -> Result<()> {
+    let targets = targets(&args).await?;
+    let now = crate::clock::now_ms();
+    let mut report = Report {
+        databases: Vec::new(),
+        failed: 0,
+        list_requests: u64::from(args.source.as_deref().is_some_and(|s| s.contains("://"))),
+        delete_requests: 0,
+    };
+    for t in targets {
+        let url = t.replica.url();
+        let result = async {
+            let replica = Replica::open(&t.replica, false)?;
+            retention::apply(&replica, &t.policy, now, None, args.dry_run, t.listing).await
+        }
+        .await;
+        match result {
+            Ok(o) => {
+                report.list_requests += o.list_requests;
+                report.delete_requests += o.delete_requests;
+                if !args.json {
+                    print_outcome(&o);
+                }
+                report.databases.push(DbReport::Done(Box::new(o)));
+            }
+            Err(e) => {
+                report.failed += 1;
+                tracing::error!("cleanup of {url} failed: {e}");
+                if !args.json {
+                    println!("{url}: FAILED: {e}");
+                }
+                report.databases.push(DbReport::Failed {
+                    replica: url,
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serialises")
+        );
+    } else {
+        println!(
+            "{} database(s), {} failed; requests: {} LIST, {} DELETE",
+            report.databases.len(),
+            report.failed,
+            report.list_requests,
+            report.delete_requests
+        );
+    }
+    if report.failed > 0 {
+        let names: Vec<&str> = report
+            .databases
+            .iter()
+            .filter_map(|d| match d {
+                DbReport::Failed { replica, .. } => Some(replica.as_str()),
+                DbReport::Done(_) => None,
+            })
+            .collect();
+        return Err(Error::Replica {
+            replica: names.join(", "),
+            reason: format!(
+                "cleanup failed for {} of {} database(s)",
+                report.failed,
+                report.databases.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn mb(b: u64) -> String {
+    format!("{:.1} MB", b as f64 / 1e6)
+}
+
+fn print_outcome(o: &Outcome) {
+    let p = &o.plan;
+    let verb = if o.dry_run { "would delete" } else { "deleted" };
+    println!(
+        "{}: {verb} {} objects ({}); kept {} objects ({}); window from {}",
+        o.replica,
+        o.deleted_objects,
+        mb(o.deleted_bytes),
+        p.kept_objects(),
+        mb(p.kept_bytes()),
+        crate::clock::rfc3339(p.window_start_ms),
+    );
+    for g in &p.generations {
+        let action = match g.action {
+            retention::plan::Action::Keep => "keep",
+            retention::plan::Action::Trim => "trim",
+            retention::plan::Action::Delete => "delete",
+        };
+        println!(
+            "  {}  {action:<6}  {:>6} objects {:>10} deleted, {:>6} kept  {}",
+            g.generation,
+            g.delete.len(),
+            mb(g.deleted_bytes()),
+            g.kept_objects,
+            g.why
+        );
+    }
+    if p.foreign_objects > 0 {
+        println!(
+            "  {} object(s) outside walship's generations left alone",
+            p.foreign_objects
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! Retention: plan (pure, `plan`) and carry out deletions for one database's replica, then
+//! list again to prove they happened. Used by `walship cleanup` and the replicator.
+
+pub mod plan;
+
+use crate::error::{Error, Result};
+use crate::storage::layout::{self, GenerationId};
+use crate::storage::{Listed, Replica};
+pub use plan::{Policy, RetentionPlan, Tiers};
+use serde::Serialize;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub replica: String,
+    pub dry_run: bool,
+    pub plan: RetentionPlan,
+    pub deleted_objects: usize,
+    pub deleted_bytes: u64,
+    /// Requests this run made: LISTs (the plan's and the check after deleting) and
+    /// DELETE requests (batches of up to 1,000 keys on S3).
+    pub list_requests: u64,
+    pub delete_requests: u64,
+}
+
+/// Plan and apply retention to one database's replica. `listing` is a LIST of its
+/// `generations/` already made (prefix mode lists once for every database); without it,
+/// this lists. Deletes in plan order (snapshots, segments, manifests), then lists again and
+/// fails if a deleted object is still there: a store that answers success and deletes
+/// nothing must not go unnoticed.
+pub async fn apply(
+    replica: &Replica,
+    policy: &Policy,
+    now_ms: u64,
+    live: Option<&GenerationId>,
+    dry_run: bool,
+    listing: Option<Vec<Listed>>,
+) -> Result<Outcome> {
+    let (list0, del0) = (
+        replica.counts.list.load(Ordering::Relaxed),
+        replica.counts.delete.load(Ordering::Relaxed),
+    );
+    let listing = match listing {
+        Some(l) => l,
+        None => replica.list(layout::GENERATIONS).await?,
+    };
+    let plan = plan::plan(&listing, policy, now_ms, live).map_err(|reason| Error::Replica {
+        replica: replica.url().to_string(),
+        reason,
+    })?;
+    let doomed = plan.deletions();
+    let (deleted_objects, deleted_bytes) = (doomed.len(), plan.deleted_bytes());
+    if !dry_run && !doomed.is_empty() {
+        for phase in [
+            plan::Phase::Snapshot,
+            plan::Phase::Segment,
+            plan::Phase::Manifest,
+        ] {
+            let keys: Vec<String> = doomed
+                .iter()
+                .filter(|d| d.phase == phase)
+                .map(|d| d.key.clone())
+                .collect();
+            replica.delete_many(&keys).await?;
+        }
+        let gone: HashSet<&str> = doomed.iter().map(|d| d.key.as_str()).collect();
+        let still: Vec<String> = replica
+            .list(layout::GENERATIONS)
+            .await?
+            .into_iter()
+            .filter(|o| gone.contains(o.name.as_str()))
+            .map(|o| o.name)
+            .collect();
+        if let Some(first) = still.first() {
+            return Err(Error::Replica {
+                replica: replica.url().to_string(),
+                reason: format!(
+                    "the store accepted the deletion of {} objects but {} of them are still \
+                     listed (e.g. {first}): it answered success without deleting",
+                    gone.len(),
+                    still.len()
+                ),
+            });
+        }
+    }
+    Ok(Outcome {
+        replica: replica.url().to_string(),
+        dry_run,
+        deleted_objects,
+        deleted_bytes,
+        list_requests: replica.counts.list.load(Ordering::Relaxed) - list0,
+        delete_requests: replica.counts.delete.load(Ordering::Relaxed) - del0,
+        plan,
+    })
+}

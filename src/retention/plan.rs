@@ -1,0 +1,648 @@
+//! The retention planner: which objects of one database's replica may be deleted, from one
+//! LIST, a policy and "now". Pure, shared by the replicator's periodic retention and
+//! `walship cleanup`, so every rule is a unit test.
+//!
+//! Rules (docs/RETENTION.md has the reasoning):
+//! - the window is `[now - retention, now]`; every instant in it stays restorable: the
+//!   generation a restore at the window's start would use keeps its newest snapshot at or
+//!   before that start and everything after it; newer generations are kept whole;
+//! - older generations are deleted whole (manifest included), and so are generations with
+//!   no snapshot (nothing can be restored from them) that are not live;
+//! - the live generation is never deleted whole: the newest one, the one the calling
+//!   replicator writes, and any written to within `live_grace`;
+//! - tiers keep the newest snapshot of each of the last N hours/days/... beyond the window;
+//! - only listed objects are ever named, so nothing newer than the listing is touched.
+
+use crate::restore::plan::{Generation, group};
+use crate::storage::Listed;
+use crate::storage::layout::{self, GenerationId};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+/// Extra restore points kept beyond the window: the newest snapshot in each of the last
+/// `n` buckets of that length that hold one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Tiers {
+    #[serde(default)]
+    pub hourly: u32,
+    #[serde(default)]
+    pub twelve_hourly: u32,
+    #[serde(default)]
+    pub daily: u32,
+    #[serde(default)]
+    pub weekly: u32,
+}
+
+impl Tiers {
+    /// Bucket length and count for each tier that is set.
+    fn buckets(&self) -> impl Iterator<Item = (u64, u32)> {
+        const H: u64 = 3_600_000;
+        [
+            (H, self.hourly),
+            (12 * H, self.twelve_hourly),
+            (24 * H, self.daily),
+            (7 * 24 * H, self.weekly),
+        ]
+        .into_iter()
+        .filter(|&(_, n)| n > 0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets().next().is_none()
+    }
+
+    /// `hourly=24,daily=7` (the `--tiers` flag).
+    pub fn parse(s: &str) -> Result<Tiers, String> {
+        let mut t = Tiers::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| format!("tier {part:?} is not NAME=COUNT"))?;
+            let n: u32 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("tier {k}: {v:?} is not a count"))?;
+            match k.trim() {
+                "hourly" => t.hourly = n,
+                "twelve-hourly" => t.twelve_hourly = n,
+                "daily" => t.daily = n,
+                "weekly" => t.weekly = n,
+                other => {
+                    return Err(format!(
+                        "unknown tier {other:?} (hourly, twelve-hourly, daily, weekly)"
+                    ));
+                }
+            }
+        }
+        Ok(t)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// How far back every instant stays restorable.
+    pub window: Duration,
+    pub tiers: Tiers,
+    /// A generation with a write (by its object names) this recent is live.
+    pub live_grace: Duration,
+}
+
+pub const DEFAULT_LIVE_GRACE: Duration = Duration::from_secs(15 * 60);
+
+impl Policy {
+    pub fn new(window: Duration) -> Self {
+        Policy {
+            window,
+            tiers: Tiers::default(),
+            live_grace: DEFAULT_LIVE_GRACE,
+        }
+    }
+}
+
+/// Deletions run in this order, so that every state between two requests is restorable:
+/// snapshots first (a generation without its snapshot is simply not a restore candidate),
+/// then the segments nothing can reach any more, then manifests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Snapshot,
+    Segment,
+    Manifest,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Doomed {
+    pub key: String,
+    pub size: u64,
+    pub phase: Phase,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Keep,
+    /// Objects older than the window's first restore point go.
+    Trim,
+    /// Every instant is outside the window (or it has no snapshot): all of it goes,
+    /// except snapshots a tier keeps.
+    Delete,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationPlan {
+    pub generation: GenerationId,
+    pub action: Action,
+    pub why: String,
+    pub delete: Vec<Doomed>,
+    pub kept_objects: usize,
+    pub kept_bytes: u64,
+    /// Snapshots kept only because a tier asks for them.
+    pub tier_snapshots: usize,
+}
+
+impl GenerationPlan {
+    pub fn deleted_bytes(&self) -> u64 {
+        self.delete.iter().map(|d| d.size).sum()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RetentionPlan {
+    pub now_ms: u64,
+    pub window_start_ms: u64,
+    pub generations: Vec<GenerationPlan>,
+    /// Objects outside any walship generation directory, left alone.
+    pub foreign_objects: usize,
+}
+
+impl RetentionPlan {
+    /// Every deletion, in the order they must be made.
+    pub fn deletions(&self) -> Vec<&Doomed> {
+        let mut all: Vec<&Doomed> = self.generations.iter().flat_map(|g| &g.delete).collect();
+        all.sort_by_key(|d| d.phase);
+        all
+    }
+
+    pub fn deleted_bytes(&self) -> u64 {
+        self.generations.iter().map(|g| g.deleted_bytes()).sum()
+    }
+
+    pub fn kept_bytes(&self) -> u64 {
+        self.generations.iter().map(|g| g.kept_bytes).sum()
+    }
+
+    pub fn kept_objects(&self) -> usize {
+        self.generations.iter().map(|g| g.kept_objects).sum()
+    }
+}
+
+/// The newest time a generation's names show a write at (its creation if nothing else).
+fn activity_ms(id: &GenerationId, g: &Generation) -> u64 {
+    g.last_write_ms().unwrap_or(0).max(id.created_ms())
+}
+
+/// Plan deletions for the replica whose objects (names relative to its root) are
+/// `listing`. `live` is the generation the caller itself is writing, if any. Errs on
+/// objects inside a walship generation that walship cannot name: a replica it does not
+/// fully understand (a newer format?) is not cleaned.
+pub fn plan(
+    listing: &[Listed],
+    policy: &Policy,
+    now_ms: u64,
+    live: Option<&GenerationId>,
+) -> Result<RetentionPlan, String> {
+    let window_start_ms = now_ms.saturating_sub(policy.window.as_millis() as u64);
+    let mut manifests: BTreeMap<GenerationId, &Listed> = BTreeMap::new();
+    let mut foreign_objects = 0;
+    for o in listing {
+        match layout::parse_object(&o.name) {
+            Some(layout::ObjectName::Manifest(g)) => {
+                manifests.insert(g, o);
+            }
+            Some(_) => {}
+            None if in_generation_dir(&o.name) => {
+                return Err(format!(
+                    "unrecognised object {} inside a generation; refusing to clean a replica \
+                     this walship does not fully understand (written by a newer version?)",
+                    o.name
+                ));
+            }
+            None => foreign_objects += 1,
+        }
+    }
+    let gens = group(listing);
+    let newest = gens.keys().next_back().cloned();
+    // The generation a restore at the window's start uses: the newest whose oldest
+    // snapshot is at or before it (restore::plan picks the same way).
+    let anchor = gens
+        .iter()
+        .rev()
+        .find(|(_, g)| {
+            g.snapshots
+                .first()
+                .is_some_and(|s| s.name.commit_ms <= window_start_ms)
+        })
+        .map(|(id, _)| id.clone());
+
+    let mut out = Vec::new();
+    for (id, g) in &gens {
+        let live_now = Some(id) == newest.as_ref()
+            || Some(id) == live
+            || activity_ms(id, g) + policy.live_grace.as_millis() as u64 > now_ms;
+        let (action, why, cut_txid) = if g.snapshots.is_empty() {
+            if live_now {
+                (Action::Keep, "live, no snapshot yet".to_string(), None)
+            } else {
+                (
+                    Action::Delete,
+                    "no snapshot: nothing can be restored from it".into(),
+                    Some(u64::MAX),
+                )
+            }
+        } else {
+            match anchor.as_ref().map(|a| id.cmp(a)) {
+                None | Some(std::cmp::Ordering::Greater) => {
+                    (Action::Keep, "inside the window".into(), None)
+                }
+                Some(std::cmp::Ordering::Less) if live_now => (
+                    Action::Keep,
+                    "older than the window but written to recently (live)".into(),
+                    None,
+                ),
+                Some(std::cmp::Ordering::Less) => (
+                    Action::Delete,
+                    "every instant is before the window".into(),
+                    Some(u64::MAX),
+                ),
+                Some(std::cmp::Ordering::Equal) => {
+                    let first = g
+                        .snapshots
+                        .iter()
+                        .rev()
+                        .find(|s| s.name.commit_ms <= window_start_ms)
+                        .expect("the anchor has a snapshot at or before the start");
+                    (
+                        Action::Trim,
+                        format!(
+                            "holds the window's start: kept from transaction {}",
+                            first.name.txid
+                        ),
+                        Some(first.name.txid),
+                    )
+                }
+            }
+        };
+        let mut delete = Vec::new();
+        if let Some(cut) = cut_txid {
+            let whole = cut == u64::MAX;
+            delete.extend(
+                g.snapshots
+                    .iter()
+                    .filter(|s| whole || s.name.txid < cut)
+                    .map(|s| Doomed {
+                        key: s.key.clone(),
+                        size: s.size,
+                        phase: Phase::Snapshot,
+                    }),
+            );
+            delete.extend(
+                g.segments
+                    .iter()
+                    .filter(|s| whole || s.name.last_txid <= cut)
+                    .map(|s| Doomed {
+                        key: s.key.clone(),
+                        size: s.size,
+                        phase: Phase::Segment,
+                    }),
+            );
+            if whole && let Some(m) = manifests.get(id) {
+                delete.push(Doomed {
+                    key: m.name.clone(),
+                    size: m.size,
+                    phase: Phase::Manifest,
+                });
+            }
+        }
+        let total_objects =
+            g.snapshots.len() + g.segments.len() + usize::from(manifests.contains_key(id));
+        let total_bytes = g.snapshots.iter().map(|s| s.size).sum::<u64>()
+            + g.wal_bytes()
+            + manifests.get(id).map_or(0, |m| m.size);
+        out.push((id.clone(), action, why, delete, total_objects, total_bytes));
+    }
+
+    // Tiers: over every snapshot before the window, newest first, keep the first one seen
+    // in each new bucket until the tier has its count. Snapshots kept anyway (the window's
+    // first restore point) take their bucket too.
+    let doomed: HashSet<&str> = out
+        .iter()
+        .flat_map(|(_, _, _, d, _, _)| d.iter().map(|d| d.key.as_str()))
+        .collect();
+    let mut before: Vec<(u64, &str)> = gens
+        .values()
+        .flat_map(|g| &g.snapshots)
+        .filter(|s| s.name.commit_ms < window_start_ms)
+        .map(|s| (s.name.commit_ms, s.key.as_str()))
+        .collect();
+    before.sort_unstable_by(|a, b| b.cmp(a));
+    let mut rescued: HashSet<String> = HashSet::new();
+    for (len, count) in policy.tiers.buckets() {
+        let mut seen = HashSet::new();
+        for &(ms, key) in &before {
+            if seen.len() as u32 >= count {
+                break;
+            }
+            if seen.insert(ms / len) && doomed.contains(key) {
+                rescued.insert(key.to_string());
+            }
+        }
+    }
+
+    let generations = out
+        .into_iter()
+        .map(|(id, mut action, mut why, mut delete, objects, bytes)| {
+            let before = delete.len();
+            delete.retain(|d| !rescued.contains(&d.key));
+            let tier_snapshots = before - delete.len();
+            if tier_snapshots > 0 {
+                // A generation holding a tier point keeps its manifest.
+                delete.retain(|d| d.phase != Phase::Manifest);
+                if action == Action::Delete {
+                    action = Action::Trim;
+                    why = format!("{why}; {tier_snapshots} snapshot(s) kept for tiers");
+                }
+            }
+            if delete.is_empty() {
+                action = Action::Keep;
+            }
+            let gone: u64 = delete.iter().map(|d| d.size).sum();
+            GenerationPlan {
+                generation: id,
+                action,
+                why,
+                kept_objects: objects - delete.len(),
+                kept_bytes: bytes - gone,
+                delete,
+                tier_snapshots,
+            }
+        })
+        .collect();
+    Ok(RetentionPlan {
+        now_ms,
+        window_start_ms,
+        generations,
+        foreign_objects,
+    })
+}
+
+/// `generations/<walship id>/...`: a place where every name must be walship's.
+fn in_generation_dir(rel: &str) -> bool {
+    rel.strip_prefix(layout::GENERATIONS)
+        .and_then(|r| r.strip_prefix('/'))
+        .and_then(|r| r.split_once('/'))
+        .is_some_and(|(g, _)| GenerationId::parse(g).is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restore::plan::fixtures::{g, manifest, seg_at, snap_at};
+    use crate::restore::plan::{Target, plan as restore_plan};
+
+    const H: u64 = 3_600_000;
+
+    fn hours(n: u64) -> Duration {
+        Duration::from_millis(n * H)
+    }
+
+    fn deleted(p: &RetentionPlan) -> HashSet<String> {
+        p.deletions().iter().map(|d| d.key.clone()).collect()
+    }
+
+    fn after(listing: &[Listed], p: &RetentionPlan) -> Vec<Listed> {
+        let gone = deleted(p);
+        listing
+            .iter()
+            .filter(|o| !gone.contains(&o.name))
+            .cloned()
+            .collect()
+    }
+
+    /// Every instant from the window's start to now restores the same before and after.
+    fn assert_window_intact(listing: &[Listed], p: &RetentionPlan) {
+        let (before, after) = (group(listing), group(&after(listing, p)));
+        let mut t = p.window_start_ms;
+        while t <= p.now_ms {
+            let a = restore_plan(&before, None, Target::Time(t));
+            let b = restore_plan(&after, None, Target::Time(t));
+            match (a, b) {
+                (Ok(a), Ok(b)) => {
+                    let keys = |p: &crate::restore::plan::Plan| {
+                        (
+                            p.segments.iter().map(|s| s.key.clone()).collect::<Vec<_>>(),
+                            p.txid,
+                        )
+                    };
+                    assert_eq!(a.generation, b.generation, "at {t}");
+                    assert_eq!(a.stop, b.stop, "at {t}");
+                    let (sa, sb) = (keys(&a), keys(&b));
+                    // The same end, from the same or a newer snapshot.
+                    assert_eq!(sa.1, sb.1, "at {t}");
+                    assert!(sb.0.iter().all(|k| sa.0.contains(k)), "at {t}");
+                }
+                (Err(_), Err(_)) => {}
+                (a, b) => panic!("at {t}: before {:?}, after {:?}", a.is_ok(), b.is_ok()),
+            }
+            t += H / 4;
+        }
+    }
+
+    /// g1: history at 10..20h; g2: snapshots at 30h and 50h, writes to 70h; g3: from 80h.
+    fn week() -> Vec<Listed> {
+        let (a, b, c) = (g(10 * H), g(30 * H), g(80 * H));
+        vec![
+            manifest(&a),
+            snap_at(&a, 0, 10 * H),
+            seg_at(&a, 1, 5, 11 * H, 20 * H),
+            manifest(&b),
+            snap_at(&b, 0, 30 * H),
+            seg_at(&b, 1, 9, 31 * H, 45 * H),
+            snap_at(&b, 9, 50 * H),
+            seg_at(&b, 10, 12, 51 * H, 55 * H),
+            seg_at(&b, 13, 20, 61 * H, 70 * H),
+            manifest(&c),
+            snap_at(&c, 0, 80 * H),
+            seg_at(&c, 1, 30, 81 * H, 99 * H),
+        ]
+    }
+
+    #[test]
+    fn empty_replica_plans_nothing() {
+        let p = plan(&[], &Policy::new(hours(24)), 100 * H, None).unwrap();
+        assert!(p.generations.is_empty() && p.deletions().is_empty());
+    }
+
+    #[test]
+    fn old_generations_go_whole_and_the_window_generation_is_trimmed() {
+        let l = week();
+        let p = plan(&l, &Policy::new(hours(40)), 100 * H, None).unwrap();
+        assert_eq!(p.window_start_ms, 60 * H);
+        let actions: Vec<Action> = p.generations.iter().map(|g| g.action).collect();
+        assert_eq!(actions, vec![Action::Delete, Action::Trim, Action::Keep]);
+        let gone = deleted(&p);
+        let (a, b) = (g(10 * H), g(30 * H));
+        for o in &l {
+            let want_gone = o.name.contains(a.as_str())
+                || o.name
+                    == layout::format_snapshot(
+                        &b,
+                        &layout::SnapshotName {
+                            txid: 0,
+                            commit_ms: 30 * H,
+                        },
+                    )
+                || o.name.contains("0000000000000001-0000000000000009");
+            assert_eq!(gone.contains(&o.name), want_gone, "{}", o.name);
+        }
+        assert_window_intact(&l, &p);
+        let total: u64 = l.iter().map(|o| o.size).sum();
+        assert_eq!(p.kept_bytes() + p.deleted_bytes(), total);
+        assert_eq!(p.kept_objects() + gone.len(), l.len());
+        // Snapshots, then segments, then manifests.
+        let phases: Vec<Phase> = p.deletions().iter().map(|d| d.phase).collect();
+        assert!(phases.windows(2).all(|w| w[0] <= w[1]), "{phases:?}");
+        assert_eq!(phases.last(), Some(&Phase::Manifest));
+    }
+
+    #[test]
+    fn a_window_covering_everything_deletes_nothing() {
+        let l = week();
+        let p = plan(&l, &Policy::new(hours(95)), 100 * H, None).unwrap();
+        assert!(p.deletions().is_empty());
+        assert!(p.generations.iter().all(|g| g.action == Action::Keep));
+    }
+
+    #[test]
+    fn an_idle_replica_keeps_its_newest_snapshot_whatever_the_age() {
+        let a = g(H);
+        let l = vec![
+            manifest(&a),
+            snap_at(&a, 0, H),
+            seg_at(&a, 1, 10, 2 * H, 3 * H),
+            snap_at(&a, 10, 4 * H),
+            seg_at(&a, 11, 12, 5 * H, 6 * H),
+        ];
+        let p = plan(&l, &Policy::new(hours(24)), 1000 * H, None).unwrap();
+        let kept: Vec<String> = after(&l, &p).into_iter().map(|o| o.name).collect();
+        assert_eq!(
+            kept,
+            vec![l[0].name.clone(), l[3].name.clone(), l[4].name.clone()]
+        );
+        // The newest state still restores, exactly as before.
+        let newest = restore_plan(&group(&after(&l, &p)), None, Target::Latest).unwrap();
+        assert_eq!(newest.txid, 12);
+        assert_window_intact(&l, &p);
+    }
+
+    #[test]
+    fn a_single_old_snapshot_is_kept() {
+        let a = g(H);
+        let l = vec![manifest(&a), snap_at(&a, 0, H)];
+        let p = plan(&l, &Policy::new(hours(1)), 500 * H, None).unwrap();
+        assert!(p.deletions().is_empty());
+    }
+
+    #[test]
+    fn generations_without_a_snapshot() {
+        // a: abandoned start (crashed before its snapshot), b: good, c: being started now.
+        let (a, b, c) = (g(10 * H), g(20 * H), g(99 * H));
+        let l = vec![
+            manifest(&a),
+            seg_at(&a, 1, 2, 10 * H, 11 * H),
+            manifest(&b),
+            snap_at(&b, 0, 20 * H),
+            seg_at(&b, 1, 2, 21 * H, 98 * H),
+            manifest(&c),
+        ];
+        let p = plan(&l, &Policy::new(hours(24)), 100 * H, None).unwrap();
+        let actions: Vec<Action> = p.generations.iter().map(|g| g.action).collect();
+        assert_eq!(actions, vec![Action::Delete, Action::Keep, Action::Keep]);
+        assert!(p.generations[0].why.contains("no snapshot"));
+        // Still being written to recently (live grace): not deleted even without a snapshot.
+        let mut policy = Policy::new(hours(24));
+        policy.live_grace = hours(90);
+        let p = plan(&l, &policy, 100 * H, None).unwrap();
+        assert!(p.deletions().is_empty());
+    }
+
+    #[test]
+    fn the_callers_live_generation_is_never_deleted_whole() {
+        let l = week();
+        let a = g(10 * H);
+        let p = plan(&l, &Policy::new(hours(40)), 100 * H, Some(&a)).unwrap();
+        assert_eq!(p.generations[0].action, Action::Keep);
+        assert!(p.generations[0].delete.is_empty());
+    }
+
+    #[test]
+    fn tiers_keep_the_newest_snapshot_of_each_bucket_beyond_the_window() {
+        // One generation with a snapshot every 30 minutes for 3 days, writes in between.
+        let a = g(0);
+        let mut l = vec![manifest(&a)];
+        for i in 0..144u64 {
+            l.push(snap_at(&a, i * 10, i * H / 2 + 1));
+            l.push(seg_at(
+                &a,
+                i * 10 + 1,
+                i * 10 + 10,
+                i * H / 2 + 2,
+                i * H / 2 + 3,
+            ));
+        }
+        let now = 72 * H;
+        let mut policy = Policy::new(hours(6));
+        policy.tiers = Tiers::parse("hourly=4, daily=2").unwrap();
+        let p = plan(&l, &policy, now, None).unwrap();
+        let left = after(&l, &p);
+        let snaps: Vec<u64> = group(&left)
+            .values()
+            .flat_map(|g| g.snapshots.iter().map(|s| s.name.commit_ms))
+            .collect();
+        let beyond: Vec<u64> = snaps.iter().copied().filter(|&ms| ms < 66 * H).collect();
+        // Window start 66h: snapshot at 65.5h starts the window (and takes hour 65);
+        // hours 64, 63, 62 give 64.5h, 63.5h, 62.5h; days 2 (the same 65.5h) and 1
+        // (47.5h).
+        let want: Vec<u64> = [47, 62, 63, 64, 65]
+            .iter()
+            .map(|h| h * H + H / 2 + 1)
+            .collect();
+        assert_eq!(beyond, want);
+        assert_eq!(p.generations[0].tier_snapshots, 4);
+        // A tier point restores exactly; a time between tier points is refused.
+        let gens = group(&left);
+        let tp = restore_plan(&gens, None, Target::Time(62 * H + H / 2 + 1)).unwrap();
+        assert_eq!(tp.txid, 125 * 10);
+        assert!(restore_plan(&gens, None, Target::Time(50 * H)).is_err());
+        assert_window_intact(&l, &p);
+    }
+
+    #[test]
+    fn tier_flag_parsing() {
+        assert_eq!(
+            Tiers::parse("hourly=6,twelve-hourly=4,daily=5").unwrap(),
+            Tiers {
+                hourly: 6,
+                twelve_hourly: 4,
+                daily: 5,
+                weekly: 0
+            }
+        );
+        assert!(Tiers::parse("yearly=1").unwrap_err().contains("yearly"));
+        assert!(Tiers::parse("hourly").is_err());
+        assert!(Tiers::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_objects_inside_a_generation_refuse_foreign_ones_are_left_alone() {
+        let mut l = week();
+        l.push(Listed {
+            name: "generations/abc/whatever".into(),
+            size: 5,
+        });
+        l.push(Listed {
+            name: "notes.txt".into(),
+            size: 5,
+        });
+        let p = plan(&l, &Policy::new(hours(40)), 100 * H, None).unwrap();
+        assert_eq!(p.foreign_objects, 2);
+        assert!(deleted(&p).iter().all(|k| k.starts_with("generations/0")));
+        l.push(Listed {
+            name: format!("generations/{}/wal/x.seg", g(30 * H)),
+            size: 5,
+        });
+        let e = plan(&l, &Policy::new(hours(40)), 100 * H, None).unwrap_err();
+        assert!(e.contains("wal/x.seg") && e.contains("refusing"), "{e}");
+    }
+}
