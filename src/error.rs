@@ -55,6 +55,11 @@ pub enum Error {
     /// Refusing to act because it could destroy data (output exists, ...).
     #[error("{0}")]
     Refused(String),
+
+    /// Something asked for is absent where absence is a normal answer (`wal-fetch` of a
+    /// file Postgres probes for): exit 1 without an error message.
+    #[error("{0}")]
+    Absent(String),
 }
 
 /// Coarse classes of store failures, used for messages, metrics labels and retry decisions.
@@ -113,6 +118,7 @@ impl Error {
             Error::Corrupt { .. } => "corrupt",
             Error::Replica { .. } => "replica",
             Error::Refused(_) => "refused",
+            Error::Absent(_) => "absent",
         }
     }
 

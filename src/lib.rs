@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod format;
 pub mod metrics;
+pub mod postgres;
 pub mod replicate;
 pub mod restore;
 pub mod retention;

@@ -87,10 +87,27 @@ fn main() -> ExitCode {
                 init_logging(args.log_format, args.log.as_deref());
                 cli::cleanup::run(a).await
             }
+            Command::WalPush(a) => {
+                init_logging(args.log_format, args.log.as_deref());
+                cli::wal::push(a).await
+            }
+            Command::WalFetch(a) => {
+                init_logging(args.log_format, args.log.as_deref());
+                let name = a.wal_name.clone();
+                match cli::wal::fetch(a).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(walship::Error::Absent(format!("{name} is not archived"))),
+                    Err(e) => Err(e),
+                }
+            }
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e @ walship::Error::Absent(_)) => {
+            tracing::debug!("{e}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("walship: error: {e}");
             ExitCode::from(e.exit_code() as u8)

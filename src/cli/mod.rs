@@ -7,6 +7,7 @@ pub mod replicate;
 pub mod restore;
 pub mod snapshots;
 pub mod verify;
+pub mod wal;
 
 use crate::config::{self, Location, ReplicaConfig};
 use crate::error::{Error, Result};
@@ -59,6 +60,11 @@ pub enum Command {
     /// Delete what retention no longer needs, whole old generations included (the
     /// CronJob); over a config's databases or every database below a URL prefix.
     Cleanup(cleanup::CleanupArgs),
+    /// PostgreSQL archive_command: archive one WAL file (`walship wal-push %p`).
+    WalPush(wal::WalPushArgs),
+    /// PostgreSQL restore_command: fetch one WAL file (`walship wal-fetch %f %p`); exits 1
+    /// quietly when the replica does not have it.
+    WalFetch(wal::WalFetchArgs),
 }
 
 /// Settings for a replica given by URL on the command line.

@@ -151,6 +151,7 @@ impl ReplicateArgs {
 fn single(db: &Path, replica: config::ReplicaConfig) -> Config {
     Config {
         dbs: vec![DbConfig {
+            kind: config::DbKind::Sqlite,
             path: db.to_path_buf(),
             replica,
             spool_dir: config::default_spool_dir(db),
@@ -202,7 +203,27 @@ fn demo_config(dir: &Path) -> Result<Config> {
     Ok(cfg)
 }
 
-pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    // PostgreSQL clusters are archived by `wal-push`, which needs no sidecar.
+    let (pg, sqlite): (Vec<_>, Vec<_>) = cfg
+        .dbs
+        .into_iter()
+        .partition(|d| d.kind == config::DbKind::Postgres);
+    for d in &pg {
+        tracing::info!(
+            "{}: PostgreSQL WAL is archived by `walship wal-push` (archive_command); this \
+             version's sidecar does not serve PostgreSQL",
+            d.path.display()
+        );
+    }
+    if sqlite.is_empty() && !pg.is_empty() {
+        return Err(Error::Config(
+            "no SQLite database to replicate: PostgreSQL databases are archived by \
+             `walship wal-push` set as archive_command"
+                .into(),
+        ));
+    }
+    cfg.dbs = sqlite;
     let outcome = crate::replicate::run(cfg, Arc::new(Metrics::default()), shutdown).await?;
     if !outcome.incomplete.is_empty() {
         return Err(Error::Replica {

@@ -60,6 +60,9 @@ pub struct RawLogging {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawDb {
+    /// `sqlite` (default) or `postgres` (then `path` is the data directory).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
     pub path: Option<String>,
     pub replicas: Option<Vec<RawReplica>>,
     pub replica: Option<RawReplica>,
@@ -112,6 +115,8 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct DbConfig {
+    pub kind: DbKind,
+    /// The SQLite database file, or the PostgreSQL data directory.
     pub path: PathBuf,
     pub replica: ReplicaConfig,
     pub spool_dir: PathBuf,
@@ -129,6 +134,12 @@ pub struct DbConfig {
     pub retention: Option<Duration>,
     pub retention_check_interval: Duration,
     pub retention_tiers: crate::retention::Tiers,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Sqlite,
+    Postgres,
 }
 
 /// Where a replica lives. `prefix` never starts or ends with `/`.
@@ -403,6 +414,15 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
             .filter(|p| !p.is_empty())
             .ok_or_else(|| Error::Config(format!("{at}.path is missing")))?,
     );
+    let kind = match db.kind.as_deref() {
+        None | Some("sqlite") => DbKind::Sqlite,
+        Some("postgres") => DbKind::Postgres,
+        Some(other) => {
+            return Err(Error::Config(format!(
+                "{at}.type: {other:?} is not a database type (sqlite, postgres)"
+            )));
+        }
+    };
     let replica = match (&db.replica, db.replicas.as_deref()) {
         (Some(r), None) => r.clone(),
         (None, Some([r])) => r.clone(),
@@ -485,6 +505,7 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
         None => DEFAULT_SPOOL_LIMIT,
     };
     Ok(DbConfig {
+        kind,
         spool_dir: match &db.meta_path {
             Some(p) => PathBuf::from(p),
             None => default_spool_dir(&path),

@@ -21,6 +21,8 @@ pub struct Generation {
     pub has_manifest: bool,
     pub snapshots: Vec<Obj<SnapshotName>>,
     pub segments: Vec<Obj<SegmentName>>,
+    /// PostgreSQL WAL files: a cluster's generation, not a SQLite one.
+    pub postgres_objects: usize,
 }
 
 impl Generation {
@@ -51,6 +53,7 @@ pub fn group(objects: &[Listed]) -> BTreeMap<GenerationId, Generation> {
                 key: o.name.clone(),
                 size: o.size,
             }),
+            Some(ObjectName::PgWal(g, _)) => gens.entry(g).or_default().postgres_objects += 1,
             None => {}
         }
     }

@@ -64,21 +64,15 @@ pub async fn apply(
                 .collect();
             replica.delete_many(&keys).await?;
         }
-        let gone: HashSet<&str> = doomed.iter().map(|d| d.key.as_str()).collect();
-        let still: Vec<String> = replica
-            .list(layout::GENERATIONS)
-            .await?
-            .into_iter()
-            .filter(|o| gone.contains(o.name.as_str()))
-            .map(|o| o.name)
-            .collect();
+        let after = replica.list(layout::GENERATIONS).await?;
+        let still = still_listed(&doomed, &after);
         if let Some(first) = still.first() {
             return Err(Error::Replica {
                 replica: replica.url().to_string(),
                 reason: format!(
                     "the store accepted the deletion of {} objects but {} of them are still \
                      listed (e.g. {first}): it answered success without deleting",
-                    gone.len(),
+                    doomed.len(),
                     still.len()
                 ),
             });
@@ -93,4 +87,41 @@ pub async fn apply(
         delete_requests: replica.counts.delete.load(Ordering::Relaxed) - del0,
         plan,
     })
+}
+
+/// Deleted objects that a LIST made afterwards still shows.
+fn still_listed<'a>(deleted: &[&plan::Doomed], after: &'a [Listed]) -> Vec<&'a str> {
+    let gone: HashSet<&str> = deleted.iter().map(|d| d.key.as_str()).collect();
+    after
+        .iter()
+        .map(|o| o.name.as_str())
+        .filter(|n| gone.contains(n))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_that_keeps_deleted_objects_is_caught() {
+        let d = |k: &str| plan::Doomed {
+            key: k.into(),
+            size: 1,
+            phase: plan::Phase::Segment,
+        };
+        let (a, b) = (d("generations/x/wal/a"), d("generations/x/wal/b"));
+        let listed = |names: &[&str]| -> Vec<Listed> {
+            names
+                .iter()
+                .map(|n| Listed {
+                    name: n.to_string(),
+                    size: 1,
+                })
+                .collect()
+        };
+        let after = listed(&["generations/x/wal/b", "generations/x/wal/c"]);
+        assert_eq!(still_listed(&[&a, &b], &after), vec!["generations/x/wal/b"]);
+        assert!(still_listed(&[&a], &after).is_empty());
+    }
 }

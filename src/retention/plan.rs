@@ -231,7 +231,13 @@ pub fn plan(
         let live_now = Some(id) == newest.as_ref()
             || Some(id) == live
             || activity_ms(id, g) + policy.live_grace.as_millis() as u64 > now_ms;
-        let (action, why, cut_txid) = if g.snapshots.is_empty() {
+        let (action, why, cut_txid) = if g.postgres_objects > 0 {
+            (
+                Action::Keep,
+                "a PostgreSQL cluster's generation: not cleaned by this version".to_string(),
+                None,
+            )
+        } else if g.snapshots.is_empty() {
             if live_now {
                 (Action::Keep, "live, no snapshot yet".to_string(), None)
             } else {

@@ -6,6 +6,7 @@
 //! generations/<generation>/manifest.json
 //! generations/<generation>/snapshots/<txid:16>-<commit ms:12>.snap
 //! generations/<generation>/wal/<first txid:16>-<last txid:16>-<first commit ms:12>-<last commit ms:12>.seg
+//! generations/<generation>/pgwal/<PostgreSQL WAL file name>
 //! ```
 //! A generation id is `<created ms:12><random:8>`, so ids sort by creation time.
 
@@ -70,6 +71,8 @@ pub enum ObjectName {
     Manifest(GenerationId),
     Snapshot(GenerationId, SnapshotName),
     Segment(GenerationId, SegmentName),
+    /// A PostgreSQL WAL file (segment, history, partial, backup label) of a cluster.
+    PgWal(GenerationId, crate::postgres::walname::WalFile),
 }
 
 pub fn format_generation_dir(g: &GenerationId) -> String {
@@ -89,6 +92,10 @@ pub fn format_snapshot(g: &GenerationId, s: &SnapshotName) -> String {
 
 pub fn format_segment(g: &GenerationId, s: &SegmentName) -> String {
     format!("{GENERATIONS}/{g}/wal/{}.seg", format_segment_stem(s))
+}
+
+pub fn format_pg_wal(g: &GenerationId, f: &crate::postgres::walname::WalFile) -> String {
+    format!("{GENERATIONS}/{g}/pgwal/{f}")
 }
 
 /// The part of a segment name after the directory (also used for spool file names).
@@ -132,6 +139,12 @@ pub fn parse_object(rel: &str) -> Option<ObjectName> {
                 txid: hex(txid, 16)?,
                 commit_ms: hex(ms, 12)?,
             },
+        ));
+    }
+    if let Some(file) = rest.strip_prefix("pgwal/") {
+        return Some(ObjectName::PgWal(
+            g,
+            crate::postgres::walname::WalFile::parse(file)?,
         ));
     }
     if let Some(file) = rest.strip_prefix("wal/") {
@@ -204,6 +217,16 @@ mod tests {
         };
         assert!(name < format_segment(&g, &later));
         assert_eq!(parse_segment_stem(&format_segment_stem(&s)), Some(s));
+    }
+
+    #[test]
+    fn pg_wal_round_trip() {
+        let g = GenerationId::new(5, 6);
+        let f = crate::postgres::walname::WalFile::parse("00000002.history").unwrap();
+        assert_eq!(
+            parse_object(&format_pg_wal(&g, &f)),
+            Some(ObjectName::PgWal(g, f))
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod examples;
 mod init_mode;
 mod large;
 mod pitr;
+mod postgres;
 mod retention;
 mod snapshots;
 mod sqlite_core;

@@ -173,6 +173,14 @@ fn simulated_week(backend: Backend, dir: &Path) {
         "{plan}"
     );
     let window_start = plan["window_start_ms"].as_u64().unwrap();
+    eprintln!(
+        "week {}: deleted {} objects ({} bytes) in {} DELETE and {} LIST requests",
+        backend.url,
+        d["deleted_objects"],
+        d["deleted_bytes"],
+        rep["delete_requests"],
+        rep["list_requests"]
+    );
 
     // The bucket holds exactly what the plan keeps.
     let after = list_objects(&backend);
@@ -337,6 +345,10 @@ fn races(backend: Backend, dir: &Path) {
         std::fs::remove_file(&out).unwrap();
         std::thread::sleep(paced.saturating_duration_since(std::time::Instant::now()));
     }
+    eprintln!(
+        "races {}: cleanup deleted objects in {deleted} of 100 rounds",
+        backend.url
+    );
     let _ = writer.kill();
     let _ = writer.wait();
     std::thread::sleep(Duration::from_millis(1500));

@@ -1,0 +1,357 @@
+//! PostgreSQL archiving against a real PostgreSQL 15 (Debian's package) and the real S3
+//! server: `wal-push`'s never-overwrite rule, `wal-fetch`'s quiet miss, and a running
+//! cluster archiving through `archive_command`. Clusters are created with `initdb` in temp
+//! directories and run as the `postgres` user when the suite runs as root.
+
+use crate::support::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// `cmd` as the unprivileged `postgres` user when running as root (initdb and postgres
+/// refuse root), with `env` set explicitly since runuser does not pass everything on.
+fn as_postgres(cmd: &Path, args: &[&str], env: &[(String, String)]) -> Command {
+    let mut c = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", "env"]);
+        for (k, v) in env {
+            c.arg(format!("{k}={v}"));
+        }
+        c.arg(cmd);
+        c
+    } else {
+        let mut c = Command::new(cmd);
+        c.envs(env.iter().cloned());
+        c
+    };
+    c.args(args);
+    c
+}
+
+fn chown_to_postgres(p: &Path) {
+    if is_root() {
+        let o = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(p)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+/// A throwaway cluster: its own temp directory (owned by `postgres`), a copy of the walship
+/// binary that user can execute, a port of its own on 127.0.0.1.
+pub struct Pg {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub pgdata: PathBuf,
+    pub walship: PathBuf,
+    pub port: u16,
+    running: bool,
+}
+
+impl Pg {
+    /// `None` (noted) when PostgreSQL 15 is not installed outside CI; in CI it must be.
+    pub fn init(test: &str) -> Option<Pg> {
+        let initdb = Path::new(PG_BIN).join("initdb");
+        if !initdb.exists() {
+            assert!(!in_ci(), "CI=true but {} is missing", initdb.display());
+            eprintln!("SKIP {test}: PostgreSQL 15 is not installed (tests/run.sh installs it)");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("walship-pg-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let walship = root.join("walship");
+        std::fs::copy(walship_bin(), &walship).unwrap();
+        std::fs::set_permissions(&walship, std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown_to_postgres(&root);
+        let pgdata = root.join("data");
+        let o = as_postgres(
+            &initdb,
+            &[
+                "-D",
+                pgdata.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+            &[],
+        )
+        .output()
+        .unwrap();
+        assert!(
+            o.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Some(Pg {
+            _dir: dir,
+            root,
+            pgdata,
+            walship,
+            port: free_port(),
+            running: false,
+        })
+    }
+
+    /// Start with extra `postgresql.conf` settings and environment.
+    pub fn start(&mut self, conf: &[(&str, String)], env: &[(String, String)]) {
+        let mut text = format!(
+            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nfsync = off\n",
+            self.port,
+            self.root.display()
+        );
+        for (k, v) in conf {
+            text.push_str(&format!("{k} = '{}'\n", v.replace('\'', "''")));
+        }
+        let conf_path = self.pgdata.join("postgresql.conf");
+        let mut all = std::fs::read_to_string(&conf_path).unwrap();
+        all.push_str(&text);
+        std::fs::write(&conf_path, all).unwrap();
+        let log = self.root.join("postgres.log");
+        let o = as_postgres(
+            &Path::new(PG_BIN).join("pg_ctl"),
+            &[
+                "-D",
+                self.pgdata.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+            env,
+        )
+        .output()
+        .unwrap();
+        assert!(
+            o.status.success(),
+            "pg_ctl start: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        self.running = true;
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        let o = Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-Atq",
+            ])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("postgres.log")).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        if self.running {
+            let _ = as_postgres(
+                &Path::new(PG_BIN).join("pg_ctl"),
+                &[
+                    "-D",
+                    self.pgdata.to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "stop",
+                ],
+                &[],
+            )
+            .output();
+            self.running = false;
+        }
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Run the copied walship in the data directory, as Postgres would.
+fn walship_in(pg: &Pg, args: &[&str], backend: &Backend) -> Output {
+    as_postgres(&pg.walship, args, &backend.env)
+        .args(&backend.flags)
+        .current_dir(&pg.pgdata)
+        .output()
+        .unwrap()
+}
+
+/// A replica the `postgres` user may write: file:// inside the cluster's directory.
+fn file_backend(pg: &Pg) -> Backend {
+    let dir = pg.root.join("replica");
+    std::fs::create_dir_all(&dir).unwrap();
+    chown_to_postgres(&dir);
+    Backend::file(&dir)
+}
+
+fn push_fetch_semantics(pg: &Pg, b: &Backend) {
+    let seg = "000000010000000000000001";
+    let original = std::fs::read(pg.pgdata.join("pg_wal").join(seg)).unwrap();
+    let wal_path = format!("pg_wal/{seg}");
+    for attempt in ["first", "again"] {
+        let o = walship_in(pg, &["wal-push", &wal_path, &b.url], b);
+        assert_success(&o, &format!("wal-push ({attempt})"));
+    }
+    // Different bytes under the same name: refused, and the archived object is unchanged.
+    let other = pg.root.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let mut changed = original.clone();
+    changed[100] ^= 0xff;
+    std::fs::write(other.join(seg), &changed).unwrap();
+    chown_to_postgres(&other);
+    let o = walship_in(
+        pg,
+        &["wal-push", other.join(seg).to_str().unwrap(), &b.url],
+        b,
+    );
+    assert!(!o.status.success(), "a different segment was accepted");
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("different content") && e.contains(seg), "{e}");
+    // Fetch returns the original bytes.
+    let o = walship_in(pg, &["wal-fetch", seg, "pg_wal/RECOVERYXLOG", &b.url], b);
+    assert_success(&o, "wal-fetch");
+    let fetched = pg.pgdata.join("pg_wal/RECOVERYXLOG");
+    assert_eq!(std::fs::read(&fetched).unwrap(), original);
+    std::fs::remove_file(fetched).unwrap();
+    // A file the archive does not have: exit 1, nothing on stderr (Postgres probes).
+    for missing in ["000000010000000000000009", "00000002.history"] {
+        let o = walship_in(
+            pg,
+            &["wal-fetch", missing, "pg_wal/RECOVERYXLOG", &b.url],
+            b,
+        );
+        assert_eq!(o.status.code(), Some(1), "wal-fetch {missing}");
+        assert!(
+            o.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    // Not a WAL file name: a usage error naming it.
+    let o = walship_in(pg, &["wal-push", "postgresql.conf", &b.url], b);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("postgresql.conf"));
+}
+
+#[test]
+fn wal_push_and_fetch_file() {
+    let Some(pg) = Pg::init("wal_push_and_fetch_file") else {
+        return;
+    };
+    let b = file_backend(&pg);
+    push_fetch_semantics(&pg, &b);
+}
+
+#[test]
+fn wal_push_and_fetch_s3() {
+    let Some(b) = Backend::s3("walpush") else {
+        return;
+    };
+    let Some(pg) = Pg::init("wal_push_and_fetch_s3") else {
+        return;
+    };
+    push_fetch_semantics(&pg, &b);
+}
+
+/// A running cluster with `archive_command = 'walship wal-push %p …'`: every switched
+/// segment reaches the replica and the archiver reports no failure.
+fn archive_command(mut pg: Pg, b: &Backend) {
+    let cmd = format!(
+        "{} wal-push %p {} {}",
+        pg.walship.display(),
+        b.url,
+        b.flags.join(" ")
+    );
+    pg.start(
+        &[
+            ("archive_mode", "on".into()),
+            ("archive_command", cmd),
+            ("wal_level", "replica".into()),
+        ],
+        &b.env,
+    );
+    pg.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
+    let mut switched = Vec::new();
+    for i in 0..3 {
+        pg.psql(&format!(
+            "INSERT INTO t(v) SELECT md5(g::text || '{i}') FROM generate_series(1, 2000) g"
+        ));
+        switched.push(pg.psql("SELECT pg_walfile_name(pg_switch_wal())"));
+    }
+    let archived = wait_for(Duration::from_secs(60), Duration::from_millis(200), || {
+        let n: u64 = pg
+            .psql("SELECT archived_count FROM pg_stat_archiver")
+            .parse()
+            .unwrap();
+        n >= switched.len() as u64
+    });
+    let failed = pg.psql("SELECT failed_count FROM pg_stat_archiver");
+    assert!(archived, "archiver did not catch up:\n{}", pg.log());
+    assert_eq!(failed, "0", "archive_command failed:\n{}", pg.log());
+    let objects = list_objects(b);
+    for seg in &switched {
+        assert!(
+            objects
+                .keys()
+                .any(|k| k.ends_with(&format!("/pgwal/{seg}"))),
+            "{seg} not in the replica: {:?}",
+            objects.keys().collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
+fn archive_command_ships_segments_file() {
+    let Some(pg) = Pg::init("archive_command_ships_segments_file") else {
+        return;
+    };
+    let b = file_backend(&pg);
+    archive_command(pg, &b);
+}
+
+#[test]
+fn archive_command_ships_segments_s3() {
+    let Some(b) = Backend::s3("archive") else {
+        return;
+    };
+    let Some(pg) = Pg::init("archive_command_ships_segments_s3") else {
+        return;
+    };
+    archive_command(pg, &b);
+}
