@@ -91,6 +91,14 @@ fn main() -> ExitCode {
                 init_logging(args.log_format, args.log.as_deref());
                 cli::wal::push(a).await
             }
+            Command::PgBackup(a) => {
+                init_logging(args.log_format, args.log.as_deref());
+                cli::wal::backup(a).await
+            }
+            Command::PgRestore(a) => {
+                init_logging(args.log_format, args.log.as_deref());
+                cli::wal::restore(a).await
+            }
             Command::WalFetch(a) => {
                 init_logging(args.log_format, args.log.as_deref());
                 let name = a.wal_name.clone();

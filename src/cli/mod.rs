@@ -65,6 +65,11 @@ pub enum Command {
     /// PostgreSQL restore_command: fetch one WAL file (`walship wal-fetch %f %p`); exits 1
     /// quietly when the replica does not have it.
     WalFetch(wal::WalFetchArgs),
+    /// PostgreSQL: take a base backup now (pg_backup_start/stop; files read from PGDATA).
+    PgBackup(wal::PgBackupArgs),
+    /// PostgreSQL: restore a base backup into an empty data directory, set up to recover
+    /// from the archive (to its end, or --timestamp).
+    PgRestore(wal::PgRestoreArgs),
 }
 
 /// Settings for a replica given by URL on the command line.

@@ -153,6 +153,7 @@ fn single(db: &Path, replica: config::ReplicaConfig) -> Config {
         dbs: vec![DbConfig {
             kind: config::DbKind::Sqlite,
             path: db.to_path_buf(),
+            connection: None,
             replica,
             spool_dir: config::default_spool_dir(db),
             spool_limit: config::DEFAULT_SPOOL_LIMIT,

@@ -1,7 +1,7 @@
-//! `walship wal-push %p` (PostgreSQL's `archive_command`) and `walship wal-fetch %f %p`
-//! (its `restore_command`). Both run with the data directory as working directory; the
-//! replica is the `type: postgres` database of the config whose `path` is that directory,
-//! or a URL given after the file arguments.
+//! PostgreSQL subcommands: `wal-push %p` (the `archive_command`), `wal-fetch %f %p` (the
+//! `restore_command`), `pg-backup` and `pg-restore`. The replica is the `type: postgres`
+//! database of the config whose `path` is the data directory (or the only one), or a URL
+//! given after the other arguments.
 
 use super::ReplicaFlags;
 use crate::config::{self, DbKind, ReplicaConfig};
@@ -55,6 +55,11 @@ impl PgArgs {
         if let Some(url) = &self.replica_url {
             return self.replica.replica(url);
         }
+        Ok(self.db(pgdata)?.replica)
+    }
+
+    /// The config's entry for this cluster.
+    fn db(&self, pgdata: &Path) -> Result<config::DbConfig> {
         let path = self
             .config
             .clone()
@@ -72,7 +77,7 @@ impl PgArgs {
             .iter()
             .find(|d| d.path.canonicalize().is_ok_and(|p| p == want))
             .or(if pg.len() == 1 { pg.first() } else { None });
-        matching.map(|d| d.replica.clone()).ok_or_else(|| {
+        matching.cloned().ok_or_else(|| {
             Error::Config(format!(
                 "{} has no `type: postgres` database with path {} (and no replica URL was \
                  given)",
@@ -96,4 +101,150 @@ pub async fn fetch(args: WalFetchArgs) -> Result<bool> {
     let pgdata = args.pg.pgdata()?;
     let replica = Replica::open(&args.pg.replica(&pgdata)?, false)?;
     archive::fetch(&replica, &pgdata, &args.wal_name, &args.dest).await
+}
+
+#[derive(Debug, Args)]
+pub struct PgBackupArgs {
+    #[command(flatten)]
+    pub pg: PgArgs,
+    /// Connection URL (default: the config's `connection`, else PGHOST, PGPORT, PGUSER,
+    /// PGPASSWORD, PGDATABASE).
+    #[arg(long, env = "WALSHIP_PG_CONNECTION")]
+    pub connection: Option<String>,
+    /// Machine-readable report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn backup(args: PgBackupArgs) -> Result<()> {
+    let pgdata = args.pg.pgdata()?;
+    let (rcfg, conn) = match &args.pg.replica_url {
+        Some(url) => (args.pg.replica.replica(url)?, args.connection.clone()),
+        None => {
+            let db = args.pg.db(&pgdata)?;
+            (db.replica, args.connection.clone().or(db.connection))
+        }
+    };
+    let replica = Replica::open(&rcfg, false)?;
+    let conn = crate::postgres::backup::connection(conn.as_deref())?;
+    let r = crate::postgres::backup::backup(&replica, &pgdata, &conn).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r).expect("serialises"));
+    } else {
+        println!(
+            "base backup of {} to {}: generation {}, WAL {}..{}, {} files, {:.1} MB read, \
+             {:.1} MB stored, {:.1} s",
+            pgdata.display(),
+            r.replica,
+            r.generation,
+            r.start_lsn,
+            r.stop_lsn,
+            r.files,
+            r.raw_bytes as f64 / 1e6,
+            r.stored_bytes as f64 / 1e6,
+            r.seconds
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct PgRestoreArgs {
+    /// The data directory to restore into (absent or empty).
+    pub target: PathBuf,
+    #[command(flatten)]
+    pub pg: PgArgs,
+    /// Recover to this time (RFC 3339, `14:02` UTC, or `15m` ago); default: the end of
+    /// the archive.
+    #[arg(long)]
+    pub timestamp: Option<String>,
+    /// A non-empty target is left alone (exit 0): the init-container mode.
+    #[arg(long)]
+    pub if_pgdata_empty: bool,
+    /// No base backup in the replica: do nothing (exit 0), the cluster starts fresh.
+    #[arg(long)]
+    pub if_replica_exists: bool,
+    /// The walship binary the restored server runs as restore_command (default: this
+    /// one; in Kubernetes, where the init container copied it for the server).
+    #[arg(long)]
+    pub walship_path: Option<PathBuf>,
+}
+
+pub async fn restore(args: PgRestoreArgs) -> Result<()> {
+    use crate::postgres::restore as pgr;
+    if args.if_pgdata_empty && !pgr::is_empty_pgdata(&args.target)? {
+        println!("{} is not empty: left as it is", args.target.display());
+        return Ok(());
+    }
+    let rcfg = args.pg.replica(&args.target)?;
+    let replica = Replica::open(&rcfg, false)?;
+    if args.if_replica_exists {
+        let listing = replica.list(crate::storage::layout::GENERATIONS).await?;
+        if pgr::catalog(&listing).backups.is_empty() {
+            println!(
+                "replica {} holds no base backup: nothing to restore",
+                replica.url()
+            );
+            return Ok(());
+        }
+    }
+    let bin = match &args.walship_path {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(|e| Error::io("walship", e))?,
+    };
+    let mut cmd = format!("{} wal-fetch %f %p", bin.display());
+    match &args.pg.replica_url {
+        Some(url) => {
+            cmd.push_str(&format!(" {url}"));
+            let f = &args.pg.replica;
+            if let Some(e) = &f.endpoint {
+                cmd.push_str(&format!(" --endpoint {e}"));
+            }
+            if let Some(r) = &f.region {
+                cmd.push_str(&format!(" --region {r}"));
+            }
+            if f.force_path_style {
+                cmd.push_str(" --force-path-style");
+            }
+            if f.skip_verify {
+                cmd.push_str(" --skip-verify");
+            }
+        }
+        None => {
+            let cfg = args
+                .pg
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+            cmd.push_str(&format!(" --config {}", cfg.display()));
+        }
+    }
+    let target_ms = args
+        .timestamp
+        .as_deref()
+        .map(|t| crate::restore::when::parse_time(t, crate::clock::now_ms()).map_err(Error::Usage))
+        .transpose()?;
+    let o = pgr::restore(
+        &replica,
+        &args.target,
+        &pgr::Options {
+            target_ms,
+            restore_command: cmd,
+        },
+    )
+    .await?;
+    println!(
+        "restored base backup {:016x} of generation {} ({} files, {:.1} MB) into {}; start \
+         PostgreSQL to recover{}",
+        o.backup.start_lsn,
+        o.generation,
+        o.files,
+        o.bytes as f64 / 1e6,
+        args.target.display(),
+        target_ms.map_or(" to the end of the archive".into(), |t| format!(
+            " to {}",
+            crate::clock::rfc3339(t)
+        ))
+    );
+    Ok(())
 }

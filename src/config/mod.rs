@@ -64,6 +64,8 @@ pub struct RawDb {
     #[serde(rename = "type")]
     pub kind: Option<String>,
     pub path: Option<String>,
+    /// PostgreSQL: a connection URL for base backups (default: the PG* variables).
+    pub connection: Option<String>,
     pub replicas: Option<Vec<RawReplica>>,
     pub replica: Option<RawReplica>,
     /// Litestream's local state directory; walship keeps its spool there.
@@ -118,6 +120,8 @@ pub struct DbConfig {
     pub kind: DbKind,
     /// The SQLite database file, or the PostgreSQL data directory.
     pub path: PathBuf,
+    /// PostgreSQL: connection URL for base backups.
+    pub connection: Option<String>,
     pub replica: ReplicaConfig,
     pub spool_dir: PathBuf,
     pub spool_limit: u64,
@@ -506,6 +510,7 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
     };
     Ok(DbConfig {
         kind,
+        connection: db.connection.clone(),
         spool_dir: match &db.meta_path {
             Some(p) => PathBuf::from(p),
             None => default_spool_dir(&path),

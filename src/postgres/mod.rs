@@ -4,5 +4,7 @@
 //! inside it, in the WAL file names.
 
 pub mod archive;
+pub mod backup;
 pub mod control;
+pub mod restore;
 pub mod walname;

@@ -53,7 +53,9 @@ pub fn group(objects: &[Listed]) -> BTreeMap<GenerationId, Generation> {
                 key: o.name.clone(),
                 size: o.size,
             }),
-            Some(ObjectName::PgWal(g, _)) => gens.entry(g).or_default().postgres_objects += 1,
+            Some(ObjectName::PgWal(g, _) | ObjectName::PgBackup(g, ..)) => {
+                gens.entry(g).or_default().postgres_objects += 1
+            }
             None => {}
         }
     }

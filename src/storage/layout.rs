@@ -7,6 +7,7 @@
 //! generations/<generation>/snapshots/<txid:16>-<commit ms:12>.snap
 //! generations/<generation>/wal/<first txid:16>-<last txid:16>-<first commit ms:12>-<last commit ms:12>.seg
 //! generations/<generation>/pgwal/<PostgreSQL WAL file name>
+//! generations/<generation>/basebackups/<start lsn:16>-<start ms:12>/{manifest.json,part-<n:5>.pack}
 //! ```
 //! A generation id is `<created ms:12><random:8>`, so ids sort by creation time.
 
@@ -73,6 +74,33 @@ pub enum ObjectName {
     Segment(GenerationId, SegmentName),
     /// A PostgreSQL WAL file (segment, history, partial, backup label) of a cluster.
     PgWal(GenerationId, crate::postgres::walname::WalFile),
+    /// A file of a PostgreSQL base backup.
+    PgBackup(GenerationId, BackupName, BackupFile),
+}
+
+/// A base backup, by where its WAL starts and when it was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct BackupName {
+    pub start_lsn: u64,
+    pub start_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BackupFile {
+    Manifest,
+    Part(u32),
+}
+
+pub fn format_backup_dir(g: &GenerationId, b: &BackupName) -> String {
+    format!(
+        "{GENERATIONS}/{g}/basebackups/{:016x}-{:012x}",
+        b.start_lsn, b.start_ms
+    )
+}
+
+/// A part's name within its backup's directory.
+pub fn format_backup_part(n: u32) -> String {
+    format!("part-{n:05}.pack")
 }
 
 pub fn format_generation_dir(g: &GenerationId) -> String {
@@ -140,6 +168,24 @@ pub fn parse_object(rel: &str) -> Option<ObjectName> {
                 commit_ms: hex(ms, 12)?,
             },
         ));
+    }
+    if let Some(r) = rest.strip_prefix("basebackups/") {
+        let (dir, file) = r.split_once('/')?;
+        let (lsn, ms) = dir.split_once('-')?;
+        let name = BackupName {
+            start_lsn: hex(lsn, 16)?,
+            start_ms: hex(ms, 12)?,
+        };
+        let f = if file == "manifest.json" {
+            BackupFile::Manifest
+        } else {
+            let n = file.strip_prefix("part-")?.strip_suffix(".pack")?;
+            (n.len() == 5 && n.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| n.parse().ok())
+                .flatten()
+                .map(BackupFile::Part)?
+        };
+        return Some(ObjectName::PgBackup(g, name, f));
     }
     if let Some(file) = rest.strip_prefix("pgwal/") {
         return Some(ObjectName::PgWal(
@@ -227,6 +273,25 @@ mod tests {
             parse_object(&format_pg_wal(&g, &f)),
             Some(ObjectName::PgWal(g, f))
         );
+    }
+
+    #[test]
+    fn backup_names_round_trip() {
+        let g = GenerationId::new(5, 6);
+        let b = BackupName {
+            start_lsn: 0x3000028,
+            start_ms: 1_763_700_000_123,
+        };
+        let dir = format_backup_dir(&g, &b);
+        assert_eq!(
+            parse_object(&format!("{dir}/manifest.json")),
+            Some(ObjectName::PgBackup(g.clone(), b, BackupFile::Manifest))
+        );
+        assert_eq!(
+            parse_object(&format!("{dir}/{}", format_backup_part(12))),
+            Some(ObjectName::PgBackup(g.clone(), b, BackupFile::Part(12)))
+        );
+        assert_eq!(parse_object(&format!("{dir}/part-1.pack")), None);
     }
 
     #[test]

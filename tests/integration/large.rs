@@ -30,12 +30,12 @@ fn large_restore(backend: Backend, dir: &Path) {
     let size = std::fs::metadata(&db).unwrap().len();
     assert!(size >= 1_000_000_000, "database is only {size} bytes");
 
-    // One segment per transaction: a 20 ms sync interval (walship scans at most every
-    // 50 ms) and 20 transactions a second.
+    // One segment per transaction: a 10 ms sync interval (walship then scans every 10 ms)
+    // and 20 transactions a second.
     let rep = Replicator::start(
         &db,
         &backend,
-        &["--sync-interval", "20ms"],
+        &["--sync-interval", "10ms"],
         &dir.join("w.log"),
     );
     let report = dir.join("report.json");

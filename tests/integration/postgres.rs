@@ -49,7 +49,8 @@ fn chown_to_postgres(p: &Path) {
 /// A throwaway cluster: its own temp directory (owned by `postgres`), a copy of the walship
 /// binary that user can execute, a port of its own on 127.0.0.1.
 pub struct Pg {
-    _dir: tempfile::TempDir,
+    /// The owner of `root` (a restored cluster lives inside its source's directory).
+    _dir: Option<tempfile::TempDir>,
     pub root: PathBuf,
     pub pgdata: PathBuf,
     pub walship: PathBuf,
@@ -98,13 +99,25 @@ impl Pg {
             String::from_utf8_lossy(&o.stderr)
         );
         Some(Pg {
-            _dir: dir,
+            _dir: Some(dir),
             root,
             pgdata,
             walship,
             port: free_port(),
             running: false,
         })
+    }
+
+    /// A cluster to be restored into `<root>/<name>` (not created yet).
+    pub fn sibling(&self, name: &str) -> Pg {
+        Pg {
+            _dir: None,
+            root: self.root.clone(),
+            pgdata: self.root.join(name),
+            walship: self.walship.clone(),
+            port: free_port(),
+            running: false,
+        }
     }
 
     /// Start with extra `postgresql.conf` settings and environment.
@@ -121,7 +134,7 @@ impl Pg {
         let mut all = std::fs::read_to_string(&conf_path).unwrap();
         all.push_str(&text);
         std::fs::write(&conf_path, all).unwrap();
-        let log = self.root.join("postgres.log");
+        let log = self.pgdata.with_extension("log");
         let o = as_postgres(
             &Path::new(PG_BIN).join("pg_ctl"),
             &[
@@ -175,7 +188,7 @@ impl Pg {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.root.join("postgres.log")).unwrap_or_default()
+        std::fs::read_to_string(self.pgdata.with_extension("log")).unwrap_or_default()
     }
 
     pub fn stop(&mut self) {
@@ -292,20 +305,7 @@ fn wal_push_and_fetch_s3() {
 /// A running cluster with `archive_command = 'walship wal-push %p …'`: every switched
 /// segment reaches the replica and the archiver reports no failure.
 fn archive_command(mut pg: Pg, b: &Backend) {
-    let cmd = format!(
-        "{} wal-push %p {} {}",
-        pg.walship.display(),
-        b.url,
-        b.flags.join(" ")
-    );
-    pg.start(
-        &[
-            ("archive_mode", "on".into()),
-            ("archive_command", cmd),
-            ("wal_level", "replica".into()),
-        ],
-        &b.env,
-    );
+    start_archiving(&mut pg, b);
     pg.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
     let mut switched = Vec::new();
     for i in 0..3 {
@@ -354,4 +354,130 @@ fn archive_command_ships_segments_s3() {
         return;
     };
     archive_command(pg, &b);
+}
+
+fn table_hash(pg: &Pg) -> String {
+    pg.psql("SELECT md5(coalesce(string_agg(id || ':' || v, ',' ORDER BY id), '')) FROM t")
+}
+
+fn insert_batch(pg: &Pg, i: u32) {
+    pg.psql(&format!(
+        "INSERT INTO t(v) SELECT md5(g::text || '{i}') FROM generate_series(1, 500) g"
+    ));
+}
+
+fn start_archiving(pg: &mut Pg, b: &Backend) {
+    let cmd = format!(
+        "{} wal-push %p {} {}",
+        pg.walship.display(),
+        b.url,
+        b.flags.join(" ")
+    );
+    pg.start(
+        &[
+            ("archive_mode", "on".into()),
+            ("archive_command", cmd),
+            ("wal_level", "replica".into()),
+        ],
+        &b.env,
+    );
+}
+
+/// Restore into a sibling directory as the `postgres` user, start it (not archiving),
+/// wait for recovery to end, and return the restored table's hash.
+fn restore_and_hash(pg: &Pg, b: &Backend, name: &str, timestamp: Option<u64>) -> String {
+    let mut r = pg.sibling(name);
+    let mut args = vec![
+        "pg-restore".to_string(),
+        r.pgdata.to_str().unwrap().into(),
+        b.url.clone(),
+    ];
+    if let Some(t) = timestamp {
+        args.push("--timestamp".into());
+        args.push(walship::restore::when::format_ms(t));
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = walship_in(pg, &argv, b);
+    assert_success(&o, &format!("pg-restore {name}"));
+    r.start(&[("archive_mode", "off".into())], &b.env);
+    let done = wait_for(Duration::from_secs(90), Duration::from_millis(250), || {
+        r.psql("SELECT pg_is_in_recovery()") == "f"
+    });
+    assert!(done, "{name}: recovery did not finish:\n{}", r.log());
+    let h = table_hash(&r);
+    r.stop();
+    h
+}
+
+/// A base backup taken through the server while it archives, writes after it, then
+/// restores of the newest state and of an instant between two batches, each started with
+/// PostgreSQL and compared with the recorded table contents.
+fn backup_and_restore(mut pg: Pg, b: &Backend) {
+    start_archiving(&mut pg, b);
+    pg.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
+    insert_batch(&pg, 1);
+    let conn = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    // As the sidecar would: the cluster's own user, which can read its files.
+    let o = walship_in(
+        &pg,
+        &[
+            "pg-backup",
+            &b.url,
+            "--pgdata",
+            pg.pgdata.to_str().unwrap(),
+            "--connection",
+            &conn,
+        ],
+        b,
+    );
+    assert_success(&o, "pg-backup");
+    insert_batch(&pg, 2);
+    let (h2, t2) = (table_hash(&pg), now_ms());
+    std::thread::sleep(Duration::from_millis(1200));
+    insert_batch(&pg, 3);
+    let h3 = table_hash(&pg);
+    assert_ne!(h2, h3);
+    let last = pg.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    let archived = wait_for(Duration::from_secs(60), Duration::from_millis(200), || {
+        pg.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= last
+    });
+    assert!(archived, "{last} was not archived:\n{}", pg.log());
+    assert_eq!(restore_and_hash(&pg, b, "latest", None), h3, "newest state");
+    assert_eq!(
+        restore_and_hash(&pg, b, "pitr", Some(t2 + 500)),
+        h2,
+        "point in time"
+    );
+    // A non-empty target is refused, and left as it is.
+    let o = walship_in(
+        &pg,
+        &[
+            "pg-restore",
+            pg.root.join("latest").to_str().unwrap(),
+            &b.url,
+        ],
+        b,
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not empty"));
+}
+
+#[test]
+fn base_backup_and_restore_file() {
+    let Some(pg) = Pg::init("base_backup_and_restore_file") else {
+        return;
+    };
+    let b = file_backend(&pg);
+    backup_and_restore(pg, &b);
+}
+
+#[test]
+fn base_backup_and_restore_s3() {
+    let Some(b) = Backend::s3("pgbackup") else {
+        return;
+    };
+    let Some(pg) = Pg::init("base_backup_and_restore_s3") else {
+        return;
+    };
+    backup_and_restore(pg, &b);
 }

@@ -1,0 +1,267 @@
+//! `pg-restore`: a base backup into an empty data directory, set up to recover from the
+//! archive (`recovery.signal`, `restore_command` = `walship wal-fetch`, the latest
+//! timeline, an optional `recovery_target_time`). Built in a temporary directory beside
+//! the target and renamed into place, so a crash leaves no half-restored data directory.
+
+use super::backup::BackupManifest;
+use super::walname::WalFile;
+use crate::error::{Error, Result};
+use crate::format::container;
+use crate::storage::Replica;
+use crate::storage::layout::{self, BackupFile, BackupName, GenerationId, ObjectName};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Recover up to this Unix time in ms (`None`: to the end of the archive).
+    pub target_ms: Option<u64>,
+    /// The `restore_command` written into the restored cluster's configuration.
+    pub restore_command: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Outcome {
+    pub generation: GenerationId,
+    pub backup: BackupName,
+    pub files: usize,
+    pub bytes: u64,
+    pub timelines: Vec<u32>,
+}
+
+/// The complete base backups (with a manifest) of every cluster in a listing, and the
+/// timelines whose history is archived.
+pub struct Catalog {
+    pub backups: BTreeMap<GenerationId, Vec<BackupName>>,
+    pub histories: BTreeMap<GenerationId, Vec<u32>>,
+}
+
+pub fn catalog(listing: &[crate::storage::Listed]) -> Catalog {
+    let mut backups: BTreeMap<GenerationId, Vec<BackupName>> = BTreeMap::new();
+    let mut histories: BTreeMap<GenerationId, Vec<u32>> = BTreeMap::new();
+    for o in listing {
+        match layout::parse_object(&o.name) {
+            Some(ObjectName::PgBackup(g, b, BackupFile::Manifest)) => {
+                backups.entry(g).or_default().push(b)
+            }
+            Some(ObjectName::PgWal(g, WalFile::History { timeline })) => {
+                histories.entry(g).or_default().push(timeline)
+            }
+            _ => {}
+        }
+    }
+    for v in backups.values_mut() {
+        v.sort();
+    }
+    Catalog { backups, histories }
+}
+
+/// The backup to start from: the newest cluster's newest backup started at or before the
+/// target.
+pub fn choose(c: &Catalog, target_ms: Option<u64>) -> Result<(GenerationId, BackupName), String> {
+    let (g, list) = c.backups.iter().next_back().ok_or(
+        "no base backup in this replica: run `walship pg-backup` (or let the sidecar \
+                take one) first",
+    )?;
+    let b = list
+        .iter()
+        .rev()
+        .find(|b| target_ms.is_none_or(|t| b.start_ms <= t))
+        .ok_or_else(|| {
+            format!(
+                "the oldest base backup started at {}, after the target: this replica cannot \
+                 restore earlier",
+                crate::clock::rfc3339(list[0].start_ms)
+            )
+        })?;
+    Ok((g.clone(), *b))
+}
+
+fn empty_or_absent(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut rd) => Ok(rd.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(Error::io(dir, e)),
+    }
+}
+
+pub fn is_empty_pgdata(dir: &Path) -> Result<bool> {
+    empty_or_absent(dir)
+}
+
+/// Restore into `pgdata`, which must be absent or empty.
+pub async fn restore(replica: &Replica, pgdata: &Path, opts: &Options) -> Result<Outcome> {
+    if !empty_or_absent(pgdata)? {
+        return Err(Error::Refused(format!(
+            "{} is not empty; pg-restore only restores into an empty data directory",
+            pgdata.display()
+        )));
+    }
+    let listing = replica.list(layout::GENERATIONS).await?;
+    let cat = catalog(&listing);
+    let (generation, backup) = choose(&cat, opts.target_ms).map_err(|reason| Error::Replica {
+        replica: replica.url().to_string(),
+        reason,
+    })?;
+    let dir = layout::format_backup_dir(&generation, &backup);
+    let mkey = format!("{dir}/manifest.json");
+    let manifest: BackupManifest = serde_json::from_slice(&replica.get(&mkey).await?)
+        .map_err(|e| Error::corrupt(&mkey, e.to_string()))?;
+    let name = pgdata
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "pgdata".into());
+    let tmp = pgdata.with_file_name(format!(".{name}.walship-tmp"));
+    if tmp.exists() {
+        // Left by a restore that crashed: start over.
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    let mkdir = |p: &Path| -> Result<()> {
+        std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))?;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(p, e))
+    };
+    mkdir(&tmp)?;
+    for d in &manifest.dirs {
+        mkdir(&tmp.join(d))?;
+    }
+    mkdir(&tmp.join("pg_wal").join("archive_status"))?;
+    let mut by_part: BTreeMap<u32, Vec<&super::backup::FileEntry>> = BTreeMap::new();
+    for f in &manifest.files {
+        by_part.entry(f.part).or_default().push(f);
+    }
+    let mut bytes = 0u64;
+    for part in 0..manifest.parts {
+        let key = format!("{dir}/{}", layout::format_backup_part(part));
+        let obj = replica.get(&key).await?;
+        bytes += obj.len() as u64;
+        let (_, raw) =
+            tokio::task::block_in_place(|| container::decode_all(&obj, super::backup::PART_MAGIC))
+                .map_err(|r| Error::corrupt(&key, r))?;
+        for f in by_part.get(&part).into_iter().flatten() {
+            let range = f.offset as usize..(f.offset + f.size) as usize;
+            let data = raw
+                .get(range)
+                .ok_or_else(|| Error::corrupt(&key, format!("{} lies outside the part", f.path)))?;
+            if crc32fast::hash(data) != f.crc {
+                return Err(Error::corrupt(&key, format!("{}: CRC32 mismatch", f.path)));
+            }
+            write_file(&tmp.join(&f.path), data, f.mode)?;
+        }
+    }
+    write_file(
+        &tmp.join("backup_label"),
+        manifest.backup_label.as_bytes(),
+        0o600,
+    )?;
+    if let Some(map) = &manifest.tablespace_map {
+        write_file(&tmp.join("tablespace_map"), map.as_bytes(), 0o600)?;
+    }
+    write_file(&tmp.join("recovery.signal"), b"", 0o600)?;
+    let mut conf = format!(
+        "\n# written by walship pg-restore\nrestore_command = '{}'\nrecovery_target_timeline = 'latest'\n",
+        opts.restore_command.replace('\'', "''")
+    );
+    if let Some(t) = opts.target_ms {
+        conf.push_str(&format!(
+            "recovery_target_time = '{}'\nrecovery_target_action = 'promote'\n",
+            pg_timestamp(t)
+        ));
+    }
+    let auto = tmp.join("postgresql.auto.conf");
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(&auto)
+        .and_then(|mut f| f.write_all(conf.as_bytes()))
+        .map_err(|e| Error::io(&auto, e))?;
+    if pgdata.exists() {
+        std::fs::remove_dir(pgdata).map_err(|e| Error::io(pgdata, e))?;
+    }
+    std::fs::rename(&tmp, pgdata).map_err(|e| Error::io(pgdata, e))?;
+    Ok(Outcome {
+        timelines: cat.histories.get(&generation).cloned().unwrap_or_default(),
+        generation,
+        backup,
+        files: manifest.files.len(),
+        bytes,
+    })
+}
+
+/// A timestamp PostgreSQL parses: `2026-11-22 09:54:04.274+00` (it rejects the `T…Z` form).
+fn pg_timestamp(ms: u64) -> String {
+    let t = crate::clock::rfc3339(ms);
+    format!("{}+00", t.trim_end_matches('Z').replacen('T', " ", 1))
+}
+
+fn write_file(path: &PathBuf, data: &[u8], mode: u32) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .and_then(|mut f| f.write_all(data))
+        .map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Listed;
+
+    fn l(name: String) -> Listed {
+        Listed { name, size: 1 }
+    }
+
+    #[test]
+    fn timestamps_postgres_parses() {
+        assert_eq!(
+            pg_timestamp(1_795_323_600_123),
+            "2026-11-22 05:00:00.123+00"
+        );
+    }
+
+    #[test]
+    fn newest_cluster_and_backup_before_the_target() {
+        let (a, b) = (GenerationId::new(1000, 1), GenerationId::new(2000, 2));
+        let bk = |ms| BackupName {
+            start_lsn: ms,
+            start_ms: ms,
+        };
+        let m = |g: &GenerationId, n| {
+            l(format!(
+                "{}/manifest.json",
+                layout::format_backup_dir(g, &n)
+            ))
+        };
+        let listing = vec![
+            m(&a, bk(10)),
+            m(&b, bk(100)),
+            m(&b, bk(200)),
+            // A backup without its manifest (still running, or failed) does not count.
+            l(format!(
+                "{}/part-00000.pack",
+                layout::format_backup_dir(&b, &bk(300))
+            )),
+        ];
+        let c = catalog(&listing);
+        assert_eq!(choose(&c, None).unwrap(), (b.clone(), bk(200)));
+        assert_eq!(choose(&c, Some(150)).unwrap(), (b.clone(), bk(100)));
+        assert!(
+            choose(&c, Some(50))
+                .unwrap_err()
+                .contains("cannot restore earlier")
+        );
+        assert!(
+            choose(&catalog(&[]), None)
+                .unwrap_err()
+                .contains("no base backup")
+        );
+    }
+}
