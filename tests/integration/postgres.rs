@@ -449,17 +449,64 @@ fn backup_and_restore(mut pg: Pg, b: &Backend) {
         "point in time"
     );
     // A non-empty target is refused, and left as it is.
-    let o = walship_in(
-        &pg,
-        &[
-            "pg-restore",
-            pg.root.join("latest").to_str().unwrap(),
-            &b.url,
-        ],
-        b,
-    );
+    let latest = pg.root.join("latest");
+    let o = walship_in(&pg, &["pg-restore", latest.to_str().unwrap(), &b.url], b);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not empty"));
+    // Init-container matrix. Non-empty target: untouched, exit 0 (also a second run
+    // after a successful restore).
+    let init = ["pg-restore", "--if-pgdata-empty", "--if-replica-exists"];
+    let control = std::fs::read(latest.join("global/pg_control")).unwrap();
+    let o = walship_in(
+        &pg,
+        &[&init[..], &[latest.to_str().unwrap(), &b.url]].concat(),
+        b,
+    );
+    assert_success(&o, "pg-restore --if-pgdata-empty on a non-empty directory");
+    assert_eq!(
+        std::fs::read(latest.join("global/pg_control")).unwrap(),
+        control
+    );
+    // Empty target and a backup: restored (started above); an existing empty directory is
+    // filled too.
+    let empty = pg.root.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    chown_to_postgres(&empty);
+    let o = walship_in(
+        &pg,
+        &[&init[..], &[empty.to_str().unwrap(), &b.url]].concat(),
+        b,
+    );
+    assert_success(&o, "pg-restore --if-pgdata-empty into an empty directory");
+    assert!(empty.join("backup_label").exists() && empty.join("recovery.signal").exists());
+    // No backup in the replica: nothing done, exit 0, no directory created.
+    let none = Backend {
+        url: format!("{}-nothing-here", b.url),
+        ..b.clone()
+    };
+    if let Some(dir) = none.url.strip_prefix("file://") {
+        std::fs::create_dir_all(dir).unwrap();
+        chown_to_postgres(Path::new(dir));
+    }
+    let fresh = pg.root.join("fresh");
+    let o = walship_in(
+        &pg,
+        &[&init[..], &[fresh.to_str().unwrap(), &none.url]].concat(),
+        &none,
+    );
+    assert_success(&o, "pg-restore --if-replica-exists without a backup");
+    assert!(
+        !fresh.exists(),
+        "a data directory was created without a backup"
+    );
+    // Without --if-replica-exists that is an error naming what is missing.
+    let o = walship_in(
+        &pg,
+        &["pg-restore", fresh.to_str().unwrap(), &none.url],
+        &none,
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no base backup"));
 }
 
 #[test]
