@@ -53,6 +53,10 @@ fn main() -> ExitCode {
         let _in_runtime = runtime.enter();
         terminated()
     };
+    // `replicate` sets up logging once its config (which may choose JSON) is read.
+    if !matches!(args.command, Command::Replicate(_)) {
+        init_logging(args.log_format, args.log.as_deref());
+    }
     let result = runtime.block_on(async {
         match args.command {
             Command::Replicate(a) => {
@@ -67,40 +71,15 @@ fn main() -> ExitCode {
                 init_logging(format, args.log.as_deref().or(level.as_deref()));
                 cli::replicate::run(cfg?, stop).await
             }
-            Command::Restore(a) => {
-                init_logging(args.log_format, args.log.as_deref());
-                cli::restore::run(a).await
-            }
-            Command::Generations(a) => {
-                init_logging(args.log_format, args.log.as_deref());
-                cli::generations::run(a).await
-            }
-            Command::Snapshots(a) => {
-                init_logging(args.log_format, args.log.as_deref());
-                cli::snapshots::run(a).await
-            }
-            Command::Verify(a) => {
-                init_logging(args.log_format, args.log.as_deref());
-                cli::verify::run(a).await
-            }
-            Command::Cleanup(a) => {
-                init_logging(args.log_format, args.log.as_deref());
-                cli::cleanup::run(a).await
-            }
-            Command::WalPush(a) => {
-                init_logging(args.log_format, args.log.as_deref());
-                cli::wal::push(a).await
-            }
-            Command::PgBackup(a) => {
-                init_logging(args.log_format, args.log.as_deref());
-                cli::wal::backup(a).await
-            }
-            Command::PgRestore(a) => {
-                init_logging(args.log_format, args.log.as_deref());
-                cli::wal::restore(a).await
-            }
+            Command::Restore(a) => cli::restore::run(a).await,
+            Command::Generations(a) => cli::generations::run(a).await,
+            Command::Snapshots(a) => cli::snapshots::run(a).await,
+            Command::Verify(a) => cli::verify::run(a).await,
+            Command::Cleanup(a) => cli::cleanup::run(a).await,
+            Command::WalPush(a) => cli::wal::push(a).await,
+            Command::PgBackup(a) => cli::wal::backup(a).await,
+            Command::PgRestore(a) => cli::wal::restore(a).await,
             Command::WalFetch(a) => {
-                init_logging(args.log_format, args.log.as_deref());
                 let name = a.wal_name.clone();
                 match cli::wal::fetch(a).await {
                     Ok(true) => Ok(()),

@@ -275,8 +275,8 @@ fn cleanup_over_a_simulated_week_s3() {
 }
 
 /// 100 rounds of `cleanup` with a 3 s window beside a replicator (snapshots every second,
-/// its own retention with a 6 s window every second too) and restores of the newest state and of a second
-/// ago: nothing fails, every restore is a state the writer recorded.
+/// its own retention with a 6 s window every second too) and restores of the newest state
+/// and of a second ago: nothing fails, every restore is a state the writer recorded.
 fn races(backend: Backend, dir: &Path) {
     let db = dir.join("app.db");
     create_db(&db);
