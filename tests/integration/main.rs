@@ -8,6 +8,7 @@ mod init_mode;
 mod large;
 mod pitr;
 mod postgres;
+mod regression;
 mod retention;
 mod snapshots;
 mod sqlite_core;
