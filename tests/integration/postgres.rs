@@ -528,3 +528,113 @@ fn base_backup_and_restore_s3() {
     };
     backup_and_restore(pg, &b);
 }
+
+fn wait_archived(pg: &Pg) {
+    let last = pg.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    let archived = wait_for(Duration::from_secs(60), Duration::from_millis(200), || {
+        pg.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= last
+    });
+    assert!(archived, "{last} was not archived:\n{}", pg.log());
+}
+
+/// Timelines: a point-in-time restore, promoted, archives on timeline 2 into the same
+/// generation (its `.history` file first), and a later restore of the newest state
+/// follows that timeline rather than the abandoned end of timeline 1.
+fn timeline_switch(mut pg: Pg, b: &Backend) {
+    start_archiving(&mut pg, b);
+    pg.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
+    insert_batch(&pg, 1);
+    let conn = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    let o = walship_in(
+        &pg,
+        &[
+            "pg-backup",
+            &b.url,
+            "--pgdata",
+            pg.pgdata.to_str().unwrap(),
+            "--connection",
+            &conn,
+        ],
+        b,
+    );
+    assert_success(&o, "pg-backup");
+    insert_batch(&pg, 2);
+    let (h2, t2) = (table_hash(&pg), now_ms());
+    std::thread::sleep(Duration::from_millis(1200));
+    insert_batch(&pg, 3); // timeline 1 only: the restore below leaves it behind
+    let h3 = table_hash(&pg);
+    wait_archived(&pg);
+    pg.stop();
+
+    let mut promoted = pg.sibling("promoted");
+    let at = walship::restore::when::format_ms(t2 + 500);
+    let o = walship_in(
+        &pg,
+        &[
+            "pg-restore",
+            "--timestamp",
+            &at,
+            promoted.pgdata.to_str().unwrap(),
+            &b.url,
+        ],
+        b,
+    );
+    assert_success(&o, "pg-restore --timestamp");
+    start_archiving(&mut promoted, b);
+    let done = wait_for(Duration::from_secs(90), Duration::from_millis(250), || {
+        promoted.psql("SELECT pg_is_in_recovery()") == "f"
+    });
+    assert!(done, "recovery did not finish:\n{}", promoted.log());
+    assert_eq!(table_hash(&promoted), h2, "the point in time");
+    assert_eq!(
+        promoted.psql("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "2"
+    );
+    insert_batch(&promoted, 4);
+    let h4 = table_hash(&promoted);
+    assert_ne!(h4, h3);
+    wait_archived(&promoted);
+    promoted.stop();
+
+    let objects = list_objects(b);
+    let history: Vec<_> = objects
+        .keys()
+        .filter(|k| k.contains("00000002.history"))
+        .collect();
+    assert_eq!(
+        history.len(),
+        1,
+        "the new timeline's history in the bucket: {objects:?}"
+    );
+    // One generation: the promoted cluster keeps the system identifier.
+    let gens: std::collections::BTreeSet<_> = objects
+        .keys()
+        .filter_map(|k| k.split("generations/").nth(1)?.split('/').next())
+        .collect();
+    assert_eq!(gens.len(), 1, "{gens:?}");
+    assert_eq!(
+        restore_and_hash(&pg, b, "latest", None),
+        h4,
+        "newest state follows timeline 2"
+    );
+}
+
+#[test]
+fn timeline_switch_file() {
+    let Some(pg) = Pg::init("timeline_switch_file") else {
+        return;
+    };
+    let b = file_backend(&pg);
+    timeline_switch(pg, &b);
+}
+
+#[test]
+fn timeline_switch_s3() {
+    let Some(b) = Backend::s3("pgtimeline") else {
+        return;
+    };
+    let Some(pg) = Pg::init("timeline_switch_s3") else {
+        return;
+    };
+    timeline_switch(pg, &b);
+}
