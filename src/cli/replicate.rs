@@ -205,27 +205,73 @@ fn demo_config(dir: &Path) -> Result<Config> {
 }
 
 pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
-    // PostgreSQL clusters are archived by `wal-push`, which needs no sidecar.
     let (pg, sqlite): (Vec<_>, Vec<_>) = cfg
         .dbs
         .into_iter()
         .partition(|d| d.kind == config::DbKind::Postgres);
-    for d in &pg {
-        tracing::info!(
-            "{}: PostgreSQL WAL is archived by `walship wal-push` (archive_command); this \
-             version's sidecar does not serve PostgreSQL",
-            d.path.display()
-        );
+    let metrics = Arc::new(Metrics::default());
+    // PostgreSQL clusters: look-ahead archiving and base backups beside the server.
+    let pg_replicas = crate::postgres::sidecar::preflight(&pg).await?;
+    let (pg_stop, pg_rx) = tokio::sync::watch::channel(false);
+    let mut pg_states = Vec::new();
+    let mut pg_tasks = Vec::new();
+    for (db, replica) in pg.into_iter().zip(pg_replicas) {
+        let state = Arc::new(crate::postgres::sidecar::PgState {
+            label: db.path.display().to_string(),
+            failing_since_ms: Default::default(),
+        });
+        pg_states.push(state.clone());
+        tracing::info!(pgdata = %db.path.display(), replica = replica.url(), "PostgreSQL sidecar");
+        pg_tasks.push(tokio::spawn(crate::postgres::sidecar::run(
+            db,
+            replica,
+            metrics.clone(),
+            state,
+            pg_rx.clone(),
+        )));
     }
-    if sqlite.is_empty() && !pg.is_empty() {
-        return Err(Error::Config(
-            "no SQLite database to replicate: PostgreSQL databases are archived by \
-             `walship wal-push` set as archive_command"
-                .into(),
-        ));
+    let outcome = if sqlite.is_empty() {
+        if pg_tasks.is_empty() {
+            return Err(Error::Config(
+                "no databases to replicate: give DB_PATH REPLICA_URL or a config with `dbs`".into(),
+            ));
+        }
+        let (http_stop, http_rx) = tokio::sync::watch::channel(false);
+        if let Some(addr) = cfg.metrics_addr {
+            let health = Arc::new(PgHealth {
+                dbs: pg_states,
+                unhealthy_after: cfg.unhealthy_after,
+            });
+            let listener = crate::metrics::serve(addr, metrics.clone(), health, http_rx);
+            tokio::spawn(async move {
+                if let Err(e) = listener.await {
+                    tracing::error!("metrics endpoint {addr}: {e}");
+                }
+            });
+        }
+        shutdown.await;
+        let _ = http_stop.send(true);
+        None
+    } else {
+        cfg.dbs = sqlite;
+        Some(crate::replicate::run(cfg.clone(), metrics, shutdown).await?)
+    };
+    let _ = pg_stop.send(true);
+    let deadline = tokio::time::sleep(cfg.shutdown_timeout);
+    tokio::pin!(deadline);
+    for t in pg_tasks {
+        tokio::select! {
+            _ = t => {}
+            _ = &mut deadline => {
+                tracing::warn!("PostgreSQL sidecar: shutdown deadline passed; wal-push archives the rest");
+                break;
+            }
+        }
     }
-    cfg.dbs = sqlite;
-    let outcome = crate::replicate::run(cfg, Arc::new(Metrics::default()), shutdown).await?;
+    let Some(outcome) = outcome else {
+        tracing::info!("PostgreSQL sidecar stopped");
+        return Ok(());
+    };
     if !outcome.incomplete.is_empty() {
         return Err(Error::Replica {
             replica: outcome.incomplete.join(", "),
@@ -246,4 +292,41 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
     }
     tracing::info!("everything committed was shipped");
     Ok(())
+}
+
+/// `/healthz` for a config of PostgreSQL clusters only: unhealthy when a sidecar has been
+/// failing (archiving or backups) for longer than `unhealthy-after`.
+struct PgHealth {
+    dbs: Vec<Arc<crate::postgres::sidecar::PgState>>,
+    unhealthy_after: std::time::Duration,
+}
+
+impl crate::metrics::Health for PgHealth {
+    fn refresh(&self) {}
+
+    fn healthy(&self) -> std::result::Result<(), String> {
+        let now = crate::clock::now_ms();
+        let limit = self.unhealthy_after.as_millis() as u64;
+        let failing: Vec<String> = self
+            .dbs
+            .iter()
+            .filter_map(|s| {
+                let since = s
+                    .failing_since_ms
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                (since != 0 && now.saturating_sub(since) > limit).then(|| {
+                    format!(
+                        "{}: failing for {}s",
+                        s.label,
+                        now.saturating_sub(since) / 1000
+                    )
+                })
+            })
+            .collect();
+        if failing.is_empty() {
+            Ok(())
+        } else {
+            Err(failing.join("; "))
+        }
+    }
 }

@@ -90,8 +90,19 @@ impl PgArgs {
 
 pub async fn push(args: WalPushArgs) -> Result<()> {
     let pgdata = args.pg.pgdata()?;
-    let replica = Replica::open(&args.pg.replica(&pgdata)?, false)?;
-    let outcome = archive::push(&replica, &pgdata, &args.wal_path).await?;
+    let (rcfg, spool) = match &args.pg.replica_url {
+        Some(url) => (
+            args.pg.replica.replica(url)?,
+            config::default_spool_dir(&pgdata),
+        ),
+        None => {
+            let db = args.pg.db(&pgdata)?;
+            (db.replica, db.spool_dir)
+        }
+    };
+    let replica = Replica::open(&rcfg, false)?;
+    let markers = archive::marker_dir(&spool);
+    let outcome = archive::push(&replica, &pgdata, &args.wal_path, Some(&markers)).await?;
     tracing::info!(file = %args.wal_path.display(), ?outcome, "archived");
     Ok(())
 }

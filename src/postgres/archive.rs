@@ -7,7 +7,7 @@ use super::control::{generation_of, system_identifier};
 use super::walname::WalFile;
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::format::container::{self, Writer};
-use crate::storage::layout;
+use crate::storage::layout::{self, GenerationId};
 use crate::storage::{PutOutcome, Replica};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
@@ -70,10 +70,43 @@ pub enum Pushed {
     Uploaded,
     /// The same content was archived before (Postgres retries after a lost answer).
     AlreadyArchived,
+    /// The sidecar uploaded exactly these bytes already (its note says so): no request.
+    NotedBySidecar,
 }
 
-/// Archive the WAL file at `wal_path` (as `%p`: relative to `pgdata`).
-pub async fn push(replica: &Replica, pgdata: &Path, wal_path: &Path) -> Result<Pushed> {
+/// Where the sidecar notes the WAL files the replica has acknowledged, so that `wal-push`
+/// can answer without a request: `archived/` in the database's spool directory.
+pub fn marker_dir(spool_dir: &Path) -> PathBuf {
+    spool_dir.join("archived")
+}
+
+/// A note's content: the file's size and CRC32, so a note can only vouch for exactly the
+/// bytes that were uploaded.
+fn marker_text(raw: &[u8]) -> String {
+    format!("{} {:08x}\n", raw.len(), crc32fast::hash(raw))
+}
+
+/// Note that WAL file `name`, with exactly these bytes, is in the replica.
+pub fn write_marker(dir: &Path, name: &str, raw: &[u8]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, marker_text(raw)).map_err(|e| Error::io(&tmp, e))?;
+    let path = dir.join(name);
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+}
+
+fn marker_matches(dir: &Path, name: &str, raw: &[u8]) -> bool {
+    std::fs::read_to_string(dir.join(name)).is_ok_and(|t| t == marker_text(raw))
+}
+
+/// Archive the WAL file at `wal_path` (as `%p`: relative to `pgdata`). With `markers`,
+/// a file the sidecar has already archived is answered from its note, without a request.
+pub async fn push(
+    replica: &Replica,
+    pgdata: &Path,
+    wal_path: &Path,
+    markers: Option<&Path>,
+) -> Result<Pushed> {
     let file_name = wal_path
         .file_name()
         .and_then(|n| n.to_str())
@@ -81,12 +114,22 @@ pub async fn push(replica: &Replica, pgdata: &Path, wal_path: &Path) -> Result<P
     let name = wal_name(file_name)?;
     let path = in_pgdata(pgdata, wal_path);
     let raw = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    if markers.is_some_and(|d| marker_matches(d, file_name, &raw)) {
+        return Ok(Pushed::NotedBySidecar);
+    }
     let generation = generation_of(system_identifier(pgdata)?);
-    let key = layout::format_pg_wal(&generation, &name);
-    match replica
-        .put_new(&key, Bytes::from(encode(&name, &raw)))
-        .await
-    {
+    push_bytes(replica, &generation, &name, &raw).await
+}
+
+/// Upload WAL file `name` of cluster `generation`, never overwriting.
+pub async fn push_bytes(
+    replica: &Replica,
+    generation: &GenerationId,
+    name: &WalFile,
+    raw: &[u8],
+) -> Result<Pushed> {
+    let key = layout::format_pg_wal(generation, name);
+    match replica.put_new(&key, Bytes::from(encode(name, raw))).await {
         Ok(PutOutcome::Created) => Ok(Pushed::Uploaded),
         Ok(PutOutcome::AlreadyPresent) => Ok(Pushed::AlreadyArchived),
         Err(Error::Store {
@@ -96,7 +139,7 @@ pub async fn push(replica: &Replica, pgdata: &Path, wal_path: &Path) -> Result<P
             // Different bytes: the same content from another walship version still counts
             // as archived; anything else is a real conflict.
             let existing = replica.get(&key).await?;
-            match decode(&name, &existing) {
+            match decode(name, &existing) {
                 Ok(old) if old == raw => Ok(Pushed::AlreadyArchived),
                 _ => Err(Error::Replica {
                     replica: replica.url().to_string(),

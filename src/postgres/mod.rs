@@ -7,4 +7,5 @@ pub mod archive;
 pub mod backup;
 pub mod control;
 pub mod restore;
+pub mod sidecar;
 pub mod walname;

@@ -122,6 +122,11 @@ pub fn format_segment(g: &GenerationId, s: &SegmentName) -> String {
     format!("{GENERATIONS}/{g}/wal/{}.seg", format_segment_stem(s))
 }
 
+/// The directory of a cluster's base backups (listed to find the newest).
+pub fn format_pg_backups_dir(g: &GenerationId) -> String {
+    format!("{GENERATIONS}/{g}/basebackups")
+}
+
 pub fn format_pg_wal(g: &GenerationId, f: &crate::postgres::walname::WalFile) -> String {
     format!("{GENERATIONS}/{g}/pgwal/{f}")
 }

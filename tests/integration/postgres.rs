@@ -835,3 +835,177 @@ fn restore_and_pgbench_hash(pg: &Pg, b: &Backend, name: &str, ms: u64) -> String
     r.stop();
     h
 }
+
+/// A walship process run as the `postgres` user (through runuser when the suite runs as
+/// root); killed when the test ends, however it ends.
+struct AsPostgres {
+    child: std::process::Child,
+    cmdline_tag: String,
+}
+
+impl AsPostgres {
+    /// SIGTERM to walship itself (runuser would re-raise it on itself and hide walship's
+    /// exit code, which it otherwise passes on).
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let me = self.child.id().to_string();
+        let o = Command::new("pgrep").args(["-P", &me]).output().unwrap();
+        let pid = String::from_utf8_lossy(&o.stdout)
+            .split_whitespace()
+            .next()
+            .map_or(me, str::to_string);
+        unsafe { libc::kill(pid.parse().unwrap(), libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for AsPostgres {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-f", &self.cmdline_tag])
+                .status();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The Postgres sidecar (`replicate --config` with a `type: postgres` database, running as
+/// the cluster's user, sharing its data directory): a base backup at start since the
+/// replica has none; a burst of segments that the archiver cannot ship (its command fails,
+/// as when the store is slow) is uploaded by the sidecar ahead of it, so once the archiver
+/// runs `wal-push` every file is answered from the sidecar's notes without a request;
+/// notes go once Postgres is done with them; SIGTERM exits 0; a restore from the
+/// sidecar's backup equals the source.
+fn pg_sidecar(mut pg: Pg, b: &Backend) {
+    let cfg = pg.root.join("walship.yml");
+    let endpoint = b
+        .flags
+        .get(1)
+        .map_or(String::new(), |e| format!("\n      endpoint: {e}"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - path: {}\n    type: postgres\n    connection: postgres://postgres@127.0.0.1:{}/postgres\n    replica:\n      url: {}{endpoint}\n      snapshot-interval: 1h\n",
+            pg.pgdata.display(),
+            pg.port,
+            b.url
+        ),
+    )
+    .unwrap();
+    chown_to_postgres(&cfg);
+    let cmd = format!(
+        "{} wal-push %p --config {}",
+        pg.walship.display(),
+        cfg.display()
+    );
+    let set_archive_command = |pg: &Pg, c: &str| {
+        pg.psql(&format!(
+            "ALTER SYSTEM SET archive_command = '{}'",
+            c.replace('\'', "''")
+        ));
+        pg.psql("SELECT pg_reload_conf()");
+    };
+    pg.start(
+        &[
+            ("archive_mode", "on".into()),
+            ("archive_command", cmd.clone()),
+            ("wal_level", "replica".into()),
+        ],
+        &b.env,
+    );
+    pg.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
+    insert_batch(&pg, 1);
+    let log_path = pg.root.join("sidecar.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = as_postgres(
+        &pg.walship,
+        &["replicate", "--config", cfg.to_str().unwrap()],
+        &b.env,
+    )
+    .env("RUST_LOG", "walship=debug")
+    .stderr(log)
+    .spawn()
+    .unwrap();
+    let mut sidecar = AsPostgres {
+        child,
+        cmdline_tag: cfg.display().to_string(),
+    };
+    let sidecar_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let backed_up = wait_for(Duration::from_secs(60), Duration::from_millis(200), || {
+        list_objects(b)
+            .keys()
+            .any(|k| k.contains("/basebackups/") && k.ends_with("manifest.json"))
+    });
+    assert!(
+        backed_up,
+        "no base backup from the sidecar:\n{}",
+        sidecar_log()
+    );
+    // (pg_backup_stop waits for the archiver, so the archiver is held back only now.)
+    set_archive_command(&pg, "false");
+    for i in 0..24 {
+        insert_batch(&pg, 100 + i);
+        pg.psql("SELECT pg_switch_wal()");
+    }
+    let h = table_hash(&pg);
+    let ahead = || sidecar_log().matches("archived ahead").count();
+    let shipped = wait_for(Duration::from_secs(60), Duration::from_millis(200), || {
+        ahead() >= 24
+    });
+    assert!(
+        shipped,
+        "the sidecar archived only {} ahead (archive_status: {:?}):\n{}\n{}",
+        ahead(),
+        std::fs::read_dir(pg.pgdata.join("pg_wal/archive_status")).map(|d| d
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>()),
+        pg.log(),
+        sidecar_log()
+    );
+    set_archive_command(&pg, &cmd);
+    wait_archived(&pg);
+    let noted = pg.log().matches("NotedBySidecar").count();
+    eprintln!(
+        "sidecar: {} WAL files archived ahead; wal-push answered {noted} from notes",
+        ahead()
+    );
+    assert!(
+        noted >= 24,
+        "wal-push found the sidecar's note {noted} times:\n{}",
+        pg.log()
+    );
+    let markers = pg.root.join(".data-walship/archived");
+    let cleaned = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
+        std::fs::read_dir(&markers).is_ok_and(|d| d.count() == 0)
+    });
+    assert!(cleaned, "notes left in {}", markers.display());
+    let status = sidecar.terminate();
+    assert!(
+        status.success(),
+        "sidecar exit {status}:\n{}",
+        sidecar_log()
+    );
+    assert_eq!(restore_and_hash(&pg, b, "restored", None), h);
+}
+
+#[test]
+fn pg_sidecar_file() {
+    let Some(pg) = Pg::init("pg_sidecar_file") else {
+        return;
+    };
+    let b = file_backend(&pg);
+    pg_sidecar(pg, &b);
+}
+
+#[test]
+fn pg_sidecar_s3() {
+    let Some(b) = Backend::s3("pgsidecar") else {
+        return;
+    };
+    let Some(pg) = Pg::init("pg_sidecar_s3") else {
+        return;
+    };
+    pg_sidecar(pg, &b);
+}

@@ -1,0 +1,347 @@
+//! The PostgreSQL sidecar (`walship replicate` with a `type: postgres` database). It
+//! shares the data directory with the server and does two things: look-ahead archiving,
+//! uploading each WAL file as soon as Postgres marks it ready
+//! (`pg_wal/archive_status/*.ready`), several at a time, and noting it (`archive::write_marker`)
+//! so that `wal-push` finds it archived and returns without a request, and `pg_wal` does not
+//! pile up under a burst; and base backups whenever the newest is older than
+//! `snapshot-interval` (at start too, so a new cluster has a restore point at once).
+
+use super::archive::{self, Pushed};
+use super::backup;
+use super::control::{generation_of, system_identifier};
+use super::walname::WalFile;
+use crate::config::DbConfig;
+use crate::error::{Error, Result};
+use crate::metrics::{DbLabel, Metrics};
+use crate::storage::Replica;
+use crate::storage::layout;
+use futures::StreamExt;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often `archive_status` is listed: a readdir, so cheap; Postgres calls
+/// `archive_command` at once when a segment is ready, and the sidecar should be first.
+const POLL: Duration = Duration::from_millis(200);
+/// WAL files uploaded at once (each is one PUT of up to 16 MiB, compressed).
+const PARALLEL: usize = 4;
+/// After a failed base backup, wait this long before the next attempt.
+const BACKUP_RETRY: Duration = Duration::from_secs(60);
+
+/// What the health endpoint needs from a running sidecar.
+pub struct PgState {
+    pub label: String,
+    /// Unix ms of the first failure of the current run of failures (0: healthy).
+    pub failing_since_ms: AtomicU64,
+}
+
+/// Check every cluster's data directory and replica before anything starts; all problems
+/// together, each naming what is missing.
+pub async fn preflight(dbs: &[DbConfig]) -> Result<Vec<Arc<Replica>>> {
+    let mut replicas = Vec::new();
+    let mut problems = Vec::new();
+    for db in dbs {
+        if let Err(e) = system_identifier(&db.path) {
+            problems.push(e.to_string());
+        }
+        if db.snapshot_interval.is_some()
+            && let Err(e) = backup::connection(db.connection.as_deref())
+        {
+            problems.push(e.to_string());
+        }
+        match Replica::open(&db.replica, true) {
+            Ok(r) => {
+                let tag = format!("pg-{}", std::process::id());
+                match tokio::time::timeout(Duration::from_secs(30), r.check_writable(&tag)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => problems.push(e.to_string()),
+                    Err(_) => problems.push(format!("replica {}: no answer within 30s", r.url())),
+                }
+                replicas.push(Arc::new(r));
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        Ok(replicas)
+    } else {
+        Err(Error::Refused(format!(
+            "start-up check failed:\n  {}",
+            problems.join("\n  ")
+        )))
+    }
+}
+
+/// WAL files Postgres has marked ready, `.history` files first (a timeline's history must
+/// be in the replica before its WAL), then in name order (oldest first).
+fn ready_files(status_dir: &Path) -> std::io::Result<Vec<(WalFile, String, SystemTime)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(status_dir)? {
+        let e = e?;
+        let n = e.file_name();
+        let Some(name) = n.to_str().and_then(|n| n.strip_suffix(".ready")) else {
+            continue;
+        };
+        let Some(wal) = WalFile::parse(name) else {
+            continue;
+        };
+        // A .ready that vanished meanwhile was archived by wal-push: nothing to do.
+        let Ok(meta) = e.metadata() else { continue };
+        out.push((wal, name.to_string(), meta.modified()?));
+    }
+    out.sort_by_key(|(w, n, _)| (!matches!(w, WalFile::History { .. }), n.clone()));
+    Ok(out)
+}
+
+struct Sidecar {
+    db: DbConfig,
+    replica: Arc<Replica>,
+    metrics: Arc<Metrics>,
+    state: Arc<PgState>,
+    markers: PathBuf,
+    status_dir: PathBuf,
+    /// Names uploaded and noted, while Postgres still lists them as ready.
+    noted: BTreeSet<String>,
+}
+
+/// Run until `stop` turns true: look-ahead archiving every `POLL`, base backups when due.
+pub async fn run(
+    db: DbConfig,
+    replica: Arc<Replica>,
+    metrics: Arc<Metrics>,
+    state: Arc<PgState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut s = Sidecar {
+        markers: archive::marker_dir(&db.spool_dir),
+        status_dir: db.path.join("pg_wal/archive_status"),
+        db,
+        replica,
+        metrics,
+        state,
+        noted: BTreeSet::new(),
+    };
+    let mut backup_task: Option<tokio::task::JoinHandle<Result<backup::BackupReport>>> = None;
+    let mut next_backup = match s.backup_due_in().await {
+        Ok(d) => Instant::now() + d,
+        Err(e) => {
+            s.failed("backup", &e);
+            Instant::now() + BACKUP_RETRY
+        }
+    };
+    loop {
+        match s.archive_ready().await {
+            Ok(()) => s.state.failing_since_ms.store(0, Ordering::Relaxed),
+            Err(e) => s.failed("archive", &e),
+        }
+        if let Some(t) = &backup_task
+            && t.is_finished()
+        {
+            let t = backup_task.take().expect("checked");
+            next_backup = Instant::now()
+                + match t.await {
+                    Ok(Ok(r)) => {
+                        tracing::info!(db = %s.state.label, generation = %r.generation,
+                            start_lsn = %r.start_lsn, stop_lsn = %r.stop_lsn, files = r.files,
+                            mb = r.stored_bytes as f64 / 1e6, seconds = r.seconds, "base backup");
+                        s.db.snapshot_interval.unwrap_or(Duration::MAX / 4)
+                    }
+                    Ok(Err(e)) => {
+                        s.failed("backup", &e);
+                        BACKUP_RETRY
+                    }
+                    Err(e) => {
+                        tracing::error!(db = %s.state.label, "base backup task: {e}");
+                        BACKUP_RETRY
+                    }
+                };
+        }
+        if backup_task.is_none()
+            && s.db.snapshot_interval.is_some()
+            && Instant::now() >= next_backup
+        {
+            backup_task = Some(s.spawn_backup());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    // Whatever Postgres marked ready is shipped before exit; a backup in progress is
+    // abandoned (its manifest is written last, so it never counts as a backup).
+    if let Err(e) = s.archive_ready().await {
+        s.failed("archive", &e);
+    }
+    if let Some(t) = backup_task {
+        t.abort();
+    }
+}
+
+impl Sidecar {
+    fn label(&self) -> DbLabel {
+        DbLabel {
+            db: self.state.label.clone(),
+        }
+    }
+
+    fn failed(&self, kind: &str, e: &Error) {
+        tracing::error!(db = %self.state.label, "{kind}: {e}");
+        self.metrics.error(&self.state.label, kind);
+        let _ = self.state.failing_since_ms.compare_exchange(
+            0,
+            crate::clock::now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Upload every ready file not uploaded yet, in parallel, and note each. Notes of files
+    /// Postgres no longer lists as ready (it archived them, through `wal-push`) are removed.
+    async fn archive_ready(&mut self) -> Result<()> {
+        let ready = match ready_files(&self.status_dir) {
+            Ok(r) => r,
+            Err(e) => return Err(Error::io(&self.status_dir, e)),
+        };
+        let names: BTreeSet<String> = ready.iter().map(|r| r.1.clone()).collect();
+        for gone in self.noted.difference(&names).cloned().collect::<Vec<_>>() {
+            let _ = std::fs::remove_file(self.markers.join(&gone));
+            self.noted.remove(&gone);
+        }
+        let todo: Vec<_> = ready
+            .into_iter()
+            .filter(|r| !self.noted.contains(&r.1))
+            .collect();
+        let oldest = todo.iter().map(|r| r.2).min();
+        self.metrics
+            .lag_seconds
+            .get_or_create(&self.label())
+            .set(oldest.map_or(0.0, |t| t.elapsed().unwrap_or_default().as_secs_f64()));
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let generation = generation_of(system_identifier(&self.db.path)?);
+        let (histories, segments): (Vec<_>, Vec<_>) = todo
+            .into_iter()
+            .partition(|r| matches!(r.0, WalFile::History { .. }));
+        let mut first_err = None;
+        // Histories one by one and before any segment; then segments, PARALLEL at a time.
+        for batch in [(histories, 1), (segments, PARALLEL)] {
+            let results: Vec<_> = futures::stream::iter(batch.0)
+                .map(|(wal, name, _)| {
+                    let (replica, generation) = (self.replica.clone(), generation.clone());
+                    let path = self.db.path.join("pg_wal").join(&name);
+                    async move {
+                        let raw = match std::fs::read(&path) {
+                            Ok(r) => r,
+                            // Archived and recycled meanwhile: not ours to ship any more.
+                            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                                return (name, Ok(None));
+                            }
+                            Err(e) => return (name, Err(Error::io(&path, e))),
+                        };
+                        let r = archive::push_bytes(&replica, &generation, &wal, &raw).await;
+                        (name, r.map(|p| Some((p, raw))))
+                    }
+                })
+                .buffer_unordered(batch.1)
+                .collect()
+                .await;
+            for (name, r) in results {
+                match r {
+                    Ok(Some((pushed, raw))) => {
+                        archive::write_marker(&self.markers, &name, &raw)?;
+                        self.noted.insert(name.clone());
+                        if pushed == Pushed::Uploaded {
+                            let l = self.label();
+                            self.metrics.uploaded_objects.get_or_create(&l).inc();
+                            self.metrics
+                                .uploaded_bytes
+                                .get_or_create(&l)
+                                .inc_by(raw.len() as u64);
+                        }
+                        self.metrics
+                            .last_sync_seconds
+                            .get_or_create(&self.label())
+                            .set(crate::clock::now_ms() as f64 / 1e3);
+                        tracing::debug!(db = %self.state.label, file = %name, ?pushed, "archived ahead");
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            if first_err.is_some() {
+                break; // no segment before its timeline's history
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Time until the next base backup: none yet, or the newest older than the interval,
+    /// means now.
+    async fn backup_due_in(&self) -> Result<Duration> {
+        let Some(every) = self.db.snapshot_interval else {
+            return Ok(Duration::MAX / 4);
+        };
+        let generation = generation_of(system_identifier(&self.db.path)?);
+        let listing = self
+            .replica
+            .list(&layout::format_pg_backups_dir(&generation))
+            .await?;
+        let newest = super::restore::catalog(&listing)
+            .backups
+            .get(&generation)
+            .and_then(|b| b.last().map(|b| b.start_ms));
+        let age = newest.map(|ms| Duration::from_millis(crate::clock::now_ms().saturating_sub(ms)));
+        Ok(age.map_or(Duration::ZERO, |a| every.saturating_sub(a)))
+    }
+
+    fn spawn_backup(&self) -> tokio::task::JoinHandle<Result<backup::BackupReport>> {
+        let (replica, pgdata, conn) = (
+            self.replica.clone(),
+            self.db.path.clone(),
+            self.db.connection.clone(),
+        );
+        tokio::spawn(async move {
+            let conn = backup::connection(conn.as_deref())?;
+            backup::backup(&replica, &pgdata, &conn).await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_files_put_histories_first_then_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in [
+            "000000020000000000000005.ready",
+            "000000010000000000000004.done",
+            "00000002.history.ready",
+            "000000010000000000000005.partial.ready",
+            "000000010000000000000003.ready",
+            "junk.ready",
+        ] {
+            std::fs::write(dir.path().join(n), b"").unwrap();
+        }
+        let names: Vec<_> = ready_files(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.1)
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "00000002.history",
+                "000000010000000000000003",
+                "000000010000000000000005.partial",
+                "000000020000000000000005"
+            ]
+        );
+    }
+}
