@@ -79,6 +79,7 @@ fn main() -> ExitCode {
             Command::WalPush(a) => cli::wal::push(a).await,
             Command::PgBackup(a) => cli::wal::backup(a).await,
             Command::PgRestore(a) => cli::wal::restore(a).await,
+            Command::Backups(a) => cli::backups::run(a).await,
             Command::WalFetch(a) => {
                 let name = a.wal_name.clone();
                 match cli::wal::fetch(a).await {

@@ -1,6 +1,7 @@
 //! Command-line interface: flag definitions (clap) and one file per subcommand, each
 //! turning flags into one library call. No replication logic lives here.
 
+pub mod backups;
 pub mod cleanup;
 pub mod generations;
 pub mod replicate;
@@ -70,6 +71,8 @@ pub enum Command {
     /// PostgreSQL: restore a base backup into an empty data directory, set up to recover
     /// from the archive (to its end, or --timestamp).
     PgRestore(wal::PgRestoreArgs),
+    /// PostgreSQL: list the base backups and, per timeline, the WAL archived.
+    Backups(backups::BackupsArgs),
 }
 
 /// Settings for a replica given by URL on the command line.

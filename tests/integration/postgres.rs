@@ -632,6 +632,26 @@ fn timeline_switch(mut pg: Pg, b: &Backend) {
         .filter_map(|k| k.split("generations/").nth(1)?.split('/').next())
         .collect();
     assert_eq!(gens.len(), 1, "{gens:?}");
+    // `backups`: the one base backup (timeline 1) and the WAL archived on each timeline.
+    let o = walship_in(&pg, &["backups", "--json", &b.url], b);
+    assert_success(&o, "backups --json");
+    let l: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let backups = l["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 1, "{l}");
+    assert_eq!(backups[0]["timeline"], 1);
+    assert!(backups[0]["files"].as_u64().unwrap() > 100, "{l}");
+    let wal = l["wal"].as_array().unwrap();
+    let tl = |t: u64| {
+        wal.iter()
+            .find(|w| w["timeline"] == t)
+            .unwrap_or_else(|| panic!("{l}"))
+    };
+    assert!(tl(1)["segments"].as_u64().unwrap() >= 2, "{l}");
+    assert_eq!(tl(2)["history"], true, "{l}");
+    assert!(
+        tl(2)["last"].as_str().unwrap().starts_with("00000002"),
+        "{l}"
+    );
     assert_eq!(
         restore_and_hash(&pg, b, "latest", None),
         h4,

@@ -1,0 +1,154 @@
+//! `walship backups REPLICA_URL|PGDATA [--json]`: a PostgreSQL replica's base backups
+//! (oldest first, from their manifests) and, per cluster and timeline, the WAL archived
+//! (first and last segment): together, the range a point-in-time restore can reach.
+
+use super::{ReplicaFlags, resolve_source};
+use crate::error::{Error, Result};
+use crate::postgres::backup::BackupManifest;
+use crate::postgres::walname::WalFile;
+use crate::restore::when::format_ms;
+use crate::storage::Replica;
+use crate::storage::layout::{self, BackupFile, ObjectName};
+use clap::Args;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct BackupsArgs {
+    /// A replica URL, or a data directory listed in the config file.
+    pub source: String,
+    #[arg(short, long, env = "WALSHIP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub replica: ReplicaFlags,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackupRow {
+    pub generation: String,
+    pub timeline: u32,
+    pub started: String,
+    pub finished: String,
+    pub start_lsn: String,
+    pub stop_lsn: String,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WalRange {
+    pub generation: String,
+    pub timeline: u32,
+    pub first: String,
+    pub last: String,
+    pub segments: usize,
+    pub history: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Listing {
+    pub backups: Vec<BackupRow>,
+    pub wal: Vec<WalRange>,
+}
+
+pub async fn listing(replica: &Replica) -> Result<Listing> {
+    let objects = replica.list(layout::GENERATIONS).await?;
+    let mut backups = Vec::new();
+    // (generation, timeline) -> (segment names in order, history archived)
+    let mut wal: BTreeMap<(String, u32), (Vec<String>, bool)> = BTreeMap::new();
+    for o in &objects {
+        match layout::parse_object(&o.name) {
+            Some(ObjectName::PgBackup(g, _, BackupFile::Manifest)) => {
+                let raw = replica.get(&o.name).await?;
+                let m: BackupManifest = serde_json::from_slice(&raw)
+                    .map_err(|e| Error::corrupt(&o.name, format!("manifest: {e}")))?;
+                backups.push(BackupRow {
+                    generation: g.to_string(),
+                    timeline: m.timeline,
+                    started: format_ms(m.start_ms),
+                    finished: format_ms(m.stop_ms),
+                    start_lsn: m.start_lsn,
+                    stop_lsn: m.stop_lsn,
+                    files: m.files.len(),
+                    bytes: m.bytes,
+                });
+            }
+            Some(ObjectName::PgWal(g, f)) => {
+                let e = wal.entry((g.to_string(), f.timeline())).or_default();
+                match f {
+                    WalFile::History { .. } => e.1 = true,
+                    WalFile::Segment { .. } | WalFile::Partial { .. } => e.0.push(f.to_string()),
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    backups.sort_by(|a, b| (&a.generation, &a.started).cmp(&(&b.generation, &b.started)));
+    let wal = wal
+        .into_iter()
+        .map(|((generation, timeline), (mut segs, history))| {
+            segs.sort();
+            WalRange {
+                generation,
+                timeline,
+                first: segs.first().cloned().unwrap_or_default(),
+                last: segs.last().cloned().unwrap_or_default(),
+                segments: segs.len(),
+                history,
+            }
+        })
+        .collect();
+    Ok(Listing { backups, wal })
+}
+
+pub async fn run(args: BackupsArgs) -> Result<()> {
+    let (rcfg, _) = resolve_source(&args.source, args.config.as_deref(), &args.replica)?;
+    let replica = Replica::open(&rcfg, false)?;
+    let l = listing(&replica).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&l).expect("listing serialises")
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<20}  {:>2}  {:<24}  {:<24}  {:>12}  {:>12}  {:>6}  {:>12}",
+        "generation", "tl", "started", "finished", "start lsn", "stop lsn", "files", "bytes"
+    );
+    for b in &l.backups {
+        println!(
+            "{:<20}  {:>2}  {:<24}  {:<24}  {:>12}  {:>12}  {:>6}  {:>12}",
+            b.generation,
+            b.timeline,
+            b.started,
+            b.finished,
+            b.start_lsn,
+            b.stop_lsn,
+            b.files,
+            b.bytes
+        );
+    }
+    println!();
+    println!(
+        "{:<20}  {:>2}  {:<32}  {:<32}  {:>8}  history",
+        "WAL of generation", "tl", "first", "last", "segments"
+    );
+    for w in &l.wal {
+        println!(
+            "{:<20}  {:>2}  {:<32}  {:<32}  {:>8}  {}",
+            w.generation,
+            w.timeline,
+            w.first,
+            w.last,
+            w.segments,
+            if w.history { "yes" } else { "-" }
+        );
+    }
+    Ok(())
+}
