@@ -189,6 +189,41 @@ pub trait Health: Send + Sync + 'static {
     fn healthy(&self) -> Result<(), String>;
 }
 
+/// The `/healthz` rule: unhealthy when any database (label, Unix ms since which it has
+/// been failing, 0 when it is not) has been failing for longer than `limit`; the reason
+/// names each, as "<label>: <what> for <n>s".
+pub fn failing_too_long<'a>(
+    dbs: impl Iterator<Item = (&'a str, u64)>,
+    limit: std::time::Duration,
+    what: &str,
+) -> Result<(), String> {
+    let now = crate::clock::now_ms();
+    let limit = limit.as_millis() as u64;
+    let failing: Vec<String> = dbs
+        .filter(|(_, since)| *since != 0 && now.saturating_sub(*since) > limit)
+        .map(|(label, since)| format!("{label}: {what} for {}s", now.saturating_sub(since) / 1000))
+        .collect();
+    if failing.is_empty() {
+        Ok(())
+    } else {
+        Err(failing.join("; "))
+    }
+}
+
+/// `serve` in the background; a failure (the address is taken) is logged.
+pub fn spawn_endpoint(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: Arc<dyn Health>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        if let Err(e) = serve(addr, metrics, health, shutdown).await {
+            tracing::error!("metrics endpoint {addr}: {e}");
+        }
+    });
+}
+
 /// Serve `/metrics` and `/healthz` until `shutdown` resolves.
 pub async fn serve(
     addr: SocketAddr,

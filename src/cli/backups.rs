@@ -2,7 +2,7 @@
 //! (oldest first, from their manifests) and, per cluster and timeline, the WAL archived
 //! (first and last segment): together, the range a point-in-time restore can reach.
 
-use super::{ReplicaFlags, resolve_source};
+use super::{ReplicaFlags, open_source, print_json};
 use crate::error::{Error, Result};
 use crate::postgres::backup::BackupManifest;
 use crate::postgres::walname::WalFile;
@@ -107,14 +107,10 @@ pub async fn listing(replica: &Replica) -> Result<Listing> {
 }
 
 pub async fn run(args: BackupsArgs) -> Result<()> {
-    let (rcfg, _) = resolve_source(&args.source, args.config.as_deref(), &args.replica)?;
-    let replica = Replica::open(&rcfg, false)?;
+    let replica = open_source(&args.source, args.config.as_deref(), &args.replica)?;
     let l = listing(&replica).await?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&l).expect("listing serialises")
-        );
+        print_json(&l);
         return Ok(());
     }
     println!(

@@ -1,6 +1,6 @@
 //! `walship generations REPLICA_URL|DB_PATH [--json]`: what a replica holds.
 
-use super::{ReplicaFlags, resolve_source};
+use super::{ReplicaFlags, open_source, print_json};
 use crate::error::Result;
 use crate::restore::plan;
 use crate::storage::Replica;
@@ -58,14 +58,10 @@ pub async fn rows(replica: &Replica) -> Result<Vec<GenerationRow>> {
 }
 
 pub async fn run(args: GenerationsArgs) -> Result<()> {
-    let (rcfg, _) = resolve_source(&args.source, args.config.as_deref(), &args.replica)?;
-    let replica = Replica::open(&rcfg, false)?;
+    let replica = open_source(&args.source, args.config.as_deref(), &args.replica)?;
     let rows = rows(&replica).await?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).expect("rows serialise")
-        );
+        print_json(&rows);
         return Ok(());
     }
     println!(

@@ -113,6 +113,24 @@ pub fn parse_generation(g: Option<&str>) -> Result<Option<crate::storage::layout
 }
 
 /// A replica URL, or the path of a database listed in the config file.
+/// The replica a listing command reads: a URL, or the replica of a database in the config.
+pub fn open_source(
+    source: &str,
+    config_path: Option<&Path>,
+    flags: &ReplicaFlags,
+) -> Result<crate::storage::Replica> {
+    let (rcfg, _) = resolve_source(source, config_path, flags)?;
+    crate::storage::Replica::open(&rcfg, false)
+}
+
+/// A listing command's `--json` output.
+pub fn print_json(v: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("listings serialise")
+    );
+}
+
 pub fn resolve_source(
     source: &str,
     config_path: Option<&Path>,

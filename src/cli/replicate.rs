@@ -242,12 +242,7 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
                 dbs: pg_states,
                 unhealthy_after: cfg.unhealthy_after,
             });
-            let listener = crate::metrics::serve(addr, metrics.clone(), health, http_rx);
-            tokio::spawn(async move {
-                if let Err(e) = listener.await {
-                    tracing::error!("metrics endpoint {addr}: {e}");
-                }
-            });
+            crate::metrics::spawn_endpoint(addr, metrics.clone(), health, http_rx);
         }
         shutdown.await;
         let _ = http_stop.send(true);
@@ -305,28 +300,16 @@ impl crate::metrics::Health for PgHealth {
     fn refresh(&self) {}
 
     fn healthy(&self) -> std::result::Result<(), String> {
-        let now = crate::clock::now_ms();
-        let limit = self.unhealthy_after.as_millis() as u64;
-        let failing: Vec<String> = self
-            .dbs
-            .iter()
-            .filter_map(|s| {
-                let since = s
-                    .failing_since_ms
-                    .load(std::sync::atomic::Ordering::Relaxed);
-                (since != 0 && now.saturating_sub(since) > limit).then(|| {
-                    format!(
-                        "{}: failing for {}s",
-                        s.label,
-                        now.saturating_sub(since) / 1000
-                    )
-                })
-            })
-            .collect();
-        if failing.is_empty() {
-            Ok(())
-        } else {
-            Err(failing.join("; "))
-        }
+        crate::metrics::failing_too_long(
+            self.dbs.iter().map(|s| {
+                (
+                    s.label.as_str(),
+                    s.failing_since_ms
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                )
+            }),
+            self.unhealthy_after,
+            "failing",
+        )
     }
 }

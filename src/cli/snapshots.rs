@@ -1,7 +1,7 @@
 //! `walship snapshots REPLICA_URL|DB_PATH [--json]`: every snapshot in a replica, oldest
 //! first: the restore points a plan can start from.
 
-use super::{ReplicaFlags, resolve_source};
+use super::{ReplicaFlags, open_source, print_json};
 use crate::error::Result;
 use crate::restore::plan;
 use crate::restore::when::format_ms;
@@ -51,14 +51,10 @@ pub async fn rows(replica: &Replica) -> Result<Vec<SnapshotRow>> {
 }
 
 pub async fn run(args: SnapshotsArgs) -> Result<()> {
-    let (rcfg, _) = resolve_source(&args.source, args.config.as_deref(), &args.replica)?;
-    let replica = Replica::open(&rcfg, false)?;
+    let replica = open_source(&args.source, args.config.as_deref(), &args.replica)?;
     let rows = rows(&replica).await?;
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).expect("rows serialise")
-        );
+        print_json(&rows);
         return Ok(());
     }
     println!(

@@ -51,27 +51,12 @@ pub async fn preflight(dbs: &[DbConfig]) -> Result<Vec<Arc<Replica>>> {
         {
             problems.push(e.to_string());
         }
-        match Replica::open(&db.replica, true) {
-            Ok(r) => {
-                let tag = format!("pg-{}", std::process::id());
-                match tokio::time::timeout(Duration::from_secs(30), r.check_writable(&tag)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => problems.push(e.to_string()),
-                    Err(_) => problems.push(format!("replica {}: no answer within 30s", r.url())),
-                }
-                replicas.push(Arc::new(r));
-            }
-            Err(e) => problems.push(e.to_string()),
+        let tag = format!("pg-{}", std::process::id());
+        if let Some(r) = crate::replicate::probe_replica(&db.replica, &tag, &mut problems).await {
+            replicas.push(r);
         }
     }
-    if problems.is_empty() {
-        Ok(replicas)
-    } else {
-        Err(Error::Refused(format!(
-            "start-up check failed:\n  {}",
-            problems.join("\n  ")
-        )))
-    }
+    crate::replicate::refuse_if_any(problems).map(|()| replicas)
 }
 
 /// WAL files Postgres has marked ready, `.history` files first (a timeline's history must

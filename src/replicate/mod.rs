@@ -61,27 +61,13 @@ impl Health for HealthView {
     }
 
     fn healthy(&self) -> std::result::Result<(), String> {
-        let now = now_ms();
-        let limit = self.unhealthy_after.as_millis() as u64;
-        let failing: Vec<String> = self
-            .dbs
-            .iter()
-            .filter_map(|s| {
-                let since = s.failing_since_ms.load(Ordering::Relaxed);
-                (since != 0 && now.saturating_sub(since) > limit).then(|| {
-                    format!(
-                        "{}: replica unreachable for {}s",
-                        s.label,
-                        now.saturating_sub(since) / 1000
-                    )
-                })
-            })
-            .collect();
-        if failing.is_empty() {
-            Ok(())
-        } else {
-            Err(failing.join("; "))
-        }
+        crate::metrics::failing_too_long(
+            self.dbs
+                .iter()
+                .map(|s| (s.label.as_str(), s.failing_since_ms.load(Ordering::Relaxed))),
+            self.unhealthy_after,
+            "replica unreachable",
+        )
     }
 }
 
@@ -100,31 +86,49 @@ pub async fn preflight(cfg: &Config) -> Result<Vec<Arc<Replica>>> {
         if let Err(e) = check_database(&db.path) {
             problems.push(e.to_string());
         }
-        match Replica::open(&db.replica, true) {
-            Ok(r) => {
-                let probe = tokio::time::timeout(Duration::from_secs(30), r.check_writable(&tag));
-                match probe.await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => problems.push(e.to_string()),
-                    Err(_) => problems.push(format!(
-                        "replica {}: no answer within 30s (endpoint unreachable, or waiting for \
-                         credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
-                        r.url()
-                    )),
-                }
-                replicas.push(Arc::new(r));
-            }
-            Err(e) => problems.push(e.to_string()),
+        if let Some(r) = probe_replica(&db.replica, &tag, &mut problems).await {
+            replicas.push(r);
         }
     }
+    refuse_if_any(problems).map(|()| replicas)
+}
+
+/// Every start-up problem at once, one line each, or nothing.
+pub fn refuse_if_any(problems: Vec<String>) -> Result<()> {
     if problems.is_empty() {
-        Ok(replicas)
+        Ok(())
     } else {
         Err(Error::Refused(format!(
             "start-up check failed:\n  {}",
             problems.join("\n  ")
         )))
     }
+}
+
+/// Open a replica and prove it reachable and writable (LIST, then a probe object written
+/// and deleted); a problem, named, is added to `problems` instead.
+pub async fn probe_replica(
+    cfg: &crate::config::ReplicaConfig,
+    tag: &str,
+    problems: &mut Vec<String>,
+) -> Option<Arc<Replica>> {
+    let r = match Replica::open(cfg, true) {
+        Ok(r) => r,
+        Err(e) => {
+            problems.push(e.to_string());
+            return None;
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(30), r.check_writable(tag)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => problems.push(e.to_string()),
+        Err(_) => problems.push(format!(
+            "replica {}: no answer within 30s (endpoint unreachable, or waiting for \
+             credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+            r.url()
+        )),
+    }
+    Some(Arc::new(r))
 }
 
 /// Replicate every configured database until `shutdown` resolves.
@@ -145,12 +149,7 @@ pub async fn run(
             dbs: running.iter().map(|r| r.state.clone()).collect(),
             unhealthy_after: cfg.unhealthy_after,
         });
-        let listener = crate::metrics::serve(addr, metrics.clone(), health, http_rx);
-        tokio::spawn(async move {
-            if let Err(e) = listener.await {
-                tracing::error!("metrics endpoint {addr}: {e}");
-            }
-        });
+        crate::metrics::spawn_endpoint(addr, metrics.clone(), health, http_rx);
     }
     shutdown.await;
     tracing::info!("shutting down: shipping what is committed");

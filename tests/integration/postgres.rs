@@ -429,17 +429,12 @@ fn restore_and_hash(pg: &Pg, b: &Backend, name: &str, timestamp: Option<u64>) ->
     h
 }
 
-/// A base backup taken through the server while it archives, writes after it, then
-/// restores of the newest state and of an instant between two batches, each started with
-/// PostgreSQL and compared with the recorded table contents.
-fn backup_and_restore(mut pg: Pg, b: &Backend) {
-    start_archiving(&mut pg, b);
-    pg.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
-    insert_batch(&pg, 1);
+/// A base backup through the server, run as the cluster's own user (which can read its
+/// files), as the sidecar would; returns when it finished (Unix ms).
+fn pg_backup(pg: &Pg, b: &Backend) -> u64 {
     let conn = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
-    // As the sidecar would: the cluster's own user, which can read its files.
     let o = walship_in(
-        &pg,
+        pg,
         &[
             "pg-backup",
             &b.url,
@@ -451,17 +446,31 @@ fn backup_and_restore(mut pg: Pg, b: &Backend) {
         b,
     );
     assert_success(&o, "pg-backup");
-    insert_batch(&pg, 2);
-    let (h2, t2) = (table_hash(&pg), now_ms());
+    now_ms()
+}
+
+/// Archiving on, table `t` with batch 1, a base backup, batch 2 (its hash and time
+/// recorded), 1.2 s later batch 3: returns (hash after 2, time after 2, hash after 3).
+fn backup_between_batches(pg: &mut Pg, b: &Backend) -> (String, u64, String) {
+    start_archiving(pg, b);
+    pg.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
+    insert_batch(pg, 1);
+    pg_backup(pg, b);
+    insert_batch(pg, 2);
+    let (h2, t2) = (table_hash(pg), now_ms());
     std::thread::sleep(Duration::from_millis(1200));
-    insert_batch(&pg, 3);
-    let h3 = table_hash(&pg);
+    insert_batch(pg, 3);
+    let h3 = table_hash(pg);
     assert_ne!(h2, h3);
-    let last = pg.psql("SELECT pg_walfile_name(pg_switch_wal())");
-    let archived = wait_for(Duration::from_secs(60), Duration::from_millis(200), || {
-        pg.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") >= last
-    });
-    assert!(archived, "{last} was not archived:\n{}", pg.log());
+    (h2, t2, h3)
+}
+
+/// A base backup taken through the server while it archives, writes after it, then
+/// restores of the newest state and of an instant between two batches, each started with
+/// PostgreSQL and compared with the recorded table contents.
+fn backup_and_restore(mut pg: Pg, b: &Backend) {
+    let (h2, t2, h3) = backup_between_batches(&mut pg, b);
+    wait_archived(&pg);
     assert_eq!(restore_and_hash(&pg, b, "latest", None), h3, "newest state");
     assert_eq!(
         restore_and_hash(&pg, b, "pitr", Some(t2 + 500)),
@@ -561,28 +570,8 @@ fn wait_archived(pg: &Pg) {
 /// generation (its `.history` file first), and a later restore of the newest state
 /// follows that timeline rather than the abandoned end of timeline 1.
 fn timeline_switch(mut pg: Pg, b: &Backend) {
-    start_archiving(&mut pg, b);
-    pg.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
-    insert_batch(&pg, 1);
-    let conn = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
-    let o = walship_in(
-        &pg,
-        &[
-            "pg-backup",
-            &b.url,
-            "--pgdata",
-            pg.pgdata.to_str().unwrap(),
-            "--connection",
-            &conn,
-        ],
-        b,
-    );
-    assert_success(&o, "pg-backup");
-    insert_batch(&pg, 2);
-    let (h2, t2) = (table_hash(&pg), now_ms());
-    std::thread::sleep(Duration::from_millis(1200));
-    insert_batch(&pg, 3); // timeline 1 only: the restore below leaves it behind
-    let h3 = table_hash(&pg);
+    // Batch 3 is on timeline 1 only: the restore below leaves it behind.
+    let (h2, t2, h3) = backup_between_batches(&mut pg, b);
     wait_archived(&pg);
     pg.stop();
 
@@ -746,24 +735,7 @@ fn pgbench_point_in_time_s3() {
         .output()
         .unwrap();
     assert_success(&o, "pgbench -i");
-    let conn = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
-    let backup = |pg: &Pg| {
-        let o = walship_in(
-            pg,
-            &[
-                "pg-backup",
-                &b.url,
-                "--pgdata",
-                pg.pgdata.to_str().unwrap(),
-                "--connection",
-                &conn,
-            ],
-            &b,
-        );
-        assert_success(&o, "pg-backup");
-        now_ms()
-    };
-    backup(&pg);
+    pg_backup(&pg, &b);
     let mut load = Command::new(&bench)
         .args(conn_args)
         .args(["-T", "60", "-c", "2", "-R", "150", "-n", "postgres"])
@@ -783,7 +755,7 @@ fn pgbench_point_in_time_s3() {
             switches += 1;
         }
         if backup2.is_none() && started.elapsed() >= Duration::from_secs(30) {
-            backup2 = Some(backup(&pg));
+            backup2 = Some(pg_backup(&pg, &b));
         }
     }
     let status = load.wait().unwrap();
