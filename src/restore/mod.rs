@@ -4,6 +4,7 @@
 //! check it with `PRAGMA integrity_check`, fsync, and only then rename it into place
 //! (invariant 7), so a crash at any moment leaves no partial file at the target path.
 
+pub mod live;
 pub mod plan;
 pub mod verify;
 pub mod when;
@@ -44,6 +45,9 @@ pub struct RestoreReport {
     /// The last transaction restored, and when walship saw it commit.
     pub txid: u64,
     pub commit_ms: u64,
+    /// The WAL position the restored state ends at (newest-state restores only): what
+    /// `verify` compares a live database's position with.
+    pub end: Option<crate::sqlite::wal::WalPosition>,
     pub downloaded: u64,
     pub elapsed: Duration,
 }
@@ -197,11 +201,13 @@ pub async fn restore_plan(
     progress.finish();
     tracing::debug!(ms = started.elapsed().as_millis() as u64, "applied");
     tmp.finish(pages as u64 * ps as u64, opts.integrity_check, &opts.output)?;
+    let end = plan.stop.is_none().then_some(pos);
     Ok(RestoreReport {
         plan,
         pages,
         txid,
         commit_ms,
+        end,
         downloaded: progress.done,
         elapsed: started.elapsed(),
     })

@@ -1,7 +1,9 @@
 //! `walship verify`: prove a replica restorable. Restores its newest state into a scratch
 //! directory (every CRC, SQLite's checksum chain, the position chain, `integrity_check`),
 //! then decodes every other snapshot and segment of that generation, so a damaged older
-//! restore point is found before someone needs it. Any problem is an error naming it.
+//! restore point is found before someone needs it. Beside the live database it also
+//! compares the restored copy with it at the same WAL position (`live.rs`). Any problem is
+//! an error naming it.
 
 use super::plan::{self, Obj, Target};
 use super::{Progress, RestoreOptions, apply_snapshot, get_retrying, restore_plan};
@@ -26,6 +28,9 @@ pub struct VerifyReport {
     pub objects: usize,
     pub bytes: u64,
     pub seconds: f64,
+    /// The comparison with the live database, when one was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<super::live::LiveComparison>,
 }
 
 /// A scratch directory removed on drop.
@@ -37,20 +42,34 @@ impl Drop for Scratch {
     }
 }
 
+/// How long to wait before verifying once more when the live database had moved past the
+/// replica's newest state (the sidecar ships within its sync interval).
+const LIVE_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Verify; when an object named by the LIST vanishes before it is read (retention deleted
-/// it meanwhile), start again from a fresh LIST.
+/// it meanwhile), start again from a fresh LIST. With `live`, also compare with the live
+/// database at the same position, trying once more if it was not at that position.
 pub async fn verify(
     replica: &Replica,
     generation: Option<&GenerationId>,
     scratch_parent: &Path,
     parallelism: usize,
+    live: Option<&Path>,
 ) -> Result<VerifyReport> {
-    let mut attempt = 1;
+    let (mut attempt, mut live_attempt) = (1, 1);
     loop {
-        match verify_once(replica, generation, scratch_parent, parallelism).await {
+        match verify_once(replica, generation, scratch_parent, parallelism, live).await {
             Err(e) if e.is_not_found() && attempt < 3 => {
                 tracing::warn!("{e}; it was deleted after the listing: verifying again");
                 attempt += 1;
+            }
+            Ok(VerifyReport {
+                live: Some(super::live::LiveComparison::NotCompared { reason }),
+                ..
+            }) if live_attempt < 2 => {
+                tracing::info!("not compared with the live database ({reason}); trying again");
+                live_attempt += 1;
+                tokio::time::sleep(LIVE_RETRY_AFTER).await;
             }
             r => return r,
         }
@@ -62,6 +81,7 @@ async fn verify_once(
     generation: Option<&GenerationId>,
     scratch_parent: &Path,
     parallelism: usize,
+    live: Option<&Path>,
 ) -> Result<VerifyReport> {
     let started = Instant::now();
     let objects = replica.list(layout::GENERATIONS).await?;
@@ -90,11 +110,12 @@ async fn verify_once(
     let mut checked = used.len();
     let mut bytes = plan.bytes();
     let g = gens[&plan.generation].clone();
+    let restored = scratch.0.join("verify.db");
     let report = restore_plan(
         replica,
         plan,
         &RestoreOptions {
-            output: scratch.0.join("verify.db"),
+            output: restored.clone(),
             parallelism,
             integrity_check: true,
             progress: false,
@@ -102,6 +123,12 @@ async fn verify_once(
         started,
     )
     .await?;
+    let live = match (live, &report.end) {
+        (Some(db), Some(end)) => Some(tokio::task::block_in_place(|| {
+            super::live::compare(db, &restored, end)
+        })?),
+        _ => None,
+    };
     // The rest of the generation: older snapshots (decoded into /dev/null: every chunk's
     // CRC and the payload CRC are checked as they stream, nothing is kept) and segments.
     let sink = std::fs::OpenOptions::new()
@@ -148,5 +175,6 @@ async fn verify_once(
         objects: checked,
         bytes,
         seconds: started.elapsed().as_secs_f64(),
+        live,
     })
 }

@@ -389,3 +389,87 @@ fn validation_interval_reports_damage() {
     assert!(rep.log_text().contains(&key), "log does not name {key}");
     assert!(rep.terminate(Duration::from_secs(30)).success());
 }
+
+/// `verify --live` beside a running replicator: equal to the live database at the same
+/// WAL position; after a page of the live file is changed behind SQLite's back (a table
+/// the application no longer writes, so its page is in the file, not the WAL), it fails
+/// naming the table, and the replica is untouched.
+fn verify_compares_with_live(backend: Backend, dir: &Path) {
+    let db = dir.join("app.db");
+    create_db(&db);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.execute_batch(
+        "CREATE TABLE ledger(id INTEGER PRIMARY KEY, note TEXT NOT NULL);
+         INSERT INTO ledger(note) VALUES ('walship-tamper-marker-AAAA');
+         PRAGMA wal_checkpoint(TRUNCATE);",
+    )
+    .unwrap();
+    drop(c);
+    let log = dir.join("walship.log");
+    let rep = Replicator::start(&db, &backend, &["--sync-interval", "200ms"], &log);
+    let report = dir.join("report.json");
+    let w = start_writer(
+        &db,
+        &strs(&[
+            "--tx",
+            "400",
+            "--seed",
+            "5",
+            "--rate",
+            "0",
+            "--report",
+            report.to_str().unwrap(),
+        ]),
+    );
+    finish_writer(w, &report);
+    let live = db.to_str().unwrap();
+    // Shipped within the sync interval; verify tries again itself if it was not yet.
+    std::thread::sleep(Duration::from_millis(1500));
+    let o = walship(
+        &["verify", "--json", "--live", live, &backend.url],
+        Some(&backend),
+    );
+    assert_success(&o, "verify --live");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["live"]["result"], "equal", "{r}");
+    assert!(r["live"]["rows"].as_u64().unwrap() > 400, "{r}");
+
+    let mut bytes = std::fs::read(&db).unwrap();
+    let at = bytes
+        .windows(26)
+        .position(|w| w == b"walship-tamper-marker-AAAA")
+        .expect("the ledger row is in the database file");
+    bytes[at + 22..at + 26].copy_from_slice(b"BBBB");
+    std::fs::write(&db, &bytes).unwrap();
+    let o = walship(&["verify", "--live", live, &backend.url], Some(&backend));
+    assert_fails_naming(&o, &["differs from the replica", "ledger", live]);
+    // --no-live skips the comparison: the replica itself is sound.
+    let o = walship(
+        &["verify", "--no-live", "--live", live, &backend.url],
+        Some(&backend),
+    );
+    assert!(
+        !o.status.success(),
+        "--live and --no-live together must be refused"
+    );
+    assert_success(
+        &walship(&["verify", &backend.url], Some(&backend)),
+        "verify without the live database",
+    );
+    drop(rep);
+}
+
+#[test]
+fn verify_compares_with_live_file() {
+    let dir = tempfile::tempdir().unwrap();
+    verify_compares_with_live(Backend::file(&dir.path().join("r")), dir.path());
+}
+
+#[test]
+fn verify_compares_with_live_s3() {
+    let Some(b) = Backend::s3("verifylive") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    verify_compares_with_live(b, dir.path());
+}
