@@ -117,6 +117,7 @@ pub async fn run(
         }
     };
     loop {
+        s.drop_prefetch_after_recovery();
         match s.archive_ready().await {
             Ok(()) => s.state.failing_since_ms.store(0, Ordering::Relaxed),
             Err(e) => s.failed("archive", &e),
@@ -168,6 +169,15 @@ impl Sidecar {
     fn label(&self) -> DbLabel {
         DbLabel {
             db: self.state.label.clone(),
+        }
+    }
+
+    /// `wal-fetch` leaves up to a few fetched-ahead files when recovery ends; once the
+    /// cluster is out of recovery (no `recovery.signal`) they are of no use.
+    fn drop_prefetch_after_recovery(&self) {
+        let dir = archive::prefetch_dir(&self.db.path);
+        if !self.db.path.join("recovery.signal").exists() && dir.exists() {
+            let _ = std::fs::remove_dir_all(&dir);
         }
     }
 
