@@ -252,10 +252,15 @@ pub async fn restore(args: PgRestoreArgs) -> Result<()> {
         o.files,
         o.bytes as f64 / 1e6,
         args.target.display(),
-        target_ms.map_or(" to the end of the archive".into(), |t| format!(
-            " to {}",
-            crate::clock::rfc3339(t)
-        ))
+        match (target_ms, o.newest_instead) {
+            (Some(t), Some(last)) => format!(
+                " to the end of the archive: the target {} is after its last transaction ({})",
+                crate::clock::rfc3339(t),
+                crate::clock::rfc3339(last)
+            ),
+            (Some(t), None) => format!(" to {}", crate::clock::rfc3339(t)),
+            (None, _) => " to the end of the archive".into(),
+        }
     );
     Ok(())
 }

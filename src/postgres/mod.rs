@@ -9,3 +9,4 @@ pub mod control;
 pub mod restore;
 pub mod sidecar;
 pub mod walname;
+pub mod walrecords;

@@ -5,6 +5,7 @@
 
 use super::backup::BackupManifest;
 use super::walname::WalFile;
+use super::walrecords::LastXact;
 use crate::error::{Error, Result};
 use crate::format::container;
 use crate::storage::Replica;
@@ -29,6 +30,9 @@ pub struct Outcome {
     pub files: usize,
     pub bytes: u64,
     pub timelines: Vec<u32>,
+    /// The target was after the archive's last transaction (at this Unix ms): restored to
+    /// the newest state instead.
+    pub newest_instead: Option<u64>,
 }
 
 /// The complete base backups (with a manifest) of every cluster in a listing, and the
@@ -105,6 +109,18 @@ pub async fn restore(replica: &Replica, pgdata: &Path, opts: &Options) -> Result
         replica: replica.url().to_string(),
         reason,
     })?;
+    // PostgreSQL fails a recovery whose target is after the archive's last transaction
+    // ("recovery ended before configured recovery target was reached"); such a target
+    // means the newest state, as it does for SQLite.
+    let mut target_ms = opts.target_ms;
+    let mut newest_instead = None;
+    if let Some(t) = target_ms
+        && let Some(last) = last_archived_xact_ms(replica, &listing, &generation).await?
+        && t >= last
+    {
+        target_ms = None;
+        newest_instead = Some(last);
+    }
     let dir = layout::format_backup_dir(&generation, &backup);
     let mkey = format!("{dir}/manifest.json");
     let manifest: BackupManifest = serde_json::from_slice(&replica.get(&mkey).await?)
@@ -164,7 +180,7 @@ pub async fn restore(replica: &Replica, pgdata: &Path, opts: &Options) -> Result
         "\n# written by walship pg-restore\nrestore_command = '{}'\nrecovery_target_timeline = 'latest'\n",
         opts.restore_command.replace('\'', "''")
     );
-    if let Some(t) = opts.target_ms {
+    if let Some(t) = target_ms {
         conf.push_str(&format!(
             "recovery_target_time = '{}'\nrecovery_target_action = 'promote'\n",
             pg_timestamp(t)
@@ -188,7 +204,53 @@ pub async fn restore(replica: &Replica, pgdata: &Path, opts: &Options) -> Result
         backup,
         files: manifest.files.len(),
         bytes,
+        newest_instead,
     })
+}
+
+/// Archived segments read, newest first, looking for the last transaction end.
+const LAST_XACT_SEGMENTS: usize = 4;
+
+/// The time of the last commit or abort in `generation`'s archive, on its newest timeline
+/// with segments: read from its newest segments, newest first. `None` when that cannot be
+/// told for sure (then the target is left to PostgreSQL).
+pub async fn last_archived_xact_ms(
+    replica: &Replica,
+    listing: &[crate::storage::Listed],
+    generation: &GenerationId,
+) -> Result<Option<u64>> {
+    let mut segs: Vec<WalFile> = listing
+        .iter()
+        .filter_map(|o| match layout::parse_object(&o.name) {
+            Some(ObjectName::PgWal(g, f @ WalFile::Segment { .. })) if &g == generation => Some(f),
+            _ => None,
+        })
+        .collect();
+    segs.sort();
+    let Some(newest_tl) = segs.last().map(WalFile::timeline) else {
+        return Ok(None);
+    };
+    for f in segs
+        .iter()
+        .rev()
+        .filter(|f| f.timeline() == newest_tl)
+        .take(LAST_XACT_SEGMENTS)
+    {
+        let key = layout::format_pg_wal(generation, f);
+        let raw = super::archive::decode(f, &replica.get(&key).await?)
+            .map_err(|r| Error::corrupt(&key, r))?;
+        let WalFile::Segment { log, seg, .. } = *f else {
+            continue;
+        };
+        let found = super::walrecords::last_xact_end(&raw, log, seg);
+        tracing::debug!(file = %f, ?found, "last transaction end");
+        match found {
+            LastXact::At(ms) => return Ok(Some(ms)),
+            LastXact::NoneHere => continue,
+            LastXact::Unknown => return Ok(None),
+        }
+    }
+    Ok(None)
 }
 
 /// A timestamp PostgreSQL parses: `2026-11-22 09:54:04.274+00` (it rejects the `T…Z` form).

@@ -419,6 +419,10 @@ fn restore_and_hash(pg: &Pg, b: &Backend, name: &str, timestamp: Option<u64>) ->
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let o = walship_in(pg, &argv, b);
     assert_success(&o, &format!("pg-restore {name}"));
+    eprintln!(
+        "pg-restore {name}: {}",
+        String::from_utf8_lossy(&o.stdout).trim()
+    );
     r.start(&[("archive_mode", "off".into())], &b.env);
     let done = wait_for(Duration::from_secs(90), Duration::from_millis(250), || {
         r.psql("SELECT pg_is_in_recovery()") == "f"
@@ -476,6 +480,13 @@ fn backup_and_restore(mut pg: Pg, b: &Backend) {
         restore_and_hash(&pg, b, "pitr", Some(t2 + 500)),
         h2,
         "point in time"
+    );
+    // A target after the archive's last transaction: the newest state (PostgreSQL alone
+    // would stop with "recovery ended before configured recovery target was reached").
+    assert_eq!(
+        restore_and_hash(&pg, b, "after-the-end", Some(now_ms() + 60_000)),
+        h3,
+        "a target after the last transaction"
     );
     // A non-empty target is refused, and left as it is.
     let latest = pg.root.join("latest");
@@ -775,9 +786,8 @@ fn pgbench_point_in_time_s3() {
         distinct.len(),
         (backup2 - record[0].0) / 1000
     );
-    // PostgreSQL fails a recovery whose target time is after the last archived commit,
-    // so only instants with commits after them: two before the mid-way backup, three
-    // after it (one the last such instant).
+    // Two instants before the mid-way backup, three after it (one the last with a commit
+    // after it), and the last recorded one, after the workload ended.
     let live: Vec<_> = record
         .windows(2)
         .filter(|w| w[0].1 != w[1].1)
@@ -791,6 +801,8 @@ fn pgbench_point_in_time_s3() {
         after[after.len() / 4],
         after[after.len() * 3 / 4],
         after[after.len() - 1],
+        // After the workload's last commit: walship restores the newest state.
+        record.last().unwrap(),
     ];
     let mut prefetched = 0;
     for (i, (ms, hash)) in picks.iter().enumerate() {
