@@ -407,21 +407,7 @@ fn verify_compares_with_live(backend: Backend, dir: &Path) {
     drop(c);
     let log = dir.join("walship.log");
     let rep = Replicator::start(&db, &backend, &["--sync-interval", "200ms"], &log);
-    let report = dir.join("report.json");
-    let w = start_writer(
-        &db,
-        &strs(&[
-            "--tx",
-            "400",
-            "--seed",
-            "5",
-            "--rate",
-            "0",
-            "--report",
-            report.to_str().unwrap(),
-        ]),
-    );
-    finish_writer(w, &report);
+    run_writer(&db, dir, &["--tx", "400", "--seed", "5", "--rate", "0"]);
     let live = db.to_str().unwrap();
     // Shipped within the sync interval; verify tries again itself if it was not yet.
     std::thread::sleep(Duration::from_millis(1500));

@@ -246,6 +246,15 @@ pub fn start_writer(db: &Path, args: &[String]) -> Child {
         .expect("python3 tests/writer.py")
 }
 
+/// Run the writer to completion with `args` (its report written into `dir`) and return
+/// its JSON report.
+pub fn run_writer(db: &Path, dir: &Path, args: &[&str]) -> serde_json::Value {
+    let report = dir.join("report.json");
+    let mut all = strs(args);
+    all.extend(["--report".to_string(), report.to_str().unwrap().to_string()]);
+    finish_writer(start_writer(db, &all), &report)
+}
+
 /// Wait for the writer and return its JSON report.
 pub fn finish_writer(mut w: Child, report: &Path) -> serde_json::Value {
     let status = w.wait().unwrap();
