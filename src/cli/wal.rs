@@ -125,6 +125,9 @@ pub struct PgBackupArgs {
     /// Machine-readable report.
     #[arg(long)]
     pub json: bool,
+    /// Longest wait in pg_backup_stop for the backup's WAL to be archived.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub stop_timeout: std::time::Duration,
 }
 
 pub async fn backup(args: PgBackupArgs) -> Result<()> {
@@ -138,7 +141,7 @@ pub async fn backup(args: PgBackupArgs) -> Result<()> {
     };
     let replica = Replica::open(&rcfg, false)?;
     let conn = crate::postgres::backup::connection(conn.as_deref())?;
-    let r = crate::postgres::backup::backup(&replica, &pgdata, &conn).await?;
+    let r = crate::postgres::backup::backup(&replica, &pgdata, &conn, args.stop_timeout).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r).expect("serialises"));
     } else {

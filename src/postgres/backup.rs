@@ -15,6 +15,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub const PART_MAGIC: &[u8; 4] = b"WPGB";
+/// How long `pg_backup_stop` may wait for the archiver by default.
+pub const DEFAULT_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 const PART_RAW: usize = 32 << 20;
 const CHUNK_RAW: usize = 1 << 20;
 
@@ -193,11 +195,14 @@ pub struct BackupReport {
 }
 
 /// Take a base backup of the cluster at `pgdata` (this process must be able to read its
-/// files: the sidecar shares the volume) through the server at `conn`.
+/// files: the sidecar shares the volume) through the server at `conn`. `pg_backup_stop`
+/// waits until the backup's WAL is archived; past `stop_wait` that is an error naming the
+/// likely cause (a failing `archive_command`), not a backup that hangs unseen.
 pub async fn backup(
     replica: &Replica,
     pgdata: &Path,
     conn: &tokio_postgres::Config,
+    stop_wait: std::time::Duration,
 ) -> Result<BackupReport> {
     let started = std::time::Instant::now();
     let sysid = system_identifier(pgdata)?;
@@ -249,13 +254,22 @@ pub async fn backup(
     let copied = copy_files(replica, pgdata, prefix.clone()).await;
     // Always end the backup, even when the copy failed, so the server is not left in
     // backup mode (the session ending would also end it).
-    let stop = client
-        .query_one(
+    let stop = tokio::time::timeout(
+        stop_wait,
+        client.query_one(
             "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(true)",
             &[],
-        )
-        .await
-        .map_err(q);
+        ),
+    )
+    .await
+    .map_err(|_| {
+        db_err(format!(
+            "pg_backup_stop did not return within {}: PostgreSQL waits until the backup's \
+             WAL is archived; is archive_command failing? (pg_stat_archiver.last_failed_wal)",
+            humantime::format_duration(stop_wait)
+        ))
+    })
+    .and_then(|r| r.map_err(q));
     let (dirs, files, parts, stored, raw) = copied?;
     let stop = stop?;
     let manifest = BackupManifest {

@@ -302,7 +302,7 @@ impl Sidecar {
         );
         tokio::spawn(async move {
             let conn = backup::connection(conn.as_deref())?;
-            backup::backup(&replica, &pgdata, &conn).await
+            backup::backup(&replica, &pgdata, &conn, backup::DEFAULT_STOP_WAIT).await
         })
     }
 }

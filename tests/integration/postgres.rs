@@ -975,6 +975,29 @@ fn pg_sidecar(mut pg: Pg, b: &Backend) {
         pg.log(),
         sidecar_log()
     );
+    // A base backup cannot finish while the archiver fails: an error naming the cause,
+    // within the stop timeout, not a backup that hangs.
+    let conn = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    let o = walship_in(
+        &pg,
+        &[
+            "pg-backup",
+            &b.url,
+            "--pgdata",
+            pg.pgdata.to_str().unwrap(),
+            "--connection",
+            &conn,
+            "--stop-timeout",
+            "3s",
+        ],
+        b,
+    );
+    assert!(!o.status.success(), "pg-backup succeeded without archiving");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("pg_backup_stop") && err.contains("archive_command"),
+        "{err}"
+    );
     set_archive_command(&pg, &cmd);
     wait_archived(&pg);
     let noted = pg.log().matches("NotedBySidecar").count();
