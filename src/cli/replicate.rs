@@ -218,7 +218,7 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
     for (db, replica) in pg.into_iter().zip(pg_replicas) {
         let state = Arc::new(crate::postgres::sidecar::PgState {
             label: db.path.display().to_string(),
-            failing_since_ms: Default::default(),
+            ..Default::default()
         });
         pg_states.push(state.clone());
         tracing::info!(pgdata = %db.path.display(), replica = replica.url(), "PostgreSQL sidecar");
@@ -301,13 +301,9 @@ impl crate::metrics::Health for PgHealth {
 
     fn healthy(&self) -> std::result::Result<(), String> {
         crate::metrics::failing_too_long(
-            self.dbs.iter().map(|s| {
-                (
-                    s.label.as_str(),
-                    s.failing_since_ms
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                )
-            }),
+            self.dbs
+                .iter()
+                .map(|s| (s.label.as_str(), s.failing_since_ms())),
             self.unhealthy_after,
             "failing",
         )

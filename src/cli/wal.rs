@@ -52,10 +52,20 @@ impl PgArgs {
     }
 
     fn replica(&self, pgdata: &Path) -> Result<ReplicaConfig> {
+        self.replica_and_spool(pgdata).map(|(r, _)| r)
+    }
+
+    /// The replica, and the spool directory where the sidecar leaves its notes (beside the
+    /// data directory unless the config says otherwise).
+    fn replica_and_spool(&self, pgdata: &Path) -> Result<(ReplicaConfig, PathBuf)> {
         if let Some(url) = &self.replica_url {
-            return self.replica.replica(url);
+            return Ok((
+                self.replica.replica(url)?,
+                config::default_spool_dir(pgdata),
+            ));
         }
-        Ok(self.db(pgdata)?.replica)
+        let db = self.db(pgdata)?;
+        Ok((db.replica, db.spool_dir))
     }
 
     /// The config's entry for this cluster.
@@ -90,16 +100,7 @@ impl PgArgs {
 
 pub async fn push(args: WalPushArgs) -> Result<()> {
     let pgdata = args.pg.pgdata()?;
-    let (rcfg, spool) = match &args.pg.replica_url {
-        Some(url) => (
-            args.pg.replica.replica(url)?,
-            config::default_spool_dir(&pgdata),
-        ),
-        None => {
-            let db = args.pg.db(&pgdata)?;
-            (db.replica, db.spool_dir)
-        }
-    };
+    let (rcfg, spool) = args.pg.replica_and_spool(&pgdata)?;
     let replica = Replica::open(&rcfg, false)?;
     let markers = archive::marker_dir(&spool);
     let outcome = archive::push(&replica, &pgdata, &args.wal_path, Some(&markers)).await?;

@@ -88,11 +88,7 @@ fn marker_text(raw: &[u8]) -> String {
 
 /// Note that WAL file `name`, with exactly these bytes, is in the replica.
 pub fn write_marker(dir: &Path, name: &str, raw: &[u8]) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, marker_text(raw)).map_err(|e| Error::io(&tmp, e))?;
-    let path = dir.join(name);
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+    write_atomically(&dir.join(name), marker_text(raw).as_bytes(), true)
 }
 
 fn marker_matches(dir: &Path, name: &str, raw: &[u8]) -> bool {

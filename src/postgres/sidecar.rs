@@ -30,11 +30,51 @@ const PARALLEL: usize = 4;
 /// After a failed base backup, wait this long before the next attempt.
 const BACKUP_RETRY: Duration = Duration::from_secs(60);
 
-/// What the health endpoint needs from a running sidecar.
+/// What the health endpoint needs from a running sidecar: for archiving and for base
+/// backups apart (one succeeding must not hide the other failing), the Unix ms of the
+/// first failure of the current run of failures (0: not failing).
+#[derive(Default)]
 pub struct PgState {
     pub label: String,
-    /// Unix ms of the first failure of the current run of failures (0: healthy).
-    pub failing_since_ms: AtomicU64,
+    pub archive_failing_since_ms: AtomicU64,
+    pub backup_failing_since_ms: AtomicU64,
+}
+
+impl PgState {
+    /// Since when this cluster has been failing at anything (0: it is not).
+    pub fn failing_since_ms(&self) -> u64 {
+        [
+            &self.archive_failing_since_ms,
+            &self.backup_failing_since_ms,
+        ]
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .filter(|&t| t != 0)
+        .min()
+        .unwrap_or(0)
+    }
+
+    fn clock(&self, kind: Kind) -> &AtomicU64 {
+        match kind {
+            Kind::Archive => &self.archive_failing_since_ms,
+            Kind::Backup => &self.backup_failing_since_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Archive,
+    Backup,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Archive => "archive",
+            Kind::Backup => "backup",
+        }
+    }
 }
 
 /// Check every cluster's data directory and replica before anything starts; all problems
@@ -112,15 +152,15 @@ pub async fn run(
     let mut next_backup = match s.backup_due_in().await {
         Ok(d) => Instant::now() + d,
         Err(e) => {
-            s.failed("backup", &e);
+            s.failed(Kind::Backup, &e);
             Instant::now() + BACKUP_RETRY
         }
     };
     loop {
         s.drop_prefetch_after_recovery();
         match s.archive_ready().await {
-            Ok(()) => s.state.failing_since_ms.store(0, Ordering::Relaxed),
-            Err(e) => s.failed("archive", &e),
+            Ok(()) => s.succeeded(Kind::Archive),
+            Err(e) => s.failed(Kind::Archive, &e),
         }
         if let Some(t) = &backup_task
             && t.is_finished()
@@ -129,13 +169,14 @@ pub async fn run(
             next_backup = Instant::now()
                 + match t.await {
                     Ok(Ok(r)) => {
+                        s.succeeded(Kind::Backup);
                         tracing::info!(db = %s.state.label, generation = %r.generation,
                             start_lsn = %r.start_lsn, stop_lsn = %r.stop_lsn, files = r.files,
                             mb = r.stored_bytes as f64 / 1e6, seconds = r.seconds, "base backup");
                         s.db.snapshot_interval.unwrap_or(Duration::MAX / 4)
                     }
                     Ok(Err(e)) => {
-                        s.failed("backup", &e);
+                        s.failed(Kind::Backup, &e);
                         BACKUP_RETRY
                     }
                     Err(e) => {
@@ -158,7 +199,7 @@ pub async fn run(
     // Whatever Postgres marked ready is shipped before exit; a backup in progress is
     // abandoned (its manifest is written last, so it never counts as a backup).
     if let Err(e) = s.archive_ready().await {
-        s.failed("archive", &e);
+        s.failed(Kind::Archive, &e);
     }
     if let Some(t) = backup_task {
         t.abort();
@@ -181,15 +222,19 @@ impl Sidecar {
         }
     }
 
-    fn failed(&self, kind: &str, e: &Error) {
-        tracing::error!(db = %self.state.label, "{kind}: {e}");
-        self.metrics.error(&self.state.label, kind);
-        let _ = self.state.failing_since_ms.compare_exchange(
+    fn failed(&self, kind: Kind, e: &Error) {
+        tracing::error!(db = %self.state.label, "{}: {e}", kind.label());
+        self.metrics.error(&self.state.label, kind.label());
+        let _ = self.state.clock(kind).compare_exchange(
             0,
             crate::clock::now_ms(),
             Ordering::Relaxed,
             Ordering::Relaxed,
         );
+    }
+
+    fn succeeded(&self, kind: Kind) {
+        self.state.clock(kind).store(0, Ordering::Relaxed);
     }
 
     /// Upload every ready file not uploaded yet, in parallel, and note each. Notes of files
@@ -223,10 +268,13 @@ impl Sidecar {
         let mut first_err = None;
         // Histories one by one and before any segment; then segments, PARALLEL at a time.
         for batch in [(histories, 1), (segments, PARALLEL)] {
+            // Each file is noted as soon as it is acknowledged, so only `PARALLEL` files'
+            // bytes are in memory at once, however many are ready.
             let results: Vec<_> = futures::stream::iter(batch.0)
                 .map(|(wal, name, _)| {
                     let (replica, generation) = (self.replica.clone(), generation.clone());
                     let path = self.db.path.join("pg_wal").join(&name);
+                    let markers = &self.markers;
                     async move {
                         let raw = match std::fs::read(&path) {
                             Ok(r) => r,
@@ -236,8 +284,12 @@ impl Sidecar {
                             }
                             Err(e) => return (name, Err(Error::io(&path, e))),
                         };
-                        let r = archive::push_bytes(&replica, &generation, &wal, &raw).await;
-                        (name, r.map(|p| Some((p, raw))))
+                        let r = match archive::push_bytes(&replica, &generation, &wal, &raw).await {
+                            Ok(p) => archive::write_marker(markers, &name, &raw)
+                                .map(|()| Some((p, raw.len() as u64))),
+                            Err(e) => Err(e),
+                        };
+                        (name, r)
                     }
                 })
                 .buffer_unordered(batch.1)
@@ -245,16 +297,12 @@ impl Sidecar {
                 .await;
             for (name, r) in results {
                 match r {
-                    Ok(Some((pushed, raw))) => {
-                        archive::write_marker(&self.markers, &name, &raw)?;
+                    Ok(Some((pushed, len))) => {
                         self.noted.insert(name.clone());
                         if pushed == Pushed::Uploaded {
                             let l = self.label();
                             self.metrics.uploaded_objects.get_or_create(&l).inc();
-                            self.metrics
-                                .uploaded_bytes
-                                .get_or_create(&l)
-                                .inc_by(raw.len() as u64);
+                            self.metrics.uploaded_bytes.get_or_create(&l).inc_by(len);
                         }
                         self.metrics
                             .last_sync_seconds
@@ -310,6 +358,17 @@ impl Sidecar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archiving_that_works_does_not_hide_failing_backups() {
+        let s = PgState::default();
+        assert_eq!(s.failing_since_ms(), 0);
+        s.backup_failing_since_ms.store(500, Ordering::Relaxed);
+        s.archive_failing_since_ms.store(0, Ordering::Relaxed); // an archive round succeeded
+        assert_eq!(s.failing_since_ms(), 500);
+        s.archive_failing_since_ms.store(300, Ordering::Relaxed);
+        assert_eq!(s.failing_since_ms(), 300, "the older failure counts");
+    }
 
     #[test]
     fn ready_files_put_histories_first_then_oldest() {

@@ -782,9 +782,9 @@ impl Capture {
             return Ok(());
         }
         let pos = self.tracker().pos;
-        self.stepout_not_before = Instant::now() + STEPOUT_COOLDOWN;
         if pos.frame != h0.mx_frame || (pos.salt1, pos.salt2) != (h0.salt1, h0.salt2) {
             // The WAL file and the index disagree: do not guess; the app's checkpoint waits.
+            self.stepout_not_before = Instant::now() + STEPOUT_COOLDOWN;
             return Ok(());
         }
         let how = if self.hand_over(pid, pos)? {
