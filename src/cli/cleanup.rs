@@ -52,6 +52,7 @@ struct Report {
     failed: usize,
     list_requests: u64,
     delete_requests: u64,
+    get_requests: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -187,6 +188,7 @@ pub async fn run(args: CleanupArgs) -> Result<()> {
         failed: 0,
         list_requests: u64::from(args.source.as_deref().is_some_and(|s| s.contains("://"))),
         delete_requests: 0,
+        get_requests: 0,
     };
     for t in targets {
         let url = t.replica.url();
@@ -199,6 +201,7 @@ pub async fn run(args: CleanupArgs) -> Result<()> {
             Ok(o) => {
                 report.list_requests += o.list_requests;
                 report.delete_requests += o.delete_requests;
+                report.get_requests += o.get_requests;
                 if !args.json {
                     print_outcome(&o);
                 }
@@ -224,11 +227,16 @@ pub async fn run(args: CleanupArgs) -> Result<()> {
         );
     } else {
         println!(
-            "{} database(s), {} failed; requests: {} LIST, {} DELETE",
+            "{} database(s), {} failed; requests: {} LIST, {} DELETE{}",
             report.databases.len(),
             report.failed,
             report.list_requests,
-            report.delete_requests
+            report.delete_requests,
+            if report.get_requests > 0 {
+                format!(", {} GET (timeline histories)", report.get_requests)
+            } else {
+                String::new()
+            }
         );
     }
     if report.failed > 0 {

@@ -62,25 +62,34 @@ pub fn catalog(listing: &[crate::storage::Listed]) -> Catalog {
     Catalog { backups, histories }
 }
 
-/// The backup to start from: the newest cluster's newest backup started at or before the
-/// target.
+/// The backup to start from: the newest backup started at or before the target, in the
+/// newest cluster that has one (a cluster that replaced another here holds no instant
+/// before its creation; retention keeps the older one's backups for such instants).
 pub fn choose(c: &Catalog, target_ms: Option<u64>) -> Result<(GenerationId, BackupName), String> {
-    let (g, list) = c.backups.iter().next_back().ok_or(
-        "no base backup in this replica: run `walship pg-backup` (or let the sidecar \
-                take one) first",
-    )?;
-    let b = list
+    if c.backups.is_empty() {
+        return Err(
+            "no base backup in this replica: run `walship pg-backup` (or let the \
+                    sidecar take one) first"
+                .into(),
+        );
+    }
+    c.backups
         .iter()
         .rev()
-        .find(|b| target_ms.is_none_or(|t| b.start_ms <= t))
+        .find_map(|(g, list)| {
+            list.iter()
+                .rev()
+                .find(|b| target_ms.is_none_or(|t| b.start_ms <= t))
+                .map(|b| (g.clone(), *b))
+        })
         .ok_or_else(|| {
+            let oldest = c.backups.values().flatten().map(|b| b.start_ms).min();
             format!(
                 "the oldest base backup started at {}, after the target: this replica cannot \
                  restore earlier",
-                crate::clock::rfc3339(list[0].start_ms)
+                crate::clock::rfc3339(oldest.unwrap_or(0))
             )
-        })?;
-    Ok((g.clone(), *b))
+        })
 }
 
 fn empty_or_absent(dir: &Path) -> Result<bool> {
@@ -290,7 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn newest_cluster_and_backup_before_the_target() {
+    fn newest_cluster_with_a_backup_before_the_target() {
         let (a, b) = (GenerationId::new(1000, 1), GenerationId::new(2000, 2));
         let bk = |ms| BackupName {
             start_lsn: ms,
@@ -315,11 +324,10 @@ mod tests {
         let c = catalog(&listing);
         assert_eq!(choose(&c, None).unwrap(), (b.clone(), bk(200)));
         assert_eq!(choose(&c, Some(150)).unwrap(), (b.clone(), bk(100)));
-        assert!(
-            choose(&c, Some(50))
-                .unwrap_err()
-                .contains("cannot restore earlier")
-        );
+        // Before the newer cluster's first backup: the older cluster's.
+        assert_eq!(choose(&c, Some(50)).unwrap(), (a.clone(), bk(10)));
+        let e = choose(&c, Some(5)).unwrap_err();
+        assert!(e.contains("cannot restore earlier"), "{e}");
         assert!(
             choose(&catalog(&[]), None)
                 .unwrap_err()

@@ -148,6 +148,20 @@ pub async fn run(
         state,
         noted: BTreeSet::new(),
     };
+    if let Some(window) = s.db.retention {
+        let policy = crate::retention::Policy {
+            tiers: s.db.retention_tiers,
+            ..crate::retention::Policy::new(window)
+        };
+        tokio::spawn(retention_loop(
+            s.db.path.clone(),
+            s.replica.clone(),
+            s.metrics.clone(),
+            s.state.label.clone(),
+            (policy, s.db.retention_check_interval),
+            stop.clone(),
+        ));
+    }
     let mut backup_task: Option<tokio::task::JoinHandle<Result<backup::BackupReport>>> = None;
     let mut next_backup = match s.backup_due_in().await {
         Ok(d) => Instant::now() + d,
@@ -203,6 +217,27 @@ pub async fn run(
     }
     if let Some(t) = backup_task {
         t.abort();
+    }
+}
+
+/// `retention` for a cluster: every interval, the retention of `retention::apply` with
+/// this cluster's generation protected. Ends when shutdown begins.
+async fn retention_loop(
+    pgdata: PathBuf,
+    replica: Arc<Replica>,
+    metrics: Arc<Metrics>,
+    label: String,
+    (policy, every): (crate::retention::Policy, Duration),
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        // Read each time: a restored cluster keeps its identifier, a new one does not.
+        let live = system_identifier(&pgdata).ok().map(generation_of);
+        crate::replicate::retention_round(&replica, &policy, live.as_ref(), &metrics, &label).await;
     }
 }
 

@@ -235,8 +235,7 @@ async fn start_db(
 }
 
 /// `retention`: every `every`, plan and apply retention to this database's replica with
-/// the generation being written protected; results go to the log and metrics. Ends when
-/// shutdown begins.
+/// the generation being written protected. Ends when shutdown begins.
 async fn retention_loop(
     state: Arc<DbState>,
     replica: Arc<Replica>,
@@ -244,55 +243,67 @@ async fn retention_loop(
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<Option<Instant>>,
 ) {
-    let label = state.db_label();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
         let live = state.generation.lock().unwrap().clone();
-        let result =
-            crate::retention::apply(&replica, &policy, now_ms(), live.as_ref(), false, None).await;
-        let kind = match &result {
-            Ok(o) => {
-                if o.deleted_objects > 0 {
-                    tracing::info!(db = %state.label, objects = o.deleted_objects,
-                        bytes = o.deleted_bytes, "retention deleted what the window no longer needs");
-                }
-                state
-                    .metrics
-                    .retention_deleted_objects
-                    .get_or_create(&label)
-                    .inc_by(o.deleted_objects as u64);
-                state
-                    .metrics
-                    .retention_deleted_bytes
-                    .get_or_create(&label)
-                    .inc_by(o.deleted_bytes);
-                "ok"
-            }
-            Err(e) => {
-                tracing::error!(db = %state.label, "retention failed: {e}");
-                state
-                    .metrics
-                    .errors
-                    .get_or_create(&KindLabel {
-                        db: state.label.clone(),
-                        kind: "retention".into(),
-                    })
-                    .inc();
-                "failed"
-            }
-        };
-        state
-            .metrics
-            .retention_runs
-            .get_or_create(&KindLabel {
-                db: state.label.clone(),
-                kind: kind.into(),
-            })
-            .inc();
+        retention_round(
+            &replica,
+            &policy,
+            live.as_ref(),
+            &state.metrics,
+            &state.label,
+        )
+        .await;
     }
+}
+
+/// One retention run of a replicator (SQLite or PostgreSQL); the result goes to the log
+/// and metrics, a failure is retried at the next interval.
+pub async fn retention_round(
+    replica: &Replica,
+    policy: &crate::retention::Policy,
+    live: Option<&GenerationId>,
+    metrics: &Metrics,
+    db: &str,
+) {
+    let result = crate::retention::apply(replica, policy, now_ms(), live, false, None).await;
+    let kind = match &result {
+        Ok(o) => {
+            if o.deleted_objects > 0 {
+                tracing::info!(
+                    db,
+                    objects = o.deleted_objects,
+                    bytes = o.deleted_bytes,
+                    "retention deleted what the window no longer needs"
+                );
+            }
+            let label = crate::metrics::DbLabel { db: db.into() };
+            metrics
+                .retention_deleted_objects
+                .get_or_create(&label)
+                .inc_by(o.deleted_objects as u64);
+            metrics
+                .retention_deleted_bytes
+                .get_or_create(&label)
+                .inc_by(o.deleted_bytes);
+            "ok"
+        }
+        Err(e) => {
+            tracing::error!(db, "retention failed: {e}");
+            metrics.error(db, "retention");
+            "failed"
+        }
+    };
+    metrics
+        .retention_runs
+        .get_or_create(&KindLabel {
+            db: db.into(),
+            kind: kind.into(),
+        })
+        .inc();
 }
 
 /// `validation-interval`: every `every`, run `verify` (restore the newest state into

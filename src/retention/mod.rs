@@ -1,9 +1,11 @@
 //! Retention: plan (pure, `plan`) and carry out deletions for one database's replica, then
 //! list again to prove they happened. Used by `walship cleanup` and the replicator.
 
+pub mod pgplan;
 pub mod plan;
 
 use crate::error::{Error, Result};
+use crate::postgres::walname::WalFile;
 use crate::storage::layout::{self, GenerationId};
 use crate::storage::{Listed, Replica};
 pub use plan::{Policy, RetentionPlan, Tiers};
@@ -22,6 +24,8 @@ pub struct Outcome {
     /// DELETE requests (batches of up to 1,000 keys on S3).
     pub list_requests: u64,
     pub delete_requests: u64,
+    /// GETs: the timeline history files of PostgreSQL clusters (none for SQLite).
+    pub get_requests: u64,
 }
 
 /// Plan and apply retention to one database's replica. `listing` is a LIST of its
@@ -37,17 +41,21 @@ pub async fn apply(
     dry_run: bool,
     listing: Option<Vec<Listed>>,
 ) -> Result<Outcome> {
-    let (list0, del0) = (
+    let (list0, del0, get0) = (
         replica.counts.list.load(Ordering::Relaxed),
         replica.counts.delete.load(Ordering::Relaxed),
+        replica.counts.get.load(Ordering::Relaxed),
     );
     let listing = match listing {
         Some(l) => l,
         None => replica.list(layout::GENERATIONS).await?,
     };
-    let plan = plan::plan(&listing, policy, now_ms, live).map_err(|reason| Error::Replica {
-        replica: replica.url().to_string(),
-        reason,
+    let histories = histories(replica, &listing).await?;
+    let plan = plan::plan_with(&listing, policy, now_ms, live, &histories).map_err(|reason| {
+        Error::Replica {
+            replica: replica.url().to_string(),
+            reason,
+        }
     })?;
     let doomed = plan.deletions();
     let (deleted_objects, deleted_bytes) = (doomed.len(), plan.deleted_bytes());
@@ -85,8 +93,41 @@ pub async fn apply(
         deleted_bytes,
         list_requests: replica.counts.list.load(Ordering::Relaxed) - list0,
         delete_requests: replica.counts.delete.load(Ordering::Relaxed) - del0,
+        get_requests: replica.counts.get.load(Ordering::Relaxed) - get0,
         plan,
     })
+}
+
+/// The timeline history files of the PostgreSQL clusters in `listing` (tiny; a cluster
+/// rarely has more than a few), read so the planner knows where each timeline branched.
+async fn histories(replica: &Replica, listing: &[Listed]) -> Result<pgplan::Histories> {
+    let wanted: Vec<(GenerationId, u32, &str)> = listing
+        .iter()
+        .filter_map(|o| match layout::parse_object(&o.name) {
+            Some(layout::ObjectName::PgWal(g, WalFile::History { timeline })) => {
+                Some((g, timeline, o.name.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    let texts = futures::future::try_join_all(wanted.iter().map(|(_, timeline, key)| async move {
+        let key: &str = key;
+        let obj = replica.get(key).await?;
+        let raw = crate::postgres::archive::decode(
+            &WalFile::History {
+                timeline: *timeline,
+            },
+            &obj,
+        )
+        .map_err(|r| Error::corrupt(key, r))?;
+        pgplan::parse_history(&String::from_utf8_lossy(&raw)).map_err(|r| Error::corrupt(key, r))
+    }))
+    .await?;
+    Ok(wanted
+        .into_iter()
+        .zip(texts)
+        .map(|((g, t, _), h)| ((g, t), h))
+        .collect())
 }
 
 /// Deleted objects that a LIST made afterwards still shows.

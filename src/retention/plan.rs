@@ -13,6 +13,7 @@
 //! - tiers keep the newest snapshot of each of the last N hours/days/... beyond the window;
 //! - only listed objects are ever named, so nothing newer than the listing is touched.
 
+pub use super::pgplan::Histories;
 use crate::restore::plan::{Generation, group};
 use crate::storage::Listed;
 use crate::storage::layout::{self, GenerationId};
@@ -193,6 +194,18 @@ pub fn plan(
     now_ms: u64,
     live: Option<&GenerationId>,
 ) -> Result<RetentionPlan, String> {
+    plan_with(listing, policy, now_ms, live, &Histories::new())
+}
+
+/// `plan`, given the parsed timeline history files of PostgreSQL generations (without
+/// them, WAL of a cluster with more than one timeline is kept).
+pub fn plan_with(
+    listing: &[Listed],
+    policy: &Policy,
+    now_ms: u64,
+    live: Option<&GenerationId>,
+    histories: &Histories,
+) -> Result<RetentionPlan, String> {
     let window_start_ms = now_ms.saturating_sub(policy.window.as_millis() as u64);
     let mut manifests: BTreeMap<GenerationId, &Listed> = BTreeMap::new();
     let mut foreign_objects = 0;
@@ -213,6 +226,29 @@ pub fn plan(
         }
     }
     let gens = group(listing);
+    let postgres = gens.values().filter(|g| g.postgres_objects > 0).count();
+    if postgres > 0 {
+        if postgres < gens.len() {
+            return Err(
+                "this replica holds both SQLite and PostgreSQL generations; refusing to clean \
+                 a replica path shared by two kinds of database"
+                    .into(),
+            );
+        }
+        return Ok(RetentionPlan {
+            now_ms,
+            window_start_ms,
+            generations: super::pgplan::plan(
+                listing,
+                policy,
+                now_ms,
+                window_start_ms,
+                live,
+                histories,
+            ),
+            foreign_objects,
+        });
+    }
     let newest = gens.keys().next_back().cloned();
     // The generation a restore at the window's start uses: the newest whose oldest
     // snapshot is at or before it (restore::plan picks the same way).
@@ -231,13 +267,7 @@ pub fn plan(
         let live_now = Some(id) == newest.as_ref()
             || Some(id) == live
             || activity_ms(id, g) + policy.live_grace.as_millis() as u64 > now_ms;
-        let (action, why, cut_txid) = if g.postgres_objects > 0 {
-            (
-                Action::Keep,
-                "a PostgreSQL cluster's generation: not cleaned by this version".to_string(),
-                None,
-            )
-        } else if g.snapshots.is_empty() {
+        let (action, why, cut_txid) = if g.snapshots.is_empty() {
             if live_now {
                 (Action::Keep, "live, no snapshot yet".to_string(), None)
             } else {
@@ -333,18 +363,10 @@ pub fn plan(
         .map(|s| (s.name.commit_ms, s.key.as_str()))
         .collect();
     before.sort_unstable_by(|a, b| b.cmp(a));
-    let mut rescued: HashSet<String> = HashSet::new();
-    for (len, count) in policy.tiers.buckets() {
-        let mut seen = HashSet::new();
-        for &(ms, key) in &before {
-            if seen.len() as u32 >= count {
-                break;
-            }
-            if seen.insert(ms / len) && doomed.contains(key) {
-                rescued.insert(key.to_string());
-            }
-        }
-    }
+    let rescued: HashSet<String> = tier_rescue(&before, &policy.tiers, |k| doomed.contains(k))
+        .into_iter()
+        .map(str::to_string)
+        .collect();
 
     let generations = out
         .into_iter()
@@ -381,6 +403,29 @@ pub fn plan(
         generations,
         foreign_objects,
     })
+}
+
+/// Tiers over restore points before the window (`(time, id)`, newest first): the first
+/// one seen in each new bucket, until the tier has its count, is rescued if `doomed` says
+/// it would be deleted. Points kept anyway take their bucket too.
+pub(super) fn tier_rescue<K: Clone + Eq + std::hash::Hash>(
+    before: &[(u64, K)],
+    tiers: &Tiers,
+    doomed: impl Fn(&K) -> bool,
+) -> HashSet<K> {
+    let mut rescued = HashSet::new();
+    for (len, count) in tiers.buckets() {
+        let mut seen = HashSet::new();
+        for (ms, key) in before {
+            if seen.len() as u32 >= count {
+                break;
+            }
+            if seen.insert(ms / len) && doomed(key) {
+                rescued.insert(key.clone());
+            }
+        }
+    }
+    rescued
 }
 
 /// `generations/<walship id>/...`: a place where every name must be walship's.

@@ -79,7 +79,7 @@ pub enum ObjectName {
 }
 
 /// A base backup, by where its WAL starts and when it was started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct BackupName {
     pub start_lsn: u64,
     pub start_ms: u64,
