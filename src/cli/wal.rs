@@ -101,9 +101,9 @@ impl PgArgs {
 pub async fn push(args: WalPushArgs) -> Result<()> {
     let pgdata = args.pg.pgdata()?;
     let (rcfg, spool) = args.pg.replica_and_spool(&pgdata)?;
-    let replica = Replica::open(&rcfg, false)?;
     let markers = archive::marker_dir(&spool);
-    let outcome = archive::push(&replica, &pgdata, &args.wal_path, Some(&markers)).await?;
+    let open = || Replica::open(&rcfg, false);
+    let outcome = archive::push(open, &pgdata, &args.wal_path, Some(&markers)).await?;
     tracing::info!(file = %args.wal_path.display(), ?outcome, "archived");
     Ok(())
 }

@@ -44,7 +44,9 @@ pub struct RawConfig {
     pub endpoint: Option<String>,
     pub force_path_style: Option<bool>,
     pub logging: Option<RawLogging>,
+    #[serde(default, deserialize_with = "number_or_text")]
     pub unhealthy_after: Option<String>,
+    #[serde(default, deserialize_with = "number_or_text")]
     pub shutdown_timeout: Option<String>,
 }
 
@@ -70,12 +72,16 @@ pub struct RawDb {
     pub replica: Option<RawReplica>,
     /// Litestream's local state directory; walship keeps its spool there.
     pub meta_path: Option<String>,
+    #[serde(default, deserialize_with = "number_or_text")]
     pub spool_limit: Option<String>,
     pub min_checkpoint_page_count: Option<u32>,
     // Litestream keys whose job walship does differently; accepted so configs carry over.
+    #[serde(default, deserialize_with = "number_or_text")]
     pub monitor_interval: Option<String>,
+    #[serde(default, deserialize_with = "number_or_text")]
     pub checkpoint_interval: Option<String>,
     pub max_checkpoint_page_count: Option<u32>,
+    #[serde(default, deserialize_with = "number_or_text")]
     pub busy_timeout: Option<String>,
 }
 
@@ -94,12 +100,17 @@ pub struct RawReplica {
     pub skip_verify: Option<bool>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    #[serde(default, deserialize_with = "number_or_text")]
     pub sync_interval: Option<String>,
+    #[serde(default, deserialize_with = "number_or_text")]
     pub snapshot_interval: Option<String>,
     pub snapshot_wal_ratio: Option<f64>,
+    #[serde(default, deserialize_with = "number_or_text")]
     pub retention: Option<String>,
+    #[serde(default, deserialize_with = "number_or_text")]
     pub retention_check_interval: Option<String>,
     pub retention_tiers: Option<crate::retention::Tiers>,
+    #[serde(default, deserialize_with = "number_or_text")]
     pub validation_interval: Option<String>,
 }
 
@@ -261,6 +272,25 @@ pub fn parse_location(s: &str) -> Result<Location> {
             "unsupported scheme {other:?} (use s3://, gs://, az:// or file://)"
         ))),
     }
+}
+
+/// Durations and sizes as YAML writes them: `retention: 0` and `spool-limit: 1000000` are
+/// numbers to YAML, not strings; both are read as their text and parsed like strings.
+fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Float(f64),
+    }
+    Ok(
+        <Option<Scalar> as serde::Deserialize>::deserialize(d)?.map(|v| match v {
+            Scalar::Text(s) => s,
+            Scalar::Int(n) => n.to_string(),
+            Scalar::Float(x) => x.to_string(),
+        }),
+    )
 }
 
 pub fn parse_duration(key: &str, s: &str) -> Result<Duration> {
@@ -737,6 +767,17 @@ dbs:
         assert_eq!(d.retention_check_interval, Duration::from_secs(600));
         assert_eq!((d.retention_tiers.hourly, d.retention_tiers.daily), (24, 7));
         assert_eq!(one(", retention: 0s").retention, None);
+        // YAML numbers: `0` (as the docs write it) and plain seconds refused with the key.
+        assert_eq!(one(", retention: 0").retention, None);
+        assert_eq!(one(", snapshot-interval: 0").snapshot_interval, None);
+        let e = err("dbs:\n  - path: a\n    replica: {url: file:///x, sync-interval: 5}\n");
+        assert!(e.contains("sync-interval") && e.contains("10s"), "{e}");
+        let d = parse(
+            "dbs:\n  - path: a\n    spool-limit: 1000000\n    replica: {url: file:///x}\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(d.dbs[0].spool_limit, 1_000_000);
         assert!(
             err("dbs:\n  - path: a\n    replica: {url: file:///x, retention-tiers: {yearly: 2}}\n")
                 .contains("yearly")

@@ -86,19 +86,100 @@ fn marker_text(raw: &[u8]) -> String {
     format!("{} {:08x}\n", raw.len(), crc32fast::hash(raw))
 }
 
+/// How long an upload claim keeps others off a WAL file: far longer than one upload takes,
+/// so an older claim was left by a process that died and is taken over.
+const CLAIM_FRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An upload of one WAL file in progress (`archived/<name>.uploading`), so that the sidecar
+/// and `wal-push` do not upload the same file at once: under a burst the archiver asks for
+/// the very file the sidecar is sending, and two uploads cost the loser a GET to compare.
+/// Only an economy: never-overwrite puts keep two uploads correct. Removed on drop.
+pub struct Claim(Option<PathBuf>);
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Claim WAL file `name` for upload: `None` while another process holds a fresh claim. A
+/// directory where claims cannot be made gives an empty claim (upload without one).
+pub fn claim(dir: &Path, name: &str) -> Option<Claim> {
+    let p = dir.join(format!("{name}.uploading"));
+    let _ = std::fs::create_dir_all(dir);
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&p)
+        {
+            Ok(_) => return Some(Claim(Some(p))),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let fresh = std::fs::metadata(&p)
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t.elapsed().unwrap_or_default() < CLAIM_FRESH);
+                if fresh {
+                    return None;
+                }
+                let _ = std::fs::remove_file(&p);
+            }
+            Err(_) => return Some(Claim(None)),
+        }
+    }
+    None
+}
+
+/// Whether another process holds a fresh claim on `name`.
+fn claimed(dir: &Path, name: &str) -> bool {
+    std::fs::metadata(dir.join(format!("{name}.uploading")))
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().unwrap_or_default() < CLAIM_FRESH)
+}
+
 /// Note that WAL file `name`, with exactly these bytes, is in the replica.
 pub fn write_marker(dir: &Path, name: &str, raw: &[u8]) -> Result<()> {
     write_atomically(&dir.join(name), marker_text(raw).as_bytes(), true)
 }
 
-fn marker_matches(dir: &Path, name: &str, raw: &[u8]) -> bool {
-    std::fs::read_to_string(dir.join(name)).is_ok_and(|t| t == marker_text(raw))
+/// Whether the note for `name` vouches for the file at `path` as it is now: its size, then
+/// its CRC32 read through a small buffer (reading all 16 MB into fresh memory costs more in
+/// page faults than the check itself; this runs once per WAL file).
+fn marker_matches(dir: &Path, name: &str, path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(note) = std::fs::read_to_string(dir.join(name)) else {
+        return false;
+    };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let size = f.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+    if !note.starts_with(&format!("{size} ")) {
+        return false;
+    }
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut n = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(k) => {
+                h.update(&buf[..k]);
+                n += k as u64;
+            }
+            Err(_) => return false,
+        }
+    }
+    n == size && note == format!("{size} {:08x}\n", h.finalize())
 }
 
 /// Archive the WAL file at `wal_path` (as `%p`: relative to `pgdata`). With `markers`,
-/// a file the sidecar has already archived is answered from its note, without a request.
+/// a file the sidecar has already archived is answered from its note, without a request;
+/// `open` (the replica) is only called when a request is needed: building a store client
+/// (TLS roots read from disk) costs more CPU than checking a note.
 pub async fn push(
-    replica: &Replica,
+    open: impl FnOnce() -> Result<Replica>,
     pgdata: &Path,
     wal_path: &Path,
     markers: Option<&Path>,
@@ -109,12 +190,24 @@ pub async fn push(
         .ok_or_else(|| Error::Usage(format!("{} names no file", wal_path.display())))?;
     let name = wal_name(file_name)?;
     let path = in_pgdata(pgdata, wal_path);
+    let _claim = match markers {
+        Some(d) => loop {
+            if marker_matches(d, file_name, &path) {
+                return Ok(Pushed::NotedBySidecar);
+            }
+            if let Some(c) = claim(d, file_name) {
+                break Some(c);
+            }
+            // The sidecar is uploading it: wait for its note rather than upload it twice.
+            while claimed(d, file_name) {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        },
+        None => None,
+    };
     let raw = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    if markers.is_some_and(|d| marker_matches(d, file_name, &raw)) {
-        return Ok(Pushed::NotedBySidecar);
-    }
     let generation = generation_of(system_identifier(pgdata)?);
-    push_bytes(replica, &generation, &name, &raw).await
+    push_bytes(&open()?, &generation, &name, &raw).await
 }
 
 /// Upload WAL file `name` of cluster `generation`, never overwriting.
@@ -267,6 +360,29 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [names[1], names[2]]);
+    }
+
+    #[test]
+    fn one_upload_claim_at_a_time_and_stale_ones_are_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = "000000010000000000000003";
+        let c = claim(dir.path(), n).expect("first claim");
+        assert!(claim(dir.path(), n).is_none() && claimed(dir.path(), n));
+        assert!(claim(dir.path(), "000000010000000000000004").is_some());
+        drop(c);
+        assert!(!claimed(dir.path(), n));
+        // Left by a process that died a minute ago: taken over.
+        let c = claim(dir.path(), n).unwrap();
+        let p = dir.path().join(format!("{n}.uploading"));
+        std::mem::forget(c);
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+            .unwrap();
+        assert!(!claimed(dir.path(), n));
+        assert!(claim(dir.path(), n).is_some());
     }
 
     #[test]

@@ -311,6 +311,10 @@ impl Sidecar {
                     let path = self.db.path.join("pg_wal").join(&name);
                     let markers = &self.markers;
                     async move {
+                        // wal-push is uploading it (the archiver got there first): leave it.
+                        let Some(claim) = archive::claim(markers, &name) else {
+                            return (name, Ok(None));
+                        };
                         let raw = match std::fs::read(&path) {
                             Ok(r) => r,
                             // Archived and recycled meanwhile: not ours to ship any more.
@@ -324,6 +328,8 @@ impl Sidecar {
                                 .map(|()| Some((p, raw.len() as u64))),
                             Err(e) => Err(e),
                         };
+                        // After the note: a waiting wal-push finds it once the claim is gone.
+                        drop(claim);
                         (name, r)
                     }
                 })

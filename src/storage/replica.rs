@@ -119,6 +119,14 @@ impl Replica {
                         b = b.with_allow_http(true);
                     }
                 }
+                // Over TLS the transport already protects the body, and every walship object
+                // carries its own CRC32: skip hashing each body with SHA-256 for the
+                // signature (UNSIGNED-PAYLOAD, as AWS's SDKs do over HTTPS), which costs
+                // client and server CPU per byte. Plain HTTP keeps the signed hash.
+                let tls = endpoint
+                    .as_deref()
+                    .is_none_or(|ep| !ep.starts_with("http://"));
+                b = b.with_unsigned_payload(tls);
                 b = b.with_region(
                     cfg.region
                         .clone()
