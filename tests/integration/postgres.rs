@@ -1037,6 +1037,21 @@ fn pg_sidecar(mut pg: Pg, b: &Backend) {
         "wal-push found the sidecar's note {noted} times:\n{}",
         pg.log()
     );
+    // A burst with the archiver running beside the sidecar: each file is uploaded once;
+    // wal-push waits for the sidecar's note instead of racing it (before upload claims,
+    // a quarter of a burst went up twice, each loser paying a GET to compare).
+    for i in 0..12 {
+        insert_batch(&pg, 200 + i);
+        pg.psql("SELECT pg_switch_wal()");
+    }
+    wait_archived(&pg);
+    let log = pg.log();
+    assert_eq!(
+        log.matches("outcome=AlreadyArchived").count(),
+        0,
+        "wal-push uploaded a file the sidecar had uploaded:\n{log}"
+    );
+    let h = table_hash(&pg);
     let markers = pg.root.join(".data-walship/archived");
     let cleaned = wait_for(Duration::from_secs(10), Duration::from_millis(100), || {
         std::fs::read_dir(&markers).is_ok_and(|d| d.count() == 0)
