@@ -365,8 +365,16 @@ def base_backup(c, w, port, ca, walship, s3_pid):
     busy0, total0 = machine_jiffies()
     s3_cpu0 = proc_cpu(s3_pid)
     t = time.monotonic()
-    out = subprocess.run(argv, check=True, env=env, capture_output=True, text=True)
+    outf, errf = (open(os.path.join(w, f"backup.{n}"), "w+") for n in ("out", "err"))
+    proc = subprocess.Popen(argv, env=env, stdout=outf, stderr=errf)
+    # wait4 for the child's own peak RSS (runuser's includes the walship it waited for).
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     secs = time.monotonic() - t
+    outf.seek(0)
+    errf.seek(0)
+    if proc.returncode != 0:
+        raise SystemExit(f"pg-backup failed: {errf.read()}")
     busy1, total1 = machine_jiffies()
     s3_cpu = proc_cpu(s3_pid) - s3_cpu0
     c.set_archive_command("")
@@ -375,7 +383,7 @@ def base_backup(c, w, port, ca, walship, s3_pid):
     return {"seconds": secs, "data_mb": size / 1e6, "mb_per_s": size / 1e6 / secs,
             "page_cache_dropped": not cached, "s3_server_cpu_s": round(s3_cpu, 1),
             "machine_busy": round((busy1 - busy0) / max(1, total1 - total0), 2),
-            "output": out.stdout.strip()[-300:]}
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "output": outf.read().strip()[-300:]}
 
 
 def main():
@@ -433,7 +441,8 @@ def main():
             print(f"{ws} / {pb}: {by[ws]['segments_per_s'] / by[pb]['segments_per_s']:.2f}x")
     print(f"\nbase backup (walship pg-backup): {bb['data_mb']:.0f} MB in {bb['seconds']:.2f} s = "
           f"{bb['mb_per_s']:.0f} MB/s (page cache {'dropped' if bb['page_cache_dropped'] else 'warm'}; "
-          f"S3 server {bb['s3_server_cpu_s']:.1f} CPU s, machine {bb['machine_busy']:.0%} busy); "
+          f"S3 server {bb['s3_server_cpu_s']:.1f} CPU s, machine {bb['machine_busy']:.0%} busy, "
+          f"peak RSS {bb['peak_rss_mib']:.0f} MiB); "
           f"disk raw sequential read {raw:.0f} MB/s ({raw_n / 1e6:.0f} MB file, cache dropped)")
 
 

@@ -140,7 +140,7 @@ pub async fn backup(args: PgBackupArgs) -> Result<()> {
             (db.replica, args.connection.clone().or(db.connection))
         }
     };
-    let replica = Replica::open(&rcfg, false)?;
+    let replica = std::sync::Arc::new(Replica::open(&rcfg, false)?);
     let conn = crate::postgres::backup::connection(conn.as_deref())?;
     let r = crate::postgres::backup::backup(&replica, &pgdata, &conn, args.stop_timeout).await?;
     if args.json {

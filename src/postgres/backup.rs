@@ -13,13 +13,22 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub const PART_MAGIC: &[u8; 4] = b"WPGB";
 /// How long `pg_backup_stop` may wait for the archiver by default.
 pub const DEFAULT_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
-const PART_RAW: usize = 32 << 20;
+/// Raw bytes per part. Files are streamed through parts (a 1 GB relation file spans many),
+/// so memory stays at a few parts whatever the file sizes.
+const PART_RAW: usize = 16 << 20;
 const CHUNK_RAW: usize = 1 << 20;
+/// Parts compressed and uploaded at once while the next is read.
+const PARTS_IN_FLIGHT: usize = 3;
+/// The manifest format this version writes; 2: a file may continue into the next parts.
+pub const MANIFEST_FORMAT: u32 = 2;
 
+/// One file of a backup: its bytes start in `part` at `offset` and, when the part ends
+/// first, continue from the start of the next parts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FileEntry {
     pub path: String,
@@ -149,36 +158,67 @@ fn walk(pgdata: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
     Ok((dirs, files))
 }
 
-struct Packer<'a> {
-    replica: &'a Replica,
+/// Fills parts of `PART_RAW` bytes and hands each full one to a task that compresses and
+/// uploads it, at most `PARTS_IN_FLIGHT` at once, so reading overlaps with both.
+struct Packer {
+    replica: Arc<Replica>,
     prefix: String,
     raw: Vec<u8>,
     part: u32,
-    bytes: u64,
+    stored: u64,
+    in_flight: tokio::task::JoinSet<Result<u64>>,
 }
 
-impl Packer<'_> {
-    async fn flush(&mut self) -> Result<()> {
+impl Packer {
+    fn room(&self) -> usize {
+        PART_RAW - self.raw.len()
+    }
+
+    /// Send the current part off (if it holds anything) and start the next.
+    async fn seal(&mut self) -> Result<()> {
         if self.raw.is_empty() {
             return Ok(());
         }
-        let raw = std::mem::take(&mut self.raw);
-        let obj = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::with_capacity(raw.len() / 2);
-            let mut w = Writer::new(PART_MAGIC, &[], &mut out);
-            for c in raw.chunks(CHUNK_RAW) {
-                w.sparse_chunk(c, &mut out);
-            }
-            w.finish(&mut out);
-            out
-        })
-        .await
-        .expect("encode task");
-        self.bytes += obj.len() as u64;
+        while self.in_flight.len() >= PARTS_IN_FLIGHT {
+            self.join_one().await?;
+        }
+        let raw = std::mem::replace(&mut self.raw, Vec::with_capacity(PART_RAW));
         let key = format!("{}/{}", self.prefix, layout::format_backup_part(self.part));
-        self.replica.put_new(&key, Bytes::from(obj)).await?;
+        let replica = self.replica.clone();
+        self.in_flight.spawn(async move {
+            let obj = tokio::task::spawn_blocking(move || {
+                let mut out = Vec::with_capacity(raw.len() / 2);
+                let mut w = Writer::new(PART_MAGIC, &[], &mut out);
+                for c in raw.chunks(CHUNK_RAW) {
+                    w.sparse_chunk(c, &mut out);
+                }
+                w.finish(&mut out);
+                out
+            })
+            .await
+            .expect("encode task");
+            let n = obj.len() as u64;
+            replica.put_new(&key, Bytes::from(obj)).await?;
+            Ok(n)
+        });
         self.part += 1;
         Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<()> {
+        if let Some(r) = self.in_flight.join_next().await {
+            self.stored += r.expect("upload task")?;
+        }
+        Ok(())
+    }
+
+    /// Seal the last part and wait for every upload; the number of parts.
+    async fn finish(&mut self) -> Result<u32> {
+        self.seal().await?;
+        while !self.in_flight.is_empty() {
+            self.join_one().await?;
+        }
+        Ok(self.part)
     }
 }
 
@@ -199,7 +239,7 @@ pub struct BackupReport {
 /// waits until the backup's WAL is archived; past `stop_wait` that is an error naming the
 /// likely cause (a failing `archive_command`), not a backup that hangs unseen.
 pub async fn backup(
-    replica: &Replica,
+    replica: &Arc<Replica>,
     pgdata: &Path,
     conn: &tokio_postgres::Config,
     stop_wait: std::time::Duration,
@@ -273,7 +313,7 @@ pub async fn backup(
     let (dirs, files, parts, stored, raw) = copied?;
     let stop = stop?;
     let manifest = BackupManifest {
-        format: 1,
+        format: MANIFEST_FORMAT,
         system_identifier: sysid.to_string(),
         timeline: timeline as u32,
         start_lsn: start_lsn.clone(),
@@ -309,51 +349,92 @@ pub async fn backup(
 type Copied = (Vec<String>, Vec<FileEntry>, u32, u64, u64);
 
 /// Read every file (tolerating ones that vanish: the server drops and creates files
-/// during a backup, and WAL replay from the start LSN makes the copy consistent) and
-/// pack them into parts.
-async fn copy_files(replica: &Replica, pgdata: &Path, prefix: String) -> Result<Copied> {
+/// during a backup, and WAL replay from the start LSN makes the copy consistent) through
+/// the parts, a part's worth at a time.
+async fn copy_files(replica: &Arc<Replica>, pgdata: &Path, prefix: String) -> Result<Copied> {
     let (dirs, paths) = walk(pgdata)?;
     let mut packer = Packer {
-        replica,
+        replica: replica.clone(),
         prefix,
         raw: Vec::with_capacity(PART_RAW),
         part: 0,
-        bytes: 0,
+        stored: 0,
+        in_flight: tokio::task::JoinSet::new(),
     };
     let mut files = Vec::with_capacity(paths.len());
     let mut raw_total = 0u64;
     for rel in paths {
         let abs = pgdata.join(&rel);
-        let (data, mode) = match tokio::task::spawn_blocking({
-            let abs = abs.clone();
-            move || -> std::io::Result<(Vec<u8>, u32)> {
-                let mode = std::fs::metadata(&abs)?.permissions().mode() & 0o7777;
-                Ok((std::fs::read(&abs)?, mode))
-            }
-        })
-        .await
-        .expect("read task")
-        {
+        let opened = std::fs::File::open(&abs).and_then(|f| {
+            let mode = f.metadata()?.permissions().mode() & 0o7777;
+            Ok((f, mode))
+        });
+        let (file, mode) = match opened {
             Ok(x) => x,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(Error::io(&abs, e)),
         };
-        if packer.raw.len() + data.len() > PART_RAW && !packer.raw.is_empty() {
-            packer.flush().await?;
+        if packer.room() == 0 {
+            packer.seal().await?;
         }
-        files.push(FileEntry {
+        let mut entry = FileEntry {
             path: rel.to_string_lossy().into_owned(),
-            size: data.len() as u64,
+            size: 0,
             mode,
             part: packer.part,
             offset: packer.raw.len() as u64,
-            crc: crc32fast::hash(&data),
-        });
-        raw_total += data.len() as u64;
-        packer.raw.extend_from_slice(&data);
+            crc: 0,
+        };
+        let mut crc = crc32fast::Hasher::new();
+        // Read into the part until the file ends (a file the server truncates meanwhile
+        // is taken as it is; replay rewrites it).
+        let mut file = Some(file);
+        loop {
+            let room = packer.room();
+            let buf = std::mem::take(&mut packer.raw);
+            let f = file.take().expect("file");
+            let (f, buf, n) = tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let start = buf.len();
+                let mut buf = buf;
+                buf.resize(start + room, 0);
+                let mut f = f;
+                let mut got = 0;
+                let r = loop {
+                    match f.read(&mut buf[start + got..]) {
+                        Ok(0) => break Ok(()),
+                        Ok(k) => {
+                            got += k;
+                            if got == room {
+                                break Ok(());
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                buf.truncate(start + got);
+                (f, buf, r.map(|()| got))
+            })
+            .await
+            .expect("read task");
+            let start = buf.len() - n.as_ref().copied().unwrap_or(0);
+            packer.raw = buf;
+            let n = n.map_err(|e| Error::io(&abs, e))?;
+            crc.update(&packer.raw[start..]);
+            entry.size += n as u64;
+            file = Some(f);
+            if packer.room() > 0 {
+                break; // the file ended inside this part
+            }
+            packer.seal().await?;
+        }
+        entry.crc = crc.finalize();
+        raw_total += entry.size;
+        files.push(entry);
     }
-    packer.flush().await?;
-    Ok((dirs, files, packer.part, packer.bytes, raw_total))
+    let parts = packer.finish().await?;
+    Ok((dirs, files, parts, packer.stored, raw_total))
 }
 
 #[cfg(test)]

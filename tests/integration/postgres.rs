@@ -376,9 +376,15 @@ fn archive_command_ships_segments_s3() {
     archive_command(pg, &b);
 }
 
+const TABLE_HASH: &str =
+    "SELECT md5(coalesce(string_agg(id || ':' || v, ',' ORDER BY id), '')) FROM t";
+
 fn table_hash(pg: &Pg) -> String {
-    pg.psql("SELECT md5(coalesce(string_agg(id || ':' || v, ',' ORDER BY id), '')) FROM t")
+    pg.psql(TABLE_HASH)
 }
+
+/// A table of about 45 MB: its file spans several parts of a base backup.
+const BIG_HASH: &str = "SELECT md5(string_agg(g || ':' || v, ',' ORDER BY g)) FROM big";
 
 fn insert_batch(pg: &Pg, i: u32) {
     pg.psql(&format!(
@@ -406,6 +412,17 @@ fn start_archiving(pg: &mut Pg, b: &Backend) {
 /// Restore into a sibling directory as the `postgres` user, start it (not archiving),
 /// wait for recovery to end, and return the restored table's hash.
 fn restore_and_hash(pg: &Pg, b: &Backend, name: &str, timestamp: Option<u64>) -> String {
+    restore_and_query(pg, b, name, timestamp, TABLE_HASH)
+}
+
+/// `restore_and_hash` with the query to answer from the restored cluster.
+fn restore_and_query(
+    pg: &Pg,
+    b: &Backend,
+    name: &str,
+    timestamp: Option<u64>,
+    sql: &str,
+) -> String {
     let mut r = pg.sibling(name);
     let mut args = vec![
         "pg-restore".to_string(),
@@ -428,7 +445,7 @@ fn restore_and_hash(pg: &Pg, b: &Backend, name: &str, timestamp: Option<u64>) ->
         r.psql("SELECT pg_is_in_recovery()") == "f"
     });
     assert!(done, "{name}: recovery did not finish:\n{}", r.log());
-    let h = table_hash(&r);
+    let h = r.psql(sql);
     r.stop();
     h
 }
@@ -455,9 +472,12 @@ fn pg_backup(pg: &Pg, b: &Backend) -> u64 {
 
 /// Archiving on, table `t` with batch 1, a base backup, batch 2 (its hash and time
 /// recorded), 1.2 s later batch 3: returns (hash after 2, time after 2, hash after 3).
-fn backup_between_batches(pg: &mut Pg, b: &Backend) -> (String, u64, String) {
+fn backup_between_batches(pg: &mut Pg, b: &Backend, setup: &str) -> (String, u64, String) {
     start_archiving(pg, b);
     pg.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
+    if !setup.is_empty() {
+        pg.psql(setup);
+    }
     insert_batch(pg, 1);
     pg_backup(pg, b);
     insert_batch(pg, 2);
@@ -473,9 +493,17 @@ fn backup_between_batches(pg: &mut Pg, b: &Backend) -> (String, u64, String) {
 /// restores of the newest state and of an instant between two batches, each started with
 /// PostgreSQL and compared with the recorded table contents.
 fn backup_and_restore(mut pg: Pg, b: &Backend) {
-    let (h2, t2, h3) = backup_between_batches(&mut pg, b);
+    let (h2, t2, h3) = backup_between_batches(
+        &mut pg,
+        b,
+        "CREATE TABLE big AS SELECT g, md5(g::text) || repeat('y', 20) AS v \
+         FROM generate_series(1, 600000) g",
+    );
+    let big = pg.psql(BIG_HASH);
     wait_archived(&pg);
     assert_eq!(restore_and_hash(&pg, b, "latest", None), h3, "newest state");
+    // Its relation file spans several backup parts and comes back whole.
+    assert_eq!(restore_and_query(&pg, b, "latest-big", None, BIG_HASH), big);
     assert_eq!(
         restore_and_hash(&pg, b, "pitr", Some(t2 + 500)),
         h2,
@@ -582,7 +610,7 @@ fn wait_archived(pg: &Pg) {
 /// follows that timeline rather than the abandoned end of timeline 1.
 fn timeline_switch(mut pg: Pg, b: &Backend) {
     // Batch 3 is on timeline 1 only: the restore below leaves it behind.
-    let (h2, t2, h3) = backup_between_batches(&mut pg, b);
+    let (h2, t2, h3) = backup_between_batches(&mut pg, b, "");
     wait_archived(&pg);
     pg.stop();
 
@@ -978,7 +1006,6 @@ fn pg_sidecar(mut pg: Pg, b: &Backend) {
         insert_batch(&pg, 100 + i);
         pg.psql("SELECT pg_switch_wal()");
     }
-    let h = table_hash(&pg);
     let ahead = || sidecar_log().matches("archived ahead").count();
     let shipped = wait_for(Duration::from_secs(60), Duration::from_millis(200), || {
         ahead() >= 24
