@@ -226,6 +226,7 @@ impl Packer {
 pub struct BackupReport {
     pub replica: String,
     pub generation: String,
+    pub timeline: u32,
     pub start_lsn: String,
     pub stop_lsn: String,
     pub files: usize,
@@ -337,6 +338,7 @@ pub async fn backup(
     Ok(BackupReport {
         replica: replica.url().to_string(),
         generation: generation.to_string(),
+        timeline: manifest.timeline,
         start_lsn,
         stop_lsn: manifest.stop_lsn,
         files: manifest.files.len(),

@@ -56,8 +56,10 @@ pub fn catalog(listing: &[crate::storage::Listed]) -> Catalog {
             _ => {}
         }
     }
+    // By start time: after a restore and promotion, positions on the new timeline start
+    // below the old timeline's newest backup.
     for v in backups.values_mut() {
-        v.sort();
+        v.sort_by_key(|b| (b.start_ms, b.start_lsn));
     }
     Catalog { backups, histories }
 }
@@ -176,6 +178,105 @@ impl<'a> Unpacker<'a> {
     }
 }
 
+/// `postgresql.auto.conf` with the recovery settings a restore writes commented out.
+fn without_recovery_settings(text: &str) -> String {
+    const KEYS: &[&str] = &[
+        "restore_command",
+        "recovery_target",
+        "recovery_target_name",
+        "recovery_target_time",
+        "recovery_target_xid",
+        "recovery_target_lsn",
+        "recovery_target_inclusive",
+        "recovery_target_timeline",
+        "recovery_target_action",
+        "recovery_end_command",
+    ];
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let key = line
+            .trim_start()
+            .split(|c: char| c == '=' || c.is_whitespace())
+            .next()
+            .unwrap_or("");
+        if KEYS.contains(&key.to_ascii_lowercase().as_str()) {
+            out.push_str("# removed by walship pg-restore: ");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// Whether a backup taken on `timeline` and ending at `stop_lsn` can start a recovery that
+/// follows timeline `latest`, whose history (`ancestry`: each ancestor and where `latest`'s
+/// line left it) is given: it is on `latest`, or on an ancestor left after the backup ended.
+fn on_lineage(timeline: u32, stop_lsn: u64, latest: u32, ancestry: &[(u32, u64)]) -> bool {
+    timeline == latest
+        || ancestry
+            .iter()
+            .any(|&(tli, switch)| tli == timeline && stop_lsn <= switch)
+}
+
+/// The backup to restore and its manifest: `newest` (from `choose`) unless the latest
+/// timeline branched off its timeline before it ended, as after a restore from an older
+/// backup and a promotion. Recovery follows the latest timeline, and PostgreSQL refuses
+/// ("requested timeline is not a child of this server's history") to start it from a
+/// backup that is not on that timeline's history; then an older backup of the cluster is.
+async fn on_latest_timeline(
+    replica: &Replica,
+    cat: &Catalog,
+    generation: &GenerationId,
+    newest: BackupName,
+    target_ms: Option<u64>,
+) -> Result<(BackupName, BackupManifest)> {
+    let latest = cat
+        .histories
+        .get(generation)
+        .and_then(|t| t.iter().max().copied())
+        .unwrap_or(1);
+    let ancestry = if latest > 1 {
+        let f = WalFile::History { timeline: latest };
+        let key = layout::format_pg_wal(generation, &f);
+        let raw = super::archive::decode(&f, &replica.get(&key).await?)
+            .map_err(|r| Error::corrupt(&key, r))?;
+        crate::retention::pgplan::parse_history(&String::from_utf8_lossy(&raw))
+            .map_err(|r| Error::corrupt(&key, r))?
+    } else {
+        Vec::new()
+    };
+    let candidates = cat.backups[generation]
+        .iter()
+        .rev()
+        .filter(|b| b.start_ms <= newest.start_ms)
+        .filter(|b| target_ms.is_none_or(|t| b.start_ms <= t));
+    let mut skipped = Vec::new();
+    for b in candidates {
+        let mkey = format!("{}/manifest.json", layout::format_backup_dir(generation, b));
+        let m: BackupManifest = serde_json::from_slice(&replica.get(&mkey).await?)
+            .map_err(|e| Error::corrupt(&mkey, e.to_string()))?;
+        let stop = super::backup::parse_lsn(&m.stop_lsn)
+            .ok_or_else(|| Error::corrupt(&mkey, format!("stop LSN {:?}", m.stop_lsn)))?;
+        if on_lineage(m.timeline, stop, latest, &ancestry) {
+            if !skipped.is_empty() {
+                tracing::info!(skipped = ?skipped, timeline = latest,
+                    "newer base backups are not on the latest timeline's history; using an older one");
+            }
+            return Ok((*b, m));
+        }
+        skipped.push(format!("{} (timeline {})", m.start_lsn, m.timeline));
+    }
+    Err(Error::Replica {
+        replica: replica.url().to_string(),
+        reason: format!(
+            "no base backup of generation {generation} before the target is on timeline \
+             {latest}'s history (newer ones skipped: {}); take a base backup \
+             (`walship pg-backup`) on the current timeline",
+            skipped.join(", ")
+        ),
+    })
+}
+
 fn empty_or_absent(dir: &Path) -> Result<bool> {
     match std::fs::read_dir(dir) {
         Ok(mut rd) => Ok(rd.next().is_none()),
@@ -198,10 +299,12 @@ pub async fn restore(replica: &Replica, pgdata: &Path, opts: &Options) -> Result
     }
     let listing = replica.list(layout::GENERATIONS).await?;
     let cat = catalog(&listing);
-    let (generation, backup) = choose(&cat, opts.target_ms).map_err(|reason| Error::Replica {
+    let (generation, newest) = choose(&cat, opts.target_ms).map_err(|reason| Error::Replica {
         replica: replica.url().to_string(),
         reason,
     })?;
+    let (backup, manifest) =
+        on_latest_timeline(replica, &cat, &generation, newest, opts.target_ms).await?;
     // PostgreSQL fails a recovery whose target is after the archive's last transaction
     // ("recovery ended before configured recovery target was reached"); such a target
     // means the newest state, as it does for SQLite.
@@ -216,8 +319,6 @@ pub async fn restore(replica: &Replica, pgdata: &Path, opts: &Options) -> Result
     }
     let dir = layout::format_backup_dir(&generation, &backup);
     let mkey = format!("{dir}/manifest.json");
-    let manifest: BackupManifest = serde_json::from_slice(&replica.get(&mkey).await?)
-        .map_err(|e| Error::corrupt(&mkey, e.to_string()))?;
     let name = pgdata
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -300,12 +401,21 @@ pub async fn restore(replica: &Replica, pgdata: &Path, opts: &Options) -> Result
         ));
     }
     let auto = tmp.join("postgresql.auto.conf");
+    // A backup of a cluster that was itself restored carries that restore's settings
+    // (an old recovery_target_time would stop this recovery early): drop them first.
+    let inherited = match std::fs::read_to_string(&auto) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(Error::io(&auto, e)),
+    };
+    let text = without_recovery_settings(&inherited) + &conf;
     std::fs::OpenOptions::new()
-        .append(true)
+        .write(true)
+        .truncate(true)
         .create(true)
         .mode(0o600)
         .open(&auto)
-        .and_then(|mut f| f.write_all(conf.as_bytes()))
+        .and_then(|mut f| f.write_all(text.as_bytes()))
         .map_err(|e| Error::io(&auto, e))?;
     if pgdata.exists() {
         std::fs::remove_dir(pgdata).map_err(|e| Error::io(pgdata, e))?;
@@ -449,6 +559,36 @@ mod tests {
             err.contains("base/1/b") && err.contains("last part"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_earlier_restores_settings_are_dropped() {
+        let t = "# Do not edit\nwork_mem = '8MB'\n\n# written by walship pg-restore\n\
+                 restore_command = 'walship wal-fetch %f %p'\nrecovery_target_timeline = 'latest'\n\
+                 recovery_target_time='2026-11-21 14:02:00+00'\n  Recovery_Target_Action = 'promote'\n";
+        let out = without_recovery_settings(t);
+        assert!(out.contains("work_mem = '8MB'"));
+        for l in out
+            .lines()
+            .filter(|l| l.contains("recovery") || l.contains("restore_command"))
+        {
+            assert!(l.starts_with('#'), "{l}");
+        }
+        assert_eq!(out.lines().count(), t.lines().count());
+    }
+
+    #[test]
+    fn backups_on_the_latest_timelines_history() {
+        // Timeline 3 left 2 at 0/9000000, which had left 1 at 0/5000000.
+        let ancestry = [(1, 0x500_0000), (2, 0x900_0000)];
+        assert!(on_lineage(3, 0xA00_0000, 3, &ancestry));
+        assert!(on_lineage(2, 0x800_0000, 3, &ancestry));
+        assert!(on_lineage(1, 0x400_0000, 3, &ancestry));
+        // Ended after its timeline was left: not on the history.
+        assert!(!on_lineage(1, 0x600_0000, 3, &ancestry));
+        assert!(!on_lineage(2, 0x900_0100, 3, &ancestry));
+        // A timeline that is no ancestor at all.
+        assert!(!on_lineage(4, 0x100, 3, &ancestry));
     }
 
     #[test]

@@ -27,6 +27,9 @@ use std::time::{Duration, Instant, SystemTime};
 const POLL: Duration = Duration::from_millis(200);
 /// WAL files uploaded at once (each is one PUT of up to 16 MiB, compressed).
 const PARALLEL: usize = 4;
+/// How often the sidecar compares the server's timeline with its newest backup's (a
+/// directory listing of `pg_wal`).
+const TIMELINE_CHECK: Duration = Duration::from_secs(5);
 /// After a failed base backup, wait this long before the next attempt.
 const BACKUP_RETRY: Duration = Duration::from_secs(60);
 
@@ -163,13 +166,21 @@ pub async fn run(
         ));
     }
     let mut backup_task: Option<tokio::task::JoinHandle<Result<backup::BackupReport>>> = None;
+    // The newest backup's timeline: after a restore and promotion the cluster is on a
+    // new timeline that no backup is on yet, and restores of it replay from older
+    // backups (or cannot start at all), so a backup is due at once.
+    let mut backup_timeline = None;
     let mut next_backup = match s.backup_due_in().await {
-        Ok(d) => Instant::now() + d,
+        Ok((d, tl)) => {
+            backup_timeline = tl;
+            Instant::now() + d
+        }
         Err(e) => {
             s.failed(Kind::Backup, &e);
             Instant::now() + BACKUP_RETRY
         }
     };
+    let mut timeline_checked = Instant::now();
     loop {
         s.drop_prefetch_after_recovery();
         match s.archive_ready().await {
@@ -184,6 +195,7 @@ pub async fn run(
                 + match t.await {
                     Ok(Ok(r)) => {
                         s.succeeded(Kind::Backup);
+                        backup_timeline = Some(r.timeline);
                         tracing::info!(db = %s.state.label, generation = %r.generation,
                             start_lsn = %r.start_lsn, stop_lsn = %r.stop_lsn, files = r.files,
                             mb = r.stored_bytes as f64 / 1e6, seconds = r.seconds, "base backup");
@@ -198,6 +210,22 @@ pub async fn run(
                         BACKUP_RETRY
                     }
                 };
+        }
+        if backup_task.is_none()
+            && s.db.snapshot_interval.is_some()
+            && timeline_checked.elapsed() >= TIMELINE_CHECK
+        {
+            timeline_checked = Instant::now();
+            if let (Some(now_tl), Some(b_tl)) = (s.current_timeline(), backup_timeline)
+                && now_tl > b_tl
+                && next_backup > Instant::now()
+                // A failing backup keeps its retry delay.
+                && s.state.backup_failing_since_ms.load(Ordering::Relaxed) == 0
+            {
+                tracing::info!(db = %s.state.label, timeline = now_tl, backup_timeline = b_tl,
+                    "on a timeline no base backup is on: taking one now");
+                next_backup = Instant::now();
+            }
         }
         if backup_task.is_none()
             && s.db.snapshot_interval.is_some()
@@ -364,23 +392,45 @@ impl Sidecar {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Time until the next base backup: none yet, or the newest older than the interval,
-    /// means now.
-    async fn backup_due_in(&self) -> Result<Duration> {
+    /// Time until the next base backup (none yet, or the newest older than the interval,
+    /// means now), and the newest backup's timeline.
+    async fn backup_due_in(&self) -> Result<(Duration, Option<u32>)> {
         let Some(every) = self.db.snapshot_interval else {
-            return Ok(Duration::MAX / 4);
+            return Ok((Duration::MAX / 4, None));
         };
         let generation = generation_of(system_identifier(&self.db.path)?);
         let listing = self
             .replica
             .list(&layout::format_pg_backups_dir(&generation))
             .await?;
-        let newest = super::restore::catalog(&listing)
+        let Some(newest) = super::restore::catalog(&listing)
             .backups
             .get(&generation)
-            .and_then(|b| b.last().map(|b| b.start_ms));
-        let age = newest.map(|ms| Duration::from_millis(crate::clock::now_ms().saturating_sub(ms)));
-        Ok(age.map_or(Duration::ZERO, |a| every.saturating_sub(a)))
+            .and_then(|b| b.last().copied())
+        else {
+            return Ok((Duration::ZERO, None));
+        };
+        let key = format!(
+            "{}/manifest.json",
+            layout::format_backup_dir(&generation, &newest)
+        );
+        let m: backup::BackupManifest = serde_json::from_slice(&self.replica.get(&key).await?)
+            .map_err(|e| Error::corrupt(&key, e.to_string()))?;
+        let age = Duration::from_millis(crate::clock::now_ms().saturating_sub(newest.start_ms));
+        Ok((every.saturating_sub(age), Some(m.timeline)))
+    }
+
+    /// The server's current timeline as `pg_wal` shows it (its newest WAL files), once
+    /// recovery is over; `None` while recovering.
+    fn current_timeline(&self) -> Option<u32> {
+        if self.db.path.join("recovery.signal").exists() {
+            return None;
+        }
+        std::fs::read_dir(self.db.path.join("pg_wal"))
+            .ok()?
+            .flatten()
+            .filter_map(|e| WalFile::parse(e.file_name().to_str()?).map(|w| w.timeline()))
+            .max()
     }
 
     fn spawn_backup(&self) -> tokio::task::JoinHandle<Result<backup::BackupReport>> {

@@ -12,7 +12,8 @@
 //! - The first segment is the one the backup's label file (`<segment>.<offset>.backup`,
 //!   archived by `pg_backup_stop`) names; the label is matched to the backup by its start
 //!   position. Without a matching label, or when a newer timeline branched off before that
-//!   segment (history files tell), no WAL is deleted: some restore could still need it.
+//!   segment (history files tell), nothing of the generation is deleted: a restore of the
+//!   newer timeline may start from an older backup and need its WAL.
 //! - Older generations (other clusters that wrote here before) go whole unless live;
 //!   newer ones are kept whole.
 
@@ -144,16 +145,28 @@ fn position(log: u32, seg: u32, size: u64, offset: u32) -> u64 {
 }
 
 /// The first WAL segment of a backup, from the label file that names its start: timeline,
-/// (log, seg), and the segment's start position. `None` if no label (or more than one)
-/// does.
+/// (log, seg), and the segment's start position. Backups on different timelines can start
+/// at the same position (a timeline that branched off before it); timelines only grow, so
+/// the k-th oldest such backup is the one whose label has the k-th lowest timeline. `None`
+/// if the labels and backups at that position do not pair up.
 fn first_segment(g: &PgGen, b: &BackupName) -> Option<(u32, (u32, u32), u64)> {
     let size = segment_size(g)?;
-    let mut fits =
-        labels(g).filter(|&(_, log, seg, off)| position(log, seg, size, off) == b.start_lsn);
-    let (tli, log, seg, _) = fits.next()?;
-    fits.next()
-        .is_none()
-        .then(|| (tli, (log, seg), position(log, seg, size, 0)))
+    let mut fits: Vec<(u32, u32, u32)> = labels(g)
+        .filter(|&(_, log, seg, off)| position(log, seg, size, off) == b.start_lsn)
+        .map(|(tli, log, seg, _)| (tli, log, seg))
+        .collect();
+    fits.sort_unstable();
+    let same: Vec<BackupName> = g
+        .complete()
+        .into_iter()
+        .filter(|o| o.start_lsn == b.start_lsn)
+        .collect();
+    if fits.len() != same.len() {
+        return None;
+    }
+    let k = same.iter().position(|o| o == b)?;
+    let (tli, log, seg) = fits[k];
+    Some((tli, (log, seg), position(log, seg, size, 0)))
 }
 
 /// Whether WAL of timelines up to `tli` before `start` (a segment's start position) is
@@ -372,7 +385,12 @@ pub(super) fn plan(
                         };
                         before.then(|| doomed(o, Phase::Segment))
                     })),
-                    Err(reason) => why = format!("{why}; all WAL kept: {reason}"),
+                    // Without a sure cut, older backups may be what a restore of a newer
+                    // timeline starts from: keep the generation whole.
+                    Err(reason) => {
+                        delete.clear();
+                        why = format!("{why}; kept whole: {reason}");
+                    }
                 }
             }
             if delete.is_empty() {
@@ -583,9 +601,7 @@ mod tests {
             .collect();
         let p = plan(&l, &policy(60), 100 * H, None).unwrap();
         assert!(p.generations[0].why.contains("no matching .backup label"));
-        // The old backup still goes; no WAL does.
-        assert!(p.deletions().iter().all(|d| d.key.contains("basebackups")));
-        assert_eq!(p.deletions().len(), 3);
+        assert!(p.deletions().is_empty());
     }
 
     #[test]
@@ -626,7 +642,7 @@ mod tests {
             "{}",
             p.generations[0].why
         );
-        assert!(p.deletions().iter().all(|d| d.key.contains("basebackups")));
+        assert!(p.deletions().is_empty());
 
         let mut h = Histories::new();
         h.insert((a.clone(), 2), vec![(1, 25 * MB16 + 0x100)]);
@@ -642,7 +658,35 @@ mod tests {
         h.insert((a.clone(), 2), vec![(1, 5 * MB16)]);
         let p = plan_with(&l, &policy(60), 100 * H, None, &h).unwrap();
         assert!(p.generations[0].why.contains("branched off before"));
-        assert!(p.deletions().iter().all(|d| d.key.contains("basebackups")));
+        assert!(p.deletions().is_empty());
+    }
+
+    #[test]
+    fn backups_at_one_position_on_two_timelines_pair_with_their_labels() {
+        // Timeline 2 left 1 in segment 3; backups at 10h (timeline 1) and 30h (timeline
+        // 2) both start at 0/4000028.
+        let a = g(H);
+        let mut l = segs(&a, 1, 1, 6);
+        l.extend(backup(&a, 1, 4, 10 * H, true));
+        l.push(history(&a, 2));
+        l.extend(segs(&a, 2, 3, 8));
+        l.extend(backup(&a, 2, 4, 30 * H, true));
+        let mut h = Histories::new();
+        h.insert((a.clone(), 2), vec![(1, 3 * MB16 + 0x200)]);
+        let p = plan_with(&l, &policy(60), 100 * H, None, &h).unwrap();
+        let left = names(&after(&l, &p));
+        // Timeline 2's backup anchors: timeline 1's backup and WAL before segment 4 go,
+        // timeline 2's segment 3 too; timeline 1's segments 4.. stay (not before the cut).
+        let old_backup: HashSet<String> = names(&backup(&a, 1, 4, 10 * H, true))
+            .into_iter()
+            .filter(|n| n.contains("/basebackups/"))
+            .collect();
+        assert!(old_backup.is_disjoint(&left), "{}", p.generations[0].why);
+        assert!(names(&backup(&a, 2, 4, 30 * H, true)).is_subset(&left));
+        assert!(names(&segs(&a, 1, 1, 3)).is_disjoint(&left));
+        assert!(names(&segs(&a, 2, 3, 3)).is_disjoint(&left));
+        assert!(names(&segs(&a, 2, 4, 8)).is_subset(&left));
+        assert!(left.contains(&history(&a, 2).name));
     }
 
     #[test]
@@ -662,7 +706,8 @@ mod tests {
         // Window from 40h: a's backup at 30h is the anchor, b is newer and kept whole.
         let p = plan(&l, &policy(60), 100 * H, None).unwrap();
         let actions: Vec<Action> = p.generations.iter().map(|g| g.action).collect();
-        assert_eq!(actions, vec![Action::Trim, Action::Keep]);
+        // (a's timeline 2 history is not given, so a is kept whole rather than trimmed.)
+        assert_eq!(actions, vec![Action::Keep, Action::Keep]);
         assert_window_intact(&l, &p);
         // An older cluster that took a backup within the live grace is live: kept.
         let p = plan(&l, &policy(40), 50 * H + 60_000, None).unwrap();

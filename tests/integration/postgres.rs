@@ -609,8 +609,10 @@ fn wait_archived(pg: &Pg) {
 /// generation (its `.history` file first), and a later restore of the newest state
 /// follows that timeline rather than the abandoned end of timeline 1.
 fn timeline_switch(mut pg: Pg, b: &Backend) {
-    // Batch 3 is on timeline 1 only: the restore below leaves it behind.
+    // Batch 3 is on timeline 1 only: the restore below leaves it behind; so is a second
+    // base backup taken after it.
     let (h2, t2, h3) = backup_between_batches(&mut pg, b, "");
+    pg_backup(&pg, b);
     wait_archived(&pg);
     pg.stop();
 
@@ -642,7 +644,6 @@ fn timeline_switch(mut pg: Pg, b: &Backend) {
     let h4 = table_hash(&promoted);
     assert_ne!(h4, h3);
     wait_archived(&promoted);
-    promoted.stop();
 
     let objects = list_objects(b);
     let history: Vec<_> = objects
@@ -660,13 +661,16 @@ fn timeline_switch(mut pg: Pg, b: &Backend) {
         .filter_map(|k| k.split("generations/").nth(1)?.split('/').next())
         .collect();
     assert_eq!(gens.len(), 1, "{gens:?}");
-    // `backups`: the one base backup (timeline 1) and the WAL archived on each timeline.
+    // `backups`: the two base backups (timeline 1) and the WAL archived on each timeline.
     let o = walship_in(&pg, &["backups", "--json", &b.url], b);
     assert_success(&o, "backups --json");
     let l: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let backups = l["backups"].as_array().unwrap();
-    assert_eq!(backups.len(), 1, "{l}");
-    assert_eq!(backups[0]["timeline"], 1);
+    assert_eq!(backups.len(), 2, "{l}");
+    assert_eq!(
+        (&backups[0]["timeline"], &backups[1]["timeline"]),
+        (&1.into(), &1.into())
+    );
     assert!(backups[0]["files"].as_u64().unwrap() > 100, "{l}");
     let wal = l["wal"].as_array().unwrap();
     let tl = |t: u64| {
@@ -680,29 +684,71 @@ fn timeline_switch(mut pg: Pg, b: &Backend) {
         tl(2)["last"].as_str().unwrap().starts_with("00000002"),
         "{l}"
     );
-    // Cleanup with the window starting now: the backup anchors it; timeline 2's history
-    // (read from the bucket) shows it branched after the backup's start, so WAL before
-    // that goes and the history stays.
+    // Cleanup with the window starting now: the second backup anchors it, but timeline
+    // 2's history (read from the bucket) shows it left timeline 1 before that backup, so
+    // a restore of timeline 2 needs the first backup and its WAL: nothing is deleted.
     let db = pg_cleanup(&pg, b, "1ms");
     let why = db["plan"]["generations"][0]["why"].as_str().unwrap();
-    assert!(!why.contains("all WAL kept"), "{db}");
+    assert!(
+        why.contains("branched off before"),
+        "{db}\n{:?}",
+        list_objects(b)
+            .keys()
+            .filter(|k| k.contains("/pgwal/"))
+            .collect::<Vec<_>>()
+    );
     assert!(db["get_requests"].as_u64().unwrap() >= 1, "{db}");
-    let left = list_objects(b);
-    assert!(left.keys().any(|k| k.ends_with("00000002.history")));
-    let first = segment_of(1, backups[0]["start_lsn"].as_str().unwrap());
-    for k in objects.keys().filter(|k| k.contains("/pgwal/0000000")) {
-        let f = k.rsplit('/').next().unwrap();
-        assert_eq!(
-            left.contains_key(k),
-            f >= first.as_str() || f.ends_with(".history"),
-            "{k} (first kept {first}): {db}"
-        );
-    }
+    assert_eq!(db["deleted_objects"], 0, "{db}");
+    // The newest state follows timeline 2, from the first backup: the second is not on
+    // timeline 2's history and PostgreSQL would refuse to start from it.
     assert_eq!(
         restore_and_hash(&pg, b, "latest", None),
         h4,
         "newest state follows timeline 2"
     );
+    // The sidecar sees the cluster on a timeline no backup is on and takes one at once,
+    // not an hour after the last.
+    let cfg = sidecar_config(&promoted, b, "walship-promoted", "");
+    let log_path = promoted.root.join("sidecar-promoted.log");
+    let mut sidecar = start_sidecar(&promoted, b, &cfg, &log_path);
+    let on_tl2 = wait_for(Duration::from_secs(60), Duration::from_millis(500), || {
+        let o = walship_in(&pg, &["backups", "--json", &b.url], b);
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok_and(|l| {
+            l["backups"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|b| b["timeline"] == 2))
+        })
+    });
+    assert!(
+        on_tl2,
+        "no base backup on timeline 2:\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+    // (Its label file is archived after its last segment when both are in one segment.)
+    wait_archived(&promoted);
+    assert!(sidecar.terminate().success());
+    promoted.stop();
+    // Now that backup anchors the window: the timeline-1 backups and the WAL before its
+    // first segment go; the history stays; the newest state still restores.
+    let before = list_objects(b);
+    let db = pg_cleanup(&pg, b, "1ms");
+    let after = list_objects(b);
+    assert!(
+        db["deleted_objects"].as_u64().unwrap() > 0,
+        "{db}\n{:?}",
+        after.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        after.keys().any(|k| k.ends_with("00000002.history")),
+        "{db}"
+    );
+    let backups_left: std::collections::BTreeSet<_> = after
+        .keys()
+        .filter_map(|k| k.split("/basebackups/").nth(1)?.split('/').next())
+        .collect();
+    assert_eq!(backups_left.len(), 1, "{backups_left:?} {db}");
+    assert!(after.len() < before.len());
+    assert_eq!(restore_and_hash(&pg, b, "latest-after-cleanup", None), h4);
 }
 
 #[test]
@@ -934,9 +980,10 @@ impl Drop for AsPostgres {
 /// runs `wal-push` every file is answered from the sidecar's notes without a request;
 /// notes go once Postgres is done with them; SIGTERM exits 0; a restore from the
 /// sidecar's backup equals the source.
-fn pg_sidecar(mut pg: Pg, b: &Backend) {
-    let cfg = pg.root.join("walship.yml");
-    let addr = format!("127.0.0.1:{}", free_port());
+/// A sidecar config for `pg` beside it (`<name>.yml`): metrics on `addr`, a base backup
+/// an hour, a day's retention checked every second.
+fn sidecar_config(pg: &Pg, b: &Backend, name: &str, addr: &str) -> PathBuf {
+    let cfg = pg.root.join(format!("{name}.yml"));
     let endpoint = b
         .flags
         .get(1)
@@ -952,6 +999,30 @@ fn pg_sidecar(mut pg: Pg, b: &Backend) {
     )
     .unwrap();
     chown_to_postgres(&cfg);
+    cfg
+}
+
+/// `walship replicate --config cfg` as the `postgres` user, its log in `log_path`.
+fn start_sidecar(pg: &Pg, b: &Backend, cfg: &Path, log_path: &Path) -> AsPostgres {
+    let log = std::fs::File::create(log_path).unwrap();
+    let child = as_postgres(
+        &pg.walship,
+        &["replicate", "--config", cfg.to_str().unwrap()],
+        &b.env,
+    )
+    .env("RUST_LOG", "walship=debug")
+    .stderr(log)
+    .spawn()
+    .unwrap();
+    AsPostgres {
+        child,
+        cmdline_tag: cfg.display().to_string(),
+    }
+}
+
+fn pg_sidecar(mut pg: Pg, b: &Backend) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cfg = sidecar_config(&pg, b, "walship", &addr);
     let cmd = format!(
         "{} wal-push %p --config {}",
         pg.walship.display(),
@@ -975,20 +1046,7 @@ fn pg_sidecar(mut pg: Pg, b: &Backend) {
     pg.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
     insert_batch(&pg, 1);
     let log_path = pg.root.join("sidecar.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = as_postgres(
-        &pg.walship,
-        &["replicate", "--config", cfg.to_str().unwrap()],
-        &b.env,
-    )
-    .env("RUST_LOG", "walship=debug")
-    .stderr(log)
-    .spawn()
-    .unwrap();
-    let mut sidecar = AsPostgres {
-        child,
-        cmdline_tag: cfg.display().to_string(),
-    };
+    let mut sidecar = start_sidecar(&pg, b, &cfg, &log_path);
     let sidecar_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let backed_up = wait_for(Duration::from_secs(60), Duration::from_millis(200), || {
         list_objects(b)
