@@ -83,7 +83,25 @@ pub fn marker_dir(spool_dir: &Path) -> PathBuf {
 /// A note's content: the file's size and CRC32, so a note can only vouch for exactly the
 /// bytes that were uploaded.
 fn marker_text(raw: &[u8]) -> String {
-    format!("{} {:08x}\n", raw.len(), crc32fast::hash(raw))
+    marker_line(raw.len() as u64, crc32fast::hash(raw))
+}
+
+fn marker_line(size: u64, crc: u32) -> String {
+    format!("{size} {crc:08x}\n")
+}
+
+/// Timeline `timeline`'s history file from the replica, parsed: each ancestor timeline and
+/// where the history left it.
+pub async fn read_history(
+    replica: &Replica,
+    generation: &GenerationId,
+    timeline: u32,
+) -> Result<Vec<(u32, u64)>> {
+    let f = WalFile::History { timeline };
+    let key = layout::format_pg_wal(generation, &f);
+    let raw = decode(&f, &replica.get(&key).await?).map_err(|r| Error::corrupt(&key, r))?;
+    crate::retention::pgplan::parse_history(&String::from_utf8_lossy(&raw))
+        .map_err(|r| Error::corrupt(&key, r))
 }
 
 /// How long an upload claim keeps others off a WAL file: far longer than one upload takes,
@@ -171,7 +189,7 @@ fn marker_matches(dir: &Path, name: &str, path: &Path) -> bool {
             Err(_) => return false,
         }
     }
-    n == size && note == format!("{size} {:08x}\n", h.finalize())
+    n == size && note == marker_line(size, h.finalize())
 }
 
 /// Archive the WAL file at `wal_path` (as `%p`: relative to `pgdata`). With `markers`,

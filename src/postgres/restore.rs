@@ -236,12 +236,7 @@ async fn on_latest_timeline(
         .and_then(|t| t.iter().max().copied())
         .unwrap_or(1);
     let ancestry = if latest > 1 {
-        let f = WalFile::History { timeline: latest };
-        let key = layout::format_pg_wal(generation, &f);
-        let raw = super::archive::decode(&f, &replica.get(&key).await?)
-            .map_err(|r| Error::corrupt(&key, r))?;
-        crate::retention::pgplan::parse_history(&String::from_utf8_lossy(&raw))
-            .map_err(|r| Error::corrupt(&key, r))?
+        super::archive::read_history(replica, generation, latest).await?
     } else {
         Vec::new()
     };

@@ -101,33 +101,22 @@ pub async fn apply(
 /// The timeline history files of the PostgreSQL clusters in `listing` (tiny; a cluster
 /// rarely has more than a few), read so the planner knows where each timeline branched.
 async fn histories(replica: &Replica, listing: &[Listed]) -> Result<pgplan::Histories> {
-    let wanted: Vec<(GenerationId, u32, &str)> = listing
+    let wanted: Vec<(GenerationId, u32)> = listing
         .iter()
         .filter_map(|o| match layout::parse_object(&o.name) {
             Some(layout::ObjectName::PgWal(g, WalFile::History { timeline })) => {
-                Some((g, timeline, o.name.as_str()))
+                Some((g, timeline))
             }
             _ => None,
         })
         .collect();
-    let texts = futures::future::try_join_all(wanted.iter().map(|(_, timeline, key)| async move {
-        let key: &str = key;
-        let obj = replica.get(key).await?;
-        let raw = crate::postgres::archive::decode(
-            &WalFile::History {
-                timeline: *timeline,
-            },
-            &obj,
-        )
-        .map_err(|r| Error::corrupt(key, r))?;
-        pgplan::parse_history(&String::from_utf8_lossy(&raw)).map_err(|r| Error::corrupt(key, r))
-    }))
+    let parsed = futures::future::try_join_all(
+        wanted
+            .iter()
+            .map(|(g, t)| crate::postgres::archive::read_history(replica, g, *t)),
+    )
     .await?;
-    Ok(wanted
-        .into_iter()
-        .zip(texts)
-        .map(|((g, t, _), h)| ((g, t), h))
-        .collect())
+    Ok(wanted.into_iter().zip(parsed).collect())
 }
 
 /// Deleted objects that a LIST made afterwards still shows.
