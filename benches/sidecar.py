@@ -8,8 +8,18 @@ replicator with SIGTERM, restores the replica and compares it with the source. I
 
   replicator CPU seconds during the workload and for the whole run, peak RSS (VmHWM),
   objects and bytes written to the bucket, writer commit latency p50/p99 (vs. no
-  replicator), restore time and correctness; and, in a second phase, the latency and
-  result of the application's own `PRAGMA wal_checkpoint(TRUNCATE)` while replicating.
+  replicator), replication lag (below), restore time and correctness; in a second phase,
+  the latency and result of the application's own `PRAGMA wal_checkpoint(TRUNCATE)` while
+  replicating; in a third, the lag of one commit every 2 s on an otherwise quiet database;
+  and the exec-to-read-lock window: from starting the replicator until it holds a WAL read
+  lock on the database (seen with fcntl(F_GETLK) on the -shm read-lock bytes, as SQLite's
+  own locking does), the time in which an application checkpoint can reset WAL it has not
+  read.
+
+Lag is measured from outside, the same way for every tool: a watcher LISTs the bucket
+every 25 ms and notes when each object first appears; a commit's lag is the time from the
+writer's own clock after COMMIT to the first object that appears after it. For walship the
+exact figure is reported too: the object whose txid range holds the commit.
 
     benches/sidecar.py                       # walship, plus Litestream if installed
     benches/sidecar.py --duration 20 --only walship
@@ -136,6 +146,154 @@ def run_writer(db, args, extra=()):
         return json.load(f)
 
 
+class Watcher:
+    """Polls the bucket and notes when each object under a prefix first appears."""
+
+    def __init__(self, endpoint, prefix):
+        import threading
+        import boto3
+        self.s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=AK,
+                               aws_secret_access_key=SK, region_name="us-east-1")
+        self.prefix, self.seen, self.stop = prefix + "/", {}, False
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        while not self.stop:
+            try:
+                keys = [o["Key"] for page in self.s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=BUCKET, Prefix=self.prefix) for o in page.get("Contents", [])]
+            except Exception:
+                keys = []
+            # The time after the LIST returned: every key in it existed by then (never
+            # earlier than its creation, at most one LIST late).
+            now = time.time()
+            for k in keys:
+                self.seen.setdefault(k, now)
+            time.sleep(0.025)
+
+    def finish(self):
+        self.stop = True
+        self.t.join()
+        return self.seen
+
+
+def read_record(path):
+    out = []
+    with open(path) as f:
+        for line in f:
+            p = line.split()
+            if len(p) == 3:
+                out.append(int(p[0]) / 1000)
+    return out
+
+
+def pcts(xs):
+    if not xs:
+        return None
+    s = sorted(xs)
+    at = lambda q: round(s[min(len(s) - 1, int(len(s) * q))], 3)
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(s[-1], 3), "n": len(s)}
+
+
+def lags(commits, seen, tool):
+    """Per-commit lag: to the first object seen after the commit, and (walship) to the
+    object whose txid range holds it (txid k is the k-th commit of the workload)."""
+    import bisect
+    data = sorted(t for k, t in seen.items() if "/.walship/" not in k)
+    first_after = []
+    for c in commits:
+        i = bisect.bisect_right(data, c)
+        if i < len(data):
+            first_after.append(data[i] - c)
+    out = {"first_object_after": pcts(first_after)}
+    if tool == "walship":
+        ranges = []
+        for k, t in seen.items():
+            name = k.rsplit("/", 1)[-1]
+            if "/wal/" in k and name.endswith(".seg"):
+                f = name[:-4].split("-")
+                ranges.append((int(f[0], 16), int(f[1], 16), t))
+        exact = []
+        for txid, c in enumerate(commits, start=1):
+            t = next((t for a, b, t in ranges if a <= txid <= b), None)
+            if t is not None:
+                exact.append(t - c)
+        out["exact"] = pcts(exact)
+        out["exact_missing"] = len(commits) - len(exact)
+    return out
+
+
+def shm_reader_pid(shm_path):
+    """The pid holding a WAL read lock (bytes 123..127 of the -shm), if any other process."""
+    import fcntl
+    import struct
+    try:
+        fd = os.open(shm_path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        req = struct.pack("@hhqqi4x", fcntl.F_WRLCK, 0, 123, 5, 0)
+        got = fcntl.fcntl(fd, fcntl.F_GETLK, req)
+        typ, _, _, _, pid = struct.unpack("@hhqqi4x", got)
+        return pid if typ != fcntl.F_UNLCK else None
+    finally:
+        os.close(fd)
+
+
+def lock_window(tool, args, base):
+    """Seconds from starting the replicator until it holds a WAL read lock."""
+    workdir = tempfile.mkdtemp(prefix=f"lock-{tool}-", dir=base)
+    db = os.path.join(workdir, "app.db")
+    make_db(db)
+    app = sqlite3.connect(db)  # the application, keeping the -shm alive
+    app.execute("INSERT INTO items(k) VALUES ('x')")
+    app.commit()
+    prefix = f"lock-{tool}-{int(time.time() * 1000)}"
+    cmd, env = replicator_cmd(tool, args, db, prefix, workdir, f"127.0.0.1:{free_port()}")
+    log = open(os.path.join(workdir, "replicator.log"), "w")
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+    took = None
+    while time.perf_counter() - t0 < 20:
+        if shm_reader_pid(db + "-shm") == p.pid:
+            took = time.perf_counter() - t0
+            break
+        time.sleep(0.0005)
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=60)
+    app.close()
+    return round(took * 1000, 1) if took is not None else None
+
+
+def watched_lag(tool, args, base, name, rate, tx):
+    """`tx` single-row commits at `rate`/s against a fresh replicator, its bucket prefix
+    watched: each commit's lag, and segment objects per second. A phase of its own, so
+    the watcher's LISTs never disturb the CPU figures."""
+    workdir = tempfile.mkdtemp(prefix=f"{name}-{tool}-", dir=base)
+    db = os.path.join(workdir, "app.db")
+    make_db(db)
+    prefix = f"{name}-{tool}-{int(time.time() * 1000)}"
+    cmd, env = replicator_cmd(tool, args, db, prefix, workdir, f"127.0.0.1:{free_port()}")
+    log = open(os.path.join(workdir, "replicator.log"), "w")
+    p = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+    time.sleep(3)
+    w = Watcher(args.endpoint, prefix)
+    record = os.path.join(workdir, "record.txt")
+    t0 = time.time()
+    subprocess.run([sys.executable, WRITER, "--db", db, "--tx", str(tx), "--rate", str(rate),
+                    "--single-row", "--record", record, "--report", db + f".{name}.json"], check=True)
+    secs = time.time() - t0
+    time.sleep(3)
+    seen = w.finish()
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=60)
+    out = lags(read_record(record), seen, tool)
+    segs = sum(1 for k in seen if k.endswith(".seg") or "/ltx/" in k)
+    out["objects_per_s"] = round(segs / secs, 2)
+    return out
+
+
 def replicator_cmd(tool, args, db, prefix, workdir, addr):
     if tool == "walship":
         return [args.walship, "replicate", db, f"s3://{BUCKET}/{prefix}", "--endpoint", args.endpoint,
@@ -230,6 +388,9 @@ def one(tool, args, base):
         "median_ms": round(1000 * secs[len(secs) // 2], 1) if secs else None,
         "max_ms": round(1000 * secs[-1], 1) if secs else None,
     }
+    res["lag"] = watched_lag(tool, args, base, "lag", args.rate, int(args.rate * args.lag_duration))
+    res["sparse_lag"] = watched_lag(tool, args, base, "sparse", 0.5, args.sparse_commits)
+    res["exec_to_read_lock_ms"] = [lock_window(tool, args, base) for _ in range(5)]
     return res
 
 
@@ -242,6 +403,10 @@ def main():
     ap.add_argument("--endpoint", help="use this S3 endpoint (bucket 'bench', keys walship/walship-secret)")
     ap.add_argument("--only", choices=["walship", "litestream", "none"], action="append")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--lag-duration", type=float, default=30,
+                    help="seconds of the watched RATE phase (lag under load)")
+    ap.add_argument("--sparse-commits", type=int, default=15,
+                    help="commits of the one-every-2-s lag phase")
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="walship-bench-")
     server = None
@@ -275,6 +440,17 @@ def main():
               f"{r.get('peak_rss_mib', '-'):>14}{str(r.get('objects', '-')):>9}"
               f"{r['writer']['latency_p50_ms']:>8}{r['writer']['latency_p99_ms']:>8}"
               f"{r.get('restore_s', '-'):>10}{str(r.get('restore_equal', '-')):>7}{ckt:>29}")
+    print("\nlag, seconds (p50 / p90 / p99 / max): 'first' = to the first object seen after the commit; "
+          "'exact' = to the object holding it (walship)")
+    for r in results:
+        if "lag" not in r:
+            continue
+        f = lambda d: "-" if not d else f"{d['p50']} / {d['p90']} / {d['p99']} / {d['max']}"
+        print(f"{r['tool']:12} {args.rate:.0f} tx/s first {f(r['lag']['first_object_after'])}"
+              f"   exact {f(r['lag'].get('exact'))}   objects/s {r['lag']['objects_per_s']}")
+        print(f"{'':12} 1 per 2 s  first {f(r['sparse_lag']['first_object_after'])}"
+              f"   exact {f(r['sparse_lag'].get('exact'))}")
+        print(f"{'':12} exec to read lock, ms: {r['exec_to_read_lock_ms']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

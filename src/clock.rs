@@ -38,7 +38,22 @@ pub fn now_ms() -> u64 {
 
 /// RFC 3339 with milliseconds, UTC.
 pub fn rfc3339(ms: u64) -> String {
+    // humantime panics past year 9999 (and SystemTime may overflow): a name or header
+    // from a store can carry any number, so say what it is instead.
+    if ms > MAX_RFC3339_MS {
+        return format!("(unix ms {ms}: past year 9999)");
+    }
     humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
+}
+
+/// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write.
+pub const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
+
+/// When the process started (its first call, which `main` makes before anything else):
+/// the origin of the exec-to-read-lock figure.
+pub fn process_start() -> std::time::Instant {
+    static START: OnceLock<std::time::Instant> = OnceLock::new();
+    *START.get_or_init(std::time::Instant::now)
 }
 
 #[cfg(test)]

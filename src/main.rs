@@ -12,7 +12,10 @@ fn init_logging(format: LogFormat, filter: Option<&str>) {
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A closed stderr must never stop replication: the subscriber's fallback report of
+        // a failed write is an `eprintln!`, which panics (and aborts) on a closed pipe.
+        .log_internal_errors(false);
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.init(),
@@ -34,6 +37,7 @@ fn terminated() -> impl std::future::Future<Output = ()> {
 }
 
 fn main() -> ExitCode {
+    walship::clock::process_start();
     let args = Cli::parse();
     // `replicate` does its heavy work on its capture threads; one async thread serves the
     // uploads and the metrics endpoint with fewer wake-ups. Restore writes from blocking
@@ -69,7 +73,7 @@ fn main() -> ExitCode {
                     args.log_format
                 };
                 init_logging(format, args.log.as_deref().or(level.as_deref()));
-                cli::replicate::run(cfg?, stop).await
+                cli::replicate::run(cfg?, a.banner(), stop).await
             }
             Command::Restore(a) => cli::restore::run(a).await,
             Command::Generations(a) => cli::generations::run(a).await,
@@ -97,7 +101,7 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
         Err(e) => {
-            eprintln!("walship: error: {e}");
+            cli::say_err(&format!("walship: error: {e}"));
             ExitCode::from(e.exit_code() as u8)
         }
     }

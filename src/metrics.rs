@@ -10,6 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +54,20 @@ pub struct Metrics {
     pub retention_runs: Family<KindLabel, Counter>,
     pub retention_deleted_objects: Family<DbLabel, Counter>,
     pub retention_deleted_bytes: Family<DbLabel, Counter>,
+    /// Seconds from walship reading a commit to the replica acknowledging it.
+    pub commit_to_ack: Family<DbLabel, Histogram, fn() -> Histogram>,
+    /// Seconds from process start to holding the read lock (the window in which an
+    /// application checkpoint can reset WAL walship has not read).
+    pub read_lock_after_start: Family<DbLabel, FGauge>,
+}
+
+/// Buckets of `walship_commit_to_ack_seconds`: the sync interval's range, then outages.
+const ACK_BUCKETS: [f64; 12] = [
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 5.0, 15.0, 60.0, 300.0,
+];
+
+fn ack_histogram() -> Histogram {
+    Histogram::new(ACK_BUCKETS)
 }
 
 impl Default for Metrics {
@@ -76,6 +91,8 @@ impl Default for Metrics {
             retention_runs: Family::default(),
             retention_deleted_objects: Family::default(),
             retention_deleted_bytes: Family::default(),
+            commit_to_ack: Family::new_with_constructor(ack_histogram),
+            read_lock_after_start: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -114,6 +131,16 @@ impl Default for Metrics {
             m.generation.clone(),
         );
         registry.register("errors", "Errors by kind", m.errors.clone());
+        registry.register(
+            "commit_to_ack_seconds",
+            "Seconds from walship reading a committed transaction to the replica acknowledging it",
+            m.commit_to_ack.clone(),
+        );
+        registry.register(
+            "read_lock_after_start_seconds",
+            "Seconds from process start until walship held its read lock on the database",
+            m.read_lock_after_start.clone(),
+        );
         registry.register(
             "validation_ok",
             "1 if the last validation (restore to a scratch file and check) passed, else 0",
@@ -210,29 +237,41 @@ pub fn failing_too_long<'a>(
     }
 }
 
-/// `serve` in the background; a failure (the address is taken) is logged.
+/// Bind the `/metrics` and `/healthz` address now, so that an address that cannot be
+/// bound stops start-up with its name instead of being logged and ignored.
+pub async fn bind(addr: SocketAddr) -> crate::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        crate::Error::Refused(format!(
+            "cannot serve /metrics and /healthz on {addr} (`addr` / --addr): {e}"
+        ))
+    })
+}
+
+/// `serve` in the background; a failure is logged.
 pub fn spawn_endpoint(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<dyn Health>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
-        if let Err(e) = serve(addr, metrics, health, shutdown).await {
-            tracing::error!("metrics endpoint {addr}: {e}");
+        let addr = listener.local_addr().ok();
+        if let Err(e) = serve(listener, metrics, health, shutdown).await {
+            tracing::error!("metrics endpoint {addr:?}: {e}");
         }
     });
 }
 
 /// Serve `/metrics` and `/healthz` until `shutdown` resolves.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<dyn Health>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics and health endpoint listening");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics and health endpoint listening");
+    }
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => r?,

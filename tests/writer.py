@@ -136,6 +136,8 @@ def main():
                     help="after about one commit in this many, write nothing for --quiet-ms")
     ap.add_argument("--quiet-ms", type=int, default=500)
     ap.add_argument("--hash", help="print the content hash of this database and exit")
+    ap.add_argument("--synchronous", default="NORMAL",
+                    help="PRAGMA synchronous (FULL, SQLite's default, fsyncs the WAL at each commit)")
     ap.add_argument("--fill-mb", type=int, default=0,
                     help="first insert about this many MB of 4 KB rows (half random), in big transactions")
     a = ap.parse_args()
@@ -151,7 +153,7 @@ def main():
     conn.execute("PRAGMA busy_timeout = 5000")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     assert mode == "wal", mode
-    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute(f"PRAGMA synchronous = {a.synchronous}")
     conn.executescript(SCHEMA)
     if a.fill_mb:
         rows = a.fill_mb * 1024 * 1024 // 4200

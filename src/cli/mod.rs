@@ -184,3 +184,10 @@ fn canonical(p: &Path) -> PathBuf {
             .unwrap_or_else(|_| p.to_path_buf()),
     }
 }
+
+/// Write a line to stderr, ignoring a closed pipe: a sidecar whose log reader went away
+/// keeps replicating (`eprintln!` would panic, and the release build aborts on a panic).
+pub fn say_err(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
+}

@@ -50,9 +50,13 @@ pub struct ReplicateArgs {
     /// Directory for segments waiting for upload (default: .<db>-walship beside the db).
     #[arg(long)]
     pub spool_dir: Option<PathBuf>,
-    /// Most bytes the spool may hold (default 256MiB).
+    /// Most bytes the spool may hold (default 256MiB, at least 1MB).
     #[arg(long)]
     pub spool_limit: Option<String>,
+    /// fsync the capture journal and spool files as written: a node crash, not only a
+    /// process crash, then loses nothing walship has read (default off).
+    #[arg(long)]
+    pub journal_fsync: bool,
     /// WAL size (pages) to keep to: walship checkpoints itself at twice this when the
     /// application's own checkpoints do not keep the WAL below it (default 1000).
     #[arg(long)]
@@ -90,13 +94,16 @@ impl ReplicateArgs {
         };
         for db in &mut cfg.dbs {
             if let Some(s) = &self.sync_interval {
-                db.sync_interval = config::parse_duration("--sync-interval", s)?;
+                db.sync_interval = config::parse_positive_duration("--sync-interval", s)?;
             }
             if let Some(d) = &self.spool_dir {
                 db.spool_dir = d.clone();
             }
+            if self.journal_fsync {
+                db.journal_fsync = true;
+            }
             if let Some(s) = &self.spool_limit {
-                db.spool_limit = config::parse_size("--spool-limit", s)?;
+                db.spool_limit = config::parse_spool_limit("--spool-limit", s)?;
             }
             if let Some(n) = self.min_checkpoint_pages {
                 db.min_checkpoint_pages = n.max(1);
@@ -139,10 +146,10 @@ impl ReplicateArgs {
             cfg.metrics_addr = Some(config::parse_listen_addr(a)?);
         }
         if let Some(s) = &self.unhealthy_after {
-            cfg.unhealthy_after = config::parse_duration("--unhealthy-after", s)?;
+            cfg.unhealthy_after = config::parse_positive_duration("--unhealthy-after", s)?;
         }
         if let Some(s) = &self.shutdown_timeout {
-            cfg.shutdown_timeout = config::parse_duration("--shutdown-timeout", s)?;
+            cfg.shutdown_timeout = config::parse_positive_duration("--shutdown-timeout", s)?;
         }
         Ok(cfg)
     }
@@ -157,6 +164,7 @@ fn single(db: &Path, replica: config::ReplicaConfig) -> Config {
             replica,
             spool_dir: config::default_spool_dir(db),
             spool_limit: config::DEFAULT_SPOOL_LIMIT,
+            journal_fsync: false,
             min_checkpoint_pages: config::DEFAULT_MIN_CHECKPOINT_PAGES,
             sync_interval: config::DEFAULT_SYNC_INTERVAL,
             snapshot_interval: Some(config::DEFAULT_SNAPSHOT_INTERVAL),
@@ -196,15 +204,36 @@ fn demo_config(dir: &Path) -> Result<Config> {
         }),
     );
     cfg.metrics_addr = Some(config::parse_listen_addr("127.0.0.1:9090")?);
-    eprintln!(
-        "walship demo: replicating {db} to file://{rep}\n  write:   sqlite3 {db} \"INSERT INTO notes(body) VALUES ('hi')\"\n  look:    walship generations file://{rep}\n  restore: walship restore -o /tmp/restored.db file://{rep}\n  metrics: curl -s 127.0.0.1:9090/metrics\n  stop:    Ctrl-C",
-        db = db.display(),
-        rep = dir.join("replica").display()
-    );
     Ok(cfg)
 }
 
-pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+impl ReplicateArgs {
+    /// What `--demo` prints once it runs: how to write, look, restore and read metrics.
+    pub fn banner(&self) -> Option<String> {
+        let dir = self.demo.as_ref()?;
+        let db = dir.join("app.db");
+        Some(format!(
+            "walship demo: replicating {db} to file://{rep}\n  write:   sqlite3 {db} \"INSERT INTO notes(body) VALUES ('hi')\"\n  look:    walship generations file://{rep}\n  restore: walship restore -o /tmp/restored.db file://{rep}\n  metrics: curl -s 127.0.0.1:9090/metrics\n  stop:    Ctrl-C",
+            db = db.display(),
+            rep = dir.join("replica").display()
+        ))
+    }
+}
+
+/// Run the sidecar: bind the metrics address first (an address that cannot be bound is a
+/// start-up error), print `banner` (the demo's), then replicate until `shutdown`.
+pub async fn run(
+    mut cfg: Config,
+    banner: Option<String>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let listener = match cfg.metrics_addr {
+        Some(addr) => Some(crate::metrics::bind(addr).await?),
+        None => None,
+    };
+    if let Some(b) = banner {
+        crate::cli::say_err(&b);
+    }
     let (pg, sqlite): (Vec<_>, Vec<_>) = cfg
         .dbs
         .into_iter()
@@ -237,19 +266,19 @@ pub async fn run(mut cfg: Config, shutdown: impl std::future::Future<Output = ()
             ));
         }
         let (http_stop, http_rx) = tokio::sync::watch::channel(false);
-        if let Some(addr) = cfg.metrics_addr {
+        if let Some(listener) = listener {
             let health = Arc::new(PgHealth {
                 dbs: pg_states,
                 unhealthy_after: cfg.unhealthy_after,
             });
-            crate::metrics::spawn_endpoint(addr, metrics.clone(), health, http_rx);
+            crate::metrics::spawn_endpoint(listener, metrics.clone(), health, http_rx);
         }
         shutdown.await;
         let _ = http_stop.send(true);
         None
     } else {
         cfg.dbs = sqlite;
-        Some(crate::replicate::run(cfg.clone(), metrics, shutdown).await?)
+        Some(crate::replicate::run(cfg.clone(), metrics, listener, shutdown).await?)
     };
     let _ = pg_stop.send(true);
     let deadline = tokio::time::sleep(cfg.shutdown_timeout);

@@ -74,6 +74,7 @@ pub struct RawDb {
     pub meta_path: Option<String>,
     #[serde(default, deserialize_with = "number_or_text")]
     pub spool_limit: Option<String>,
+    pub journal_fsync: Option<bool>,
     pub min_checkpoint_page_count: Option<u32>,
     // Litestream keys whose job walship does differently; accepted so configs carry over.
     #[serde(default, deserialize_with = "number_or_text")]
@@ -136,6 +137,9 @@ pub struct DbConfig {
     pub replica: ReplicaConfig,
     pub spool_dir: PathBuf,
     pub spool_limit: u64,
+    /// fsync the capture journal and spool files as they are written, so that a node
+    /// crash (not only a process crash) loses nothing walship read (default off).
+    pub journal_fsync: bool,
     pub min_checkpoint_pages: u32,
     pub sync_interval: Duration,
     /// Time between snapshots within a generation (`None`: only when a generation starts).
@@ -293,12 +297,46 @@ fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Strin
     )
 }
 
+/// Longest duration any setting takes: beyond it deadlines overflow the clock.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// Smallest spool that holds a segment of ordinary transactions (segments are cut at a
+/// quarter of the limit, see `replicate::capture`).
+pub const MIN_SPOOL_LIMIT: u64 = 1_000_000;
+
 pub fn parse_duration(key: &str, s: &str) -> Result<Duration> {
-    humantime::parse_duration(s.trim()).map_err(|e| {
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
         Error::Config(format!(
             "{key}: {s:?} is not a duration ({e}); use e.g. 10s, 1h, 168h"
         ))
-    })
+    })?;
+    if d > MAX_DURATION {
+        return Err(Error::Config(format!(
+            "{key}: {s:?} is too long (at most 100 years)"
+        )));
+    }
+    Ok(d)
+}
+
+/// A duration that must be above zero (a zero one would make the setting meaningless).
+pub fn parse_positive_duration(key: &str, s: &str) -> Result<Duration> {
+    let d = parse_duration(key, s)?;
+    if d.is_zero() {
+        return Err(Error::Config(format!("{key} must be above zero")));
+    }
+    Ok(d)
+}
+
+/// `spool-limit`: a size of at least `MIN_SPOOL_LIMIT`; with less nothing could ever be
+/// queued for upload.
+pub fn parse_spool_limit(key: &str, s: &str) -> Result<u64> {
+    let n = parse_size(key, s)?;
+    if n < MIN_SPOOL_LIMIT {
+        return Err(Error::Config(format!(
+            "{key}: {s:?} is too small: the spool must hold at least 1MB, or nothing can be \
+             queued for upload"
+        )));
+    }
+    Ok(n)
 }
 
 /// Sizes like `256MiB`, `1GB`, `512M`, or a plain byte count.
@@ -317,7 +355,12 @@ pub fn parse_size(key: &str, s: &str) -> Result<u64> {
         _ => 0,
     };
     match num.parse::<u64>() {
-        Ok(n) if mult > 0 => Ok(n * mult),
+        Ok(n) if mult > 0 => n.checked_mul(mult).ok_or_else(|| {
+            Error::Config(format!("{key}: {s:?} is too large (it overflows 64 bits)"))
+        }),
+        Err(e) if mult > 0 && *e.kind() == std::num::IntErrorKind::PosOverflow => Err(
+            Error::Config(format!("{key}: {s:?} is too large (it overflows 64 bits)")),
+        ),
         _ => Err(Error::Config(format!(
             "{key}: {s:?} is not a size; use e.g. 256MiB or 1GB"
         ))),
@@ -413,11 +456,11 @@ fn resolve(raw: RawConfig) -> Result<Config> {
         dbs,
         metrics_addr,
         unhealthy_after: match &raw.unhealthy_after {
-            Some(s) => parse_duration("unhealthy-after", s)?,
+            Some(s) => parse_positive_duration("unhealthy-after", s)?,
             None => DEFAULT_UNHEALTHY_AFTER,
         },
         shutdown_timeout: match &raw.shutdown_timeout {
-            Some(s) => parse_duration("shutdown-timeout", s)?,
+            Some(s) => parse_positive_duration("shutdown-timeout", s)?,
             None => DEFAULT_SHUTDOWN_TIMEOUT,
         },
         log_json: raw
@@ -535,7 +578,7 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
         )));
     }
     let spool_limit = match &db.spool_limit {
-        Some(s) => parse_size(&format!("{at}.spool-limit"), s)?,
+        Some(s) => parse_spool_limit(&format!("{at}.spool-limit"), s)?,
         None => DEFAULT_SPOOL_LIMIT,
     };
     Ok(DbConfig {
@@ -548,6 +591,7 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
         replica: resolve_replica(top, &replica, &rat)?,
         path,
         spool_limit,
+        journal_fsync: db.journal_fsync.unwrap_or(false),
         min_checkpoint_pages,
         sync_interval,
         snapshot_interval,
@@ -807,5 +851,33 @@ dbs:
             }
         );
         assert!(parse_location("s3:///x").is_err());
+    }
+
+    #[test]
+    fn zero_overflowing_and_impossible_values_name_the_setting() {
+        let err = |yaml: &str| match parse(yaml, &env) {
+            Err(Error::Config(m)) => m,
+            other => panic!("accepted {yaml:?}: {other:?}"),
+        };
+        let db = |extra: &str| {
+            format!("dbs:\n  - path: a\n    {extra}\n    replica: {{url: file:///x}}\n")
+        };
+        let m = err(&db("spool-limit: 0"));
+        assert!(
+            m.contains("dbs[0].spool-limit") && m.contains("too small"),
+            "{m}"
+        );
+        let m = err(&db("spool-limit: 17179869184GiB"));
+        assert!(m.contains("spool-limit") && m.contains("too large"), "{m}");
+        let m = err(&db("spool-limit: \"99999999999999999999999\""));
+        assert!(m.contains("too large"), "{m}");
+        let m = err("unhealthy-after: 0s\ndbs: []\n");
+        assert!(m.contains("unhealthy-after must be above zero"), "{m}");
+        let m = err("shutdown-timeout: 0\ndbs: []\n");
+        assert!(m.contains("shutdown-timeout must be above zero"), "{m}");
+        let m = err("shutdown-timeout: 99999999999y\ndbs: []\n");
+        assert!(m.contains("shutdown-timeout"), "{m}");
+        assert!(parse_duration("k", "200y").is_err());
+        assert_eq!(parse_spool_limit("k", "1MB").unwrap(), 1_000_000);
     }
 }

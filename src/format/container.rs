@@ -395,7 +395,9 @@ pub fn decode_all(b: &[u8], magic: &[u8; 4]) -> Result<(Header, Vec<u8>), String
         return Err("trailer offset out of range".into());
     }
     let trailer = parse_trailer(&b[trailer_offset as usize..], trailer_offset)?;
-    let mut payload = Vec::with_capacity(trailer.total_raw.min(1 << 30) as usize);
+    // The trailer's total is not trusted for memory: reserve at most the object's own
+    // size; chunks that really decode grow it (each bounded by MAX_CHUNK_RAW).
+    let mut payload = Vec::with_capacity(trailer.total_raw.min(b.len() as u64) as usize);
     let mut crc = crc32fast::Hasher::new();
     let mut at = header.len;
     let mut chunks = 0usize;

@@ -2,6 +2,7 @@
 //! WAL segments and snapshots. Pure byte transformations; docs/FORMAT.md is the spec.
 
 pub mod container;
+pub mod journal;
 pub mod segment;
 pub mod snapshot;
 

@@ -200,6 +200,23 @@ impl SegmentBuilder {
         ((self.sealed_bytes + self.used) / self.frame_len) as u32
     }
 
+    /// The raw bytes of frames `from..to` as read from the WAL. Valid only for frames not
+    /// yet taken into the delta encoding (`seal`/`commit_frames` rewrite earlier frames):
+    /// the capture journal copies a scan's frames out before it seals them.
+    pub fn raw_frames(&self, from: u32, to: u32) -> &[u8] {
+        debug_assert!(from >= self.deltas_done || from == to);
+        let fl = self.frame_len;
+        let a = from as usize * fl - self.sealed_bytes;
+        let b = to as usize * fl - self.sealed_bytes;
+        &self.raw[a..b]
+    }
+
+    /// Commit-table entries for frames at or after `from`.
+    pub fn commits_from(&self, from: u32) -> &[(u32, u64)] {
+        let at = self.commits.partition_point(|&(i, _)| i < from);
+        &self.commits[at..]
+    }
+
     pub fn raw_len(&self) -> usize {
         self.sealed_bytes + self.used + self.commits.len() * COMMIT_ENTRY
     }
@@ -379,7 +396,11 @@ impl Segment {
 
     fn verify(&self) -> Result<(), String> {
         let m = &self.meta;
-        if self.commits.len() as u64 != m.last_txid - m.first_txid + 1 {
+        let txs = m
+            .last_txid
+            .checked_sub(m.first_txid)
+            .and_then(|d| d.checked_add(1));
+        if Some(self.commits.len() as u64) != txs {
             return Err("commit count does not match the transaction range".into());
         }
         if self
@@ -388,7 +409,7 @@ impl Segment {
             .any(|w| w[0].0 >= w[1].0 || w[0].1 > w[1].1)
             || self.commits.first().map(|c| c.1) != Some(m.first_commit_ms)
             || self.commits.last().map(|c| c.1) != Some(m.last_commit_ms)
-            || self.commits.last().map(|c| c.0 + 1) != Some(m.frame_count)
+            || self.commits.last().and_then(|c| c.0.checked_add(1)) != Some(m.frame_count)
         {
             return Err("commit table does not match the header".into());
         }
@@ -572,6 +593,36 @@ mod tests {
         ] {
             assert!(Segment::decode(&b.encode(&bad)).is_err(), "{bad:?}");
         }
+    }
+
+    /// Regression (fuzzing): a segment of no frames whose one commit entry points at
+    /// frame u32::MAX passed decode (`index + 1` wrapped to the frame count, 0).
+    #[test]
+    fn forged_commit_table_without_frames_is_rejected() {
+        let (meta, _) = sample();
+        let mut b = SegmentBuilder::new(PS);
+        b.mark_commit(u32::MAX, 1000);
+        let forged = SegmentMeta {
+            first_txid: 7,
+            last_txid: 7,
+            first_commit_ms: 1000,
+            last_commit_ms: 1000,
+            frame_count: 0,
+            end: meta.start,
+            ..meta
+        };
+        let e = Segment::decode(&b.encode(&forged))
+            .err()
+            .expect("accepted a forged segment");
+        assert!(e.contains("commit table"), "{e}");
+        // A txid range that wraps u64 is an error too, not an overflow.
+        let (meta, mut b) = sample();
+        let wrap = SegmentMeta {
+            first_txid: 0,
+            last_txid: u64::MAX,
+            ..meta
+        };
+        assert!(Segment::decode(&b.encode(&wrap)).is_err());
     }
 
     #[test]

@@ -34,7 +34,8 @@ fn hex8(s: &str) -> Option<u32> {
 }
 
 fn seg24(s: &str) -> Option<(u32, u32, u32)> {
-    (s.len() == 24).then_some(())?;
+    // ASCII first: slicing a name with a multibyte character at 8 or 16 would panic.
+    (s.len() == 24 && s.is_ascii()).then_some(())?;
     Some((hex8(&s[..8])?, hex8(&s[8..16])?, hex8(&s[16..])?))
 }
 
@@ -96,6 +97,20 @@ impl std::fmt::Display for WalFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (fuzzing): a multibyte character where a name is sliced panicked.
+    #[test]
+    fn names_with_multibyte_characters_are_refused() {
+        for n in [
+            "0000000日00000000000003",
+            "000000010000000日000003",
+            "0000000日00000000000003.partial",
+            "0000000日.history",
+            "000000010000000000000002.000000日.backup",
+        ] {
+            assert_eq!(WalFile::parse(n), None, "{n}");
+        }
+    }
 
     #[test]
     fn names_round_trip_and_others_are_refused() {

@@ -4,6 +4,7 @@
 //! starts a new generation (with a snapshot) whenever continuity cannot be proven.
 //! The algorithm and why it cannot lose a commit: docs/CAPTURE.md.
 
+use super::journal::Journal;
 use super::snapshot::{Manifest, SnapshotJob, hostname};
 use super::spool::Spool;
 use super::state::{DbState, Job, now_ms};
@@ -27,8 +28,25 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 /// while keeping commit timestamps within 100 ms of the real commit (point-in-time
 /// restore's promise).
 const MIN_SCAN_GAP: Duration = Duration::from_millis(90);
-/// Raw bytes of transactions per segment before one is cut regardless of age.
-const SEGMENT_BUDGET: usize = 4 << 20;
+/// Raw bytes of transactions per segment before one is cut regardless of age (at most a
+/// quarter of `spool-limit`, so that a segment always fits an empty spool).
+const SEGMENT_BUDGET: usize = 16 << 20;
+/// Largest transaction kept as frames in memory and shipped as a segment (at most half of
+/// `spool-limit`); a larger one ships as the snapshot of a new generation that continues
+/// the old one exactly (`large_transaction`), so its size never becomes walship's memory.
+const LARGE_TX_MAX: usize = 64 << 20;
+/// After a scan woken by a WAL write, the WAL-index is looked at again this long after,
+/// then at doubling gaps up to `FOLLOWUP_MAX_STEP`, for `FOLLOWUP_FOR`, while no further
+/// write comes: SQLite updates the index only after the commit frame's write and its
+/// fsync (which a busy disk can stretch to hundreds of milliseconds), so the scan right
+/// after the write event can find nothing yet, and no event follows the index update.
+/// Without these re-checks the last commit before a quiet spell waited for the periodic
+/// scan (up to half the sync interval) and was stamped that late. Each re-check is a
+/// header compare; under continuous writes the writes' own events drive the scans and no
+/// re-check runs.
+const FOLLOWUP_FIRST: Duration = Duration::from_millis(3);
+const FOLLOWUP_MAX_STEP: Duration = Duration::from_millis(25);
+const FOLLOWUP_FOR: Duration = Duration::from_secs(1);
 /// A blocking checkpoint must be seen this long, unchanged, before walship steps aside.
 /// Short: stepping aside costs walship two read renewals and keeps its read lock.
 const STEPOUT_CONFIRM: Duration = Duration::from_millis(4);
@@ -72,6 +90,7 @@ pub struct ResumePoint {
 
 pub struct CaptureSettings {
     pub sync_interval: Duration,
+    pub spool_limit: u64,
     pub min_checkpoint_pages: u32,
     pub snapshot_interval: Option<Duration>,
     pub snapshot_wal_ratio: f64,
@@ -87,7 +106,20 @@ pub struct Capture {
     watch: WalWatch,
     state: Arc<DbState>,
     spool: Arc<Spool>,
+    journal: Journal,
     settings: CaptureSettings,
+    segment_budget: usize,
+    tx_limit: usize,
+    /// When the last segment was cut: the next is cut at once if that was a sync interval
+    /// ago (leading edge), else when it is.
+    last_cut: Option<Instant>,
+    /// The last cut found no room in the spool (the replica is behind).
+    cut_blocked: bool,
+    /// The next WAL-index re-check after a write-woken scan, the gap before it, and until
+    /// when re-checks go on.
+    followup: Option<(Instant, Duration, Instant)>,
+    /// Last time a journal append failure was logged.
+    journal_warned: Option<Instant>,
     run: Option<Run>,
     /// The snapshot this generation started with, until the replica has it.
     snapshot: Option<Arc<SnapshotJob>>,
@@ -115,14 +147,23 @@ impl Capture {
         db: LiveDb,
         state: Arc<DbState>,
         spool: Arc<Spool>,
+        journal: Journal,
         settings: CaptureSettings,
     ) -> Self {
         let now = Instant::now();
+        let limit = usize::try_from(settings.spool_limit).unwrap_or(usize::MAX);
         Capture {
             watch: WalWatch::new(&db.wal_path()),
             db,
             state,
             spool,
+            journal,
+            segment_budget: SEGMENT_BUDGET.min(limit / 4).max(1),
+            tx_limit: LARGE_TX_MAX.min(limit / 2).max(1),
+            last_cut: None,
+            cut_blocked: false,
+            followup: None,
+            journal_warned: None,
             settings,
             run: None,
             snapshot: None,
@@ -156,11 +197,19 @@ impl Capture {
                 .saturating_sub(last_tick.elapsed())
                 .min(self.cut_due_in());
             let gap_left = self.scan_gap().saturating_sub(self.last_scan.elapsed());
-            if wal_dirty || !gap_left.is_zero() {
+            let followup_left = self.followup_due_in();
+            if !wal_dirty && followup_left < gap_left.min(probe_left) {
+                // Until the re-check, woken early by a write: then the write's own event
+                // drives the next scan and the re-check is moot.
+                wal_dirty = self.watch.wait(followup_left);
+                if wal_dirty {
+                    self.followup = None;
+                }
+            } else if wal_dirty || !gap_left.is_zero() {
                 // Until the next scan may run; then (if nothing is pending) on inotify.
                 std::thread::sleep(gap_left.min(probe_left));
             } else {
-                wal_dirty = self.watch.wait(probe_left);
+                wal_dirty = self.watch.wait(probe_left.min(followup_left));
             }
             last_tick = Instant::now();
             if Instant::now() < self.not_before {
@@ -186,7 +235,10 @@ impl Capture {
     }
 
     fn start(&mut self, resume: Option<ResumePoint>) -> Result<()> {
-        self.db.begin_read()?;
+        // Normally held since before start-up's first network call (replicate::run).
+        if !self.db.is_reading() {
+            self.db.begin_read()?;
+        }
         if let Some(rp) = resume {
             let files = self.db.files();
             let index = match Tracker::read_header(&files.wal).map_err(|e| self.io(e))? {
@@ -205,6 +257,7 @@ impl Capture {
                         rp.last_commit_ms,
                     );
                     t.set_index(hdr, index);
+                    t.tx_limit = self.tx_limit;
                     tracing::info!(db = %self.state.label, generation = %rp.generation, txid = rp.txid,
                         "resuming generation");
                     self.state.set_generation(&rp.generation);
@@ -270,9 +323,26 @@ impl Capture {
             }
         }
         let since = self.last_scan.elapsed();
-        if (*wal_dirty && since >= self.scan_gap()) || since >= self.settings.sync_interval / 2 {
+        let followup_due = self.followup.is_some_and(|(at, ..)| Instant::now() >= at);
+        if *wal_dirty && since >= self.scan_gap() {
             *wal_dirty = false;
             self.scan()?;
+            self.start_followups();
+        } else if since >= self.settings.sync_interval / 2 {
+            self.scan()?;
+        } else if followup_due && !*wal_dirty {
+            // No write since the last scan: only an index update that trailed its write
+            // can be new. A header compare when there is none.
+            let (_, step, until) = self.followup.take().expect("due");
+            let before = self.tracker_pos();
+            self.scan()?;
+            let now = Instant::now();
+            let step = (step * 2).min(FOLLOWUP_MAX_STEP);
+            if self.tracker_pos() != before {
+                self.start_followups();
+            } else if now + step <= until {
+                self.followup = Some((now + step, step, until));
+            }
         }
         if self.last_identity_check.elapsed() >= Duration::from_secs(1) {
             self.last_identity_check = Instant::now();
@@ -427,27 +497,30 @@ impl Capture {
         if self.nothing_new(shm) {
             return Ok(());
         }
-        let wal = self.db.files();
         loop {
             let Some(run) = self.run.as_mut() else {
                 return Ok(());
             };
-            if run.tracker.pending_bytes() >= SEGMENT_BUDGET && !self.cut()? {
+            if (run.tracker.pending_bytes() >= self.segment_budget || run.tracker.large_ahead)
+                && !self.cut()?
+            {
                 return Ok(());
             }
             match shm.take() {
                 Some(h) => self.hint(Some(h)),
                 None => self.set_read_hint()?,
             }
-            let run = self.run.as_mut().expect("checked");
-            let scan = run
-                .tracker
-                .scan(&wal.wal, now_ms(), SEGMENT_BUDGET)
-                .map_err(|e| crate::Error::io(self.db.wal_path(), e))?;
+            let Some(scan) = self.tracker_scan(self.segment_budget)? else {
+                return Ok(());
+            };
             self.publish_oldest();
             match scan {
                 Scan::Lost(reason) => {
                     self.lose(reason);
+                    return Ok(());
+                }
+                Scan::Large { bytes } => {
+                    self.large_transaction(bytes);
                     return Ok(());
                 }
                 Scan::Progress { more: true, .. } => continue,
@@ -456,6 +529,112 @@ impl Capture {
         }
         self.try_anchor()?;
         Ok(())
+    }
+
+    /// One tracker scan with the journal attached: the transactions it consumes are
+    /// appended to the local journal before it returns. A journal that cannot be written
+    /// (disk full) is an error in the log and metrics, not a reason to stop capturing.
+    fn tracker_scan(&mut self, budget: usize) -> Result<Option<Scan>> {
+        let wal = self.db.files();
+        let Some(run) = self.run.as_mut() else {
+            return Ok(None);
+        };
+        let journal = &mut self.journal;
+        let generation = &run.generation;
+        let mut failed = None;
+        // The journal counts toward spool-limit: while the spool is full it takes only what
+        // fits, and the rest waits in the WAL as before (docs/CAPTURE.md).
+        let room = self
+            .state
+            .spool_limit
+            .saturating_sub(self.state.queue.lock().unwrap().spool_bytes);
+        let scan = run
+            .tracker
+            .scan_with(&wal.wal, now_ms(), budget, &mut |r| {
+                if journal.size_with(r.encoded_len()) > room {
+                    journal.skip();
+                } else if let Err(e) = journal.append(generation, r) {
+                    failed = Some(e);
+                }
+                Ok(())
+            })
+            .map_err(|e| crate::Error::io(self.db.wal_path(), e))?;
+        if let Some(e) = failed
+            && self
+                .journal_warned
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
+        {
+            self.journal_warned = Some(Instant::now());
+            self.report(&crate::Error::io(self.journal.path(), e));
+        }
+        Ok(Some(scan))
+    }
+
+    fn start_followups(&mut self) {
+        let now = Instant::now();
+        self.followup = Some((now + FOLLOWUP_FIRST, FOLLOWUP_FIRST, now + FOLLOWUP_FOR));
+    }
+
+    /// Empty the journal (its transactions are spooled, or their generation ended),
+    /// keeping spool and journal together within spool-limit.
+    fn clear_journal(&mut self) {
+        let room = self
+            .state
+            .spool_limit
+            .saturating_sub(self.state.queue.lock().unwrap().spool_bytes);
+        if let Err(e) = self.journal.clear(room) {
+            // Harmless for correctness: start-up skips journaled txids the spool has.
+            tracing::warn!(db = %self.state.label, "cannot empty the capture journal: {e}");
+        }
+    }
+
+    fn tracker_pos(&self) -> Option<WalPosition> {
+        self.run.as_ref().map(|r| r.tracker.pos)
+    }
+
+    /// Time until the next WAL-index re-check (rounded up to a millisecond, so the wait
+    /// never spins), or the probe interval if none is scheduled.
+    fn followup_due_in(&self) -> Duration {
+        match self.followup {
+            Some((at, ..)) => {
+                let left = at.saturating_duration_since(Instant::now());
+                Duration::from_millis(left.as_micros().div_ceil(1000) as u64)
+            }
+            None => PROBE_INTERVAL,
+        }
+    }
+
+    /// A transaction larger than `tx_limit` was consumed without its frames: the
+    /// transactions before it are cut, so the generation is complete up to it. Its state
+    /// ships as the snapshot of a new generation taken at the position right after it,
+    /// under the read lock held all along: nothing committed is skipped, and the new
+    /// generation continues the old one exactly.
+    fn large_transaction(&mut self, bytes: u64) {
+        let Some(run) = self.run.as_ref() else {
+            return;
+        };
+        let (old, old_txid) = (run.generation.clone(), run.tracker.txid);
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let reason = format!(
+            "a transaction of {:.1} MiB is larger than the {:.1} MiB a segment may hold \
+             (half of spool-limit, at most 64 MiB): the state after it ships as this \
+             generation's snapshot, continuing generation {old} after txid {old_txid}",
+            mib(bytes),
+            mib(self.tx_limit as u64),
+        );
+        tracing::warn!(db = %self.state.label, generation = %old, tx_bytes = bytes,
+            "large transaction: {reason}; raise spool-limit to ship transactions this size \
+             as segments");
+        self.state
+            .metrics
+            .error(&self.state.label, "large_transaction");
+        self.parent = Some(old);
+        self.next_reason = reason;
+        let now = now_ms();
+        let run = self.run.as_mut().expect("checked");
+        run.generation = GenerationId::new(now, random_u32());
+        let commit_ms = run.tracker.last_commit_ms;
+        self.queue_first_snapshot(Some(old_txid), commit_ms);
     }
 
     /// The WAL-index says the WAL holds nothing past the position (no read needed).
@@ -545,18 +724,19 @@ impl Capture {
     /// Scan until the end of the WAL or until `budget` bytes are pending: `Some(true)` at
     /// the end, `Some(false)` when the budget stopped it, `None` if continuity was lost.
     fn scan_within(&mut self, budget: usize) -> Result<Option<bool>> {
-        let wal = self.db.files();
         self.set_read_hint()?;
-        let Some(run) = self.run.as_mut() else {
+        let Some(scan) = self.tracker_scan(budget)? else {
             return Ok(None);
         };
-        match run
-            .tracker
-            .scan(&wal.wal, now_ms(), budget)
-            .map_err(|e| crate::Error::io(self.db.wal_path(), e))?
-        {
+        match scan {
             Scan::Lost(reason) => {
                 self.lose(reason);
+                Ok(None)
+            }
+            Scan::Large { bytes } => {
+                // The old generation ended at the transaction before it; callers stop as
+                // they do for a lost one, and the next scan goes on in the new generation.
+                self.large_transaction(bytes);
                 Ok(None)
             }
             Scan::Progress { more, .. } => {
@@ -578,11 +758,22 @@ impl Capture {
             return Ok(true);
         }
         let (meta, bytes) = run.tracker.encode_pending().expect("has pending");
-        if !self.state.spool_has_room(bytes.len() as u64) {
-            return Ok(false);
+        // Until the segment is durable the journal holds the same transactions: both must
+        // fit in spool-limit at once (a stale tail beyond the journal's records can go).
+        let z = bytes.len() as u64;
+        if !self.state.spool_has_room(z + self.journal.file_len) {
+            let _ = self.journal.trim();
+            if !self.state.spool_has_room(z + self.journal.file_len) {
+                self.cut_blocked = true;
+                return Ok(false);
+            }
         }
-        let entry = self.spool.write(&run.generation, &meta, &bytes)?;
+        self.cut_blocked = false;
+        let mut entry = self.spool.write(&run.generation, &meta, &bytes)?;
+        entry.commits = run.tracker.pending_commit_times().into();
         run.tracker.clear_pending();
+        self.last_cut = Some(Instant::now());
+        self.clear_journal();
         // Counted as stored: what a restore downloads is what its work scales with.
         self.wal_since_snapshot += bytes.len() as u64;
         self.state.push(Job::Segment(entry));
@@ -590,27 +781,34 @@ impl Capture {
         Ok(true)
     }
 
-    /// Time until the oldest pending transaction reaches the sync interval (a little
-    /// after, so that it is due when walship wakes), or the probe interval if none.
+    /// Time until pending transactions fall due (a sync interval after the last cut, a
+    /// little after so that they are due when walship wakes), or the probe interval if
+    /// none are pending.
     fn cut_due_in(&self) -> Duration {
-        let age = self
-            .run
-            .as_ref()
-            .and_then(|r| r.tracker.oldest_pending_ms())
-            .map(|t| now_ms().saturating_sub(t));
-        match age {
-            Some(a) => Duration::from_millis(
-                (self.settings.sync_interval.as_millis() as u64).saturating_sub(a) + 1,
-            ),
-            None => PROBE_INTERVAL,
+        let pending = self.run.as_ref().is_some_and(|r| r.tracker.has_pending());
+        let left = match self.last_cut {
+            None => Duration::ZERO,
+            Some(t) => self.settings.sync_interval.saturating_sub(t.elapsed()),
+        };
+        match (pending, left.is_zero()) {
+            (false, _) => PROBE_INTERVAL,
+            // Due now; if the spool had no room, retry at the probe rate, not in a spin.
+            (true, true) if self.cut_blocked => PROBE_INTERVAL,
+            (true, true) => Duration::ZERO,
+            (true, false) => left + Duration::from_millis(1),
         }
     }
 
+    /// Leading edge: a commit after a quiet sync interval is cut (and uploaded) at once;
+    /// under continuous writes at most one segment per sync interval (or per segment
+    /// budget of frames).
     fn cut_if_due(&mut self) -> Result<()> {
         let due = self.run.as_ref().is_some_and(|r| {
-            r.tracker.oldest_pending_ms().is_some_and(|t| {
-                now_ms().saturating_sub(t) >= self.settings.sync_interval.as_millis() as u64
-            }) || r.tracker.pending_bytes() >= SEGMENT_BUDGET
+            r.tracker.has_pending()
+                && (self
+                    .last_cut
+                    .is_none_or(|t| t.elapsed() >= self.settings.sync_interval)
+                    || r.tracker.pending_bytes() >= self.segment_budget)
         });
         if due {
             self.cut()?;
@@ -890,10 +1088,20 @@ impl Capture {
     /// Continuity cannot be proven: queue what was consumed (valid history), drop the read
     /// lock, and start a new generation as soon as the replica is reachable.
     fn lose(&mut self, reason: String) {
-        let _ = self.cut();
+        match self.cut() {
+            Ok(_) => {}
+            // What the journal holds stays there for the next start-up.
+            Err(e) => self.report(&e),
+        }
         if let Some(run) = self.run.take() {
             if run.tracker.has_pending() {
-                tracing::warn!(db = %self.state.label, "spool full: the last transactions of generation {} were not queued", run.generation);
+                // The spool is full (the replica is down): within its limit there is no
+                // room for them. Their state is in the next generation's snapshot.
+                tracing::warn!(db = %self.state.label, generation = %run.generation,
+                    first_txid = run.tracker.txid + 1 - run.tracker.pending_commit_times().len() as u64,
+                    last_txid = run.tracker.txid,
+                    "spool full: the last transactions of the generation are not in its \
+                     segments; the next generation's snapshot holds their state");
             }
             tracing::warn!(db = %self.state.label, generation = %run.generation,
                 "starting a new generation: {reason}");
@@ -923,6 +1131,7 @@ impl Capture {
         };
         let mut t = Tracker::new(pos, 0, page_size, db_pages, now_ms());
         t.collect = false;
+        t.tx_limit = self.tx_limit;
         if let Some(h) = hdr {
             t.set_index(h, Default::default());
         }
@@ -944,7 +1153,18 @@ impl Capture {
             self.not_before = Instant::now() + Duration::from_millis(200);
             return Ok(());
         }
-        let run = self.run.as_mut().expect("checked above");
+        self.queue_first_snapshot(None, now_ms());
+        Ok(())
+    }
+
+    /// Queue the snapshot a generation begins with: the database as of the tracker's
+    /// position, which the read lock keeps stable until the replica has it. `continues`
+    /// names the parent's last txid when nothing lies between it and this snapshot but
+    /// one transaction too large for a segment.
+    fn queue_first_snapshot(&mut self, continues: Option<u64>, commit_ms: u64) {
+        let files = self.db.files();
+        let run = self.run.as_mut().expect("a run to snapshot");
+        let generation = run.generation.clone();
         let t = &mut run.tracker;
         let now = now_ms();
         let meta = SnapshotMeta {
@@ -952,7 +1172,7 @@ impl Capture {
             page_count: t.db_pages,
             pages_per_chunk: SnapshotMeta::pages_per_chunk_for(t.page_size),
             txid: 0,
-            commit_ms: now,
+            commit_ms,
             position: t.pos,
         };
         let job = SnapshotJob {
@@ -961,12 +1181,13 @@ impl Capture {
                 format: 1,
                 engine: "sqlite".into(),
                 page_size: t.page_size,
-                created: crate::clock::rfc3339(now_ms()),
+                created: crate::clock::rfc3339(now),
                 created_ms: now,
                 host: hostname(),
                 database: self.state.label.clone(),
                 parent: self.parent.as_ref().map(|g| g.to_string()),
                 reason: self.next_reason.clone(),
+                continues_parent_at: continues,
             }),
             meta,
             files,
@@ -975,7 +1196,8 @@ impl Capture {
             cancelled: Default::default(),
         };
         t.start_collecting(0);
-        t.last_commit_ms = now;
+        t.last_commit_ms = commit_ms;
+        self.clear_journal();
         self.last_snapshot_at = Instant::now();
         self.snapshot_txid = 0;
         self.wal_since_snapshot = 0;
@@ -986,7 +1208,6 @@ impl Capture {
         self.state.snapshot_active.store(true, Ordering::Release);
         self.state.push(Job::Snapshot(job));
         self.state.set_generation(&generation);
-        Ok(())
     }
 
     fn shutdown(mut self) {
@@ -1003,12 +1224,20 @@ impl Capture {
             self.state.incomplete.store(true, Ordering::Release);
         }
         if self.run.is_some() {
-            let r = self.scan_to_end().and_then(|_| self.cut());
-            match r {
+            // Whatever is queued and the deadline leaves unsent is counted and reported
+            // by the caller; what finds no room in the spool stays in the WAL (and the
+            // journal) for the next run, and the exit says so.
+            match self.scan_to_end().and_then(|_| self.cut()) {
                 Ok(true) => {}
-                Ok(false) => tracing::warn!(db = %self.state.label,
-                    "spool full at shutdown: the newest transactions stay in the WAL"),
-                Err(e) => self.report(&e),
+                Ok(false) => {
+                    tracing::warn!(db = %self.state.label,
+                        "spool full at shutdown: the newest transactions stay in the WAL");
+                    self.state.incomplete.store(true, Ordering::Release);
+                }
+                Err(e) => {
+                    self.report(&e);
+                    self.state.incomplete.store(true, Ordering::Release);
+                }
             }
         }
         let _ = self.db.unlock_write();
@@ -1077,6 +1306,7 @@ mod tests {
     fn snapshot_triggers() {
         let s = |interval: Option<u64>, ratio: f64| CaptureSettings {
             sync_interval: Duration::from_secs(1),
+            spool_limit: 256 << 20,
             min_checkpoint_pages: 1000,
             snapshot_interval: interval.map(Duration::from_secs),
             snapshot_wal_ratio: ratio,

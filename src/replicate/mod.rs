@@ -4,6 +4,7 @@
 //! missing; shutdown ships everything committed, within a deadline.
 
 pub mod capture;
+pub mod journal;
 pub mod snapshot;
 pub mod spool;
 pub mod state;
@@ -46,6 +47,8 @@ struct Running {
 struct HealthView {
     dbs: Vec<Arc<DbState>>,
     unhealthy_after: Duration,
+    /// Per database: bytes the replica client had sent, and when that last grew.
+    progress: Vec<std::sync::Mutex<(u64, u64)>>,
 }
 
 impl Health for HealthView {
@@ -60,37 +63,96 @@ impl Health for HealthView {
         }
     }
 
+    /// Unhealthy when a replica has failed for longer than `unhealthy-after`, or when
+    /// replication is stalled: a committed transaction has waited that long and nothing
+    /// was uploaded meanwhile (whatever the cause, the replica falls behind unseen).
     fn healthy(&self) -> std::result::Result<(), String> {
-        crate::metrics::failing_too_long(
+        let failing = crate::metrics::failing_too_long(
             self.dbs
                 .iter()
                 .map(|s| (s.label.as_str(), s.failing_since_ms.load(Ordering::Relaxed))),
             self.unhealthy_after,
             "replica unreachable",
-        )
+        );
+        let now = now_ms();
+        let limit = self.unhealthy_after.as_millis() as u64;
+        let mut problems: Vec<String> = failing.err().into_iter().collect();
+        for (s, p) in self.dbs.iter().zip(&self.progress) {
+            let sent = s.requests.put_bytes.load(Ordering::Relaxed);
+            let mut p = p.lock().unwrap();
+            if sent != p.0 || p.1 == 0 {
+                *p = (sent, now);
+            }
+            let lag_ms = (s.lag_seconds(now) * 1000.0) as u64;
+            let idle_ms = now.saturating_sub(p.1);
+            if lag_ms > limit && idle_ms > limit && s.failing_since_ms.load(Ordering::Relaxed) == 0
+            {
+                problems.push(format!(
+                    "{}: replication stalled: the oldest unshipped commit is {}s old and \
+                     nothing was uploaded for {}s",
+                    s.label,
+                    lag_ms / 1000,
+                    idle_ms / 1000
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
     }
 }
 
-/// Check every database and replica; return each database's opened replica. All
-/// problems are reported together.
-pub async fn preflight(cfg: &Config) -> Result<Vec<Arc<Replica>>> {
+/// Check every database and take its read lock, then check every replica; return each
+/// database's locked connections and opened replica. All problems are reported together.
+/// The read locks come first, before any network call: from then on no application
+/// checkpoint can reset WAL that walship has not read, so the window in which a restart
+/// can lose continuity is only the process's own start.
+pub async fn preflight(cfg: &Config) -> Result<Vec<(LiveDb, Arc<Replica>)>> {
     if cfg.dbs.is_empty() {
         return Err(Error::Config(
             "no databases to replicate: give DB_PATH REPLICA_URL or a config with `dbs`".into(),
         ));
     }
-    let mut replicas = Vec::new();
     let mut problems = Vec::new();
+    let mut locked = Vec::new();
+    for db in &cfg.dbs {
+        match lock_database(&db.path) {
+            Ok(live) => {
+                let after = crate::clock::process_start().elapsed();
+                tracing::info!(db = %db.path.display(), ms = after.as_secs_f64() * 1000.0,
+                    "read lock held (time since process start)");
+                locked.push(Some((live, after)));
+            }
+            Err(e) => {
+                problems.push(e.to_string());
+                locked.push(None);
+            }
+        }
+    }
+    let mut replicas = Vec::new();
     let tag = format!("{}-{}", snapshot::hostname(), std::process::id());
     for db in &cfg.dbs {
-        if let Err(e) = check_database(&db.path) {
-            problems.push(e.to_string());
-        }
         if let Some(r) = probe_replica(&db.replica, &tag, &mut problems).await {
             replicas.push(r);
         }
     }
-    refuse_if_any(problems).map(|()| replicas)
+    refuse_if_any(problems)?;
+    Ok(locked
+        .into_iter()
+        .flatten()
+        .zip(replicas)
+        .map(|((live, _), r)| (live, r))
+        .collect())
+}
+
+/// Open a database's connections and begin the long-lived read transaction.
+fn lock_database(path: &std::path::Path) -> Result<LiveDb> {
+    check_database(path)?;
+    let mut live = LiveDb::open(path)?;
+    live.begin_read()?;
+    Ok(live)
 }
 
 /// Every start-up problem at once, one line each, or nothing.
@@ -135,21 +197,23 @@ pub async fn probe_replica(
 pub async fn run(
     cfg: Config,
     metrics: Arc<Metrics>,
+    listener: Option<tokio::net::TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome> {
-    let replicas = preflight(&cfg).await?;
+    let opened = preflight(&cfg).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None::<Instant>);
     let mut running = Vec::new();
-    for (db, replica) in cfg.dbs.iter().zip(replicas) {
-        running.push(start_db(db, replica, metrics.clone(), stop_rx.clone()).await?);
+    for (db, (live, replica)) in cfg.dbs.iter().zip(opened) {
+        running.push(start_db(db, live, replica, metrics.clone(), stop_rx.clone()).await?);
     }
     let (http_stop, http_rx) = tokio::sync::watch::channel(false);
-    if let Some(addr) = cfg.metrics_addr {
+    if let Some(listener) = listener {
         let health = Arc::new(HealthView {
             dbs: running.iter().map(|r| r.state.clone()).collect(),
             unhealthy_after: cfg.unhealthy_after,
+            progress: running.iter().map(|_| Default::default()).collect(),
         });
-        crate::metrics::spawn_endpoint(addr, metrics.clone(), health, http_rx);
+        crate::metrics::spawn_endpoint(listener, metrics.clone(), health, http_rx);
     }
     shutdown.await;
     tracing::info!("shutting down: shipping what is committed");
@@ -174,30 +238,52 @@ pub async fn run(
 
 async fn start_db(
     db: &DbConfig,
+    live: LiveDb,
     replica: Arc<Replica>,
     metrics: Arc<Metrics>,
     stop: tokio::sync::watch::Receiver<Option<Instant>>,
 ) -> Result<Running> {
     let label = db.path.display().to_string();
+    let lock_after = crate::clock::process_start().elapsed();
+    metrics
+        .read_lock_after_start
+        .get_or_create(&DbLabel { db: label.clone() })
+        .set(lock_after.as_secs_f64());
     let state = Arc::new(DbState::new(
         label,
         db.spool_limit,
         metrics,
         replica.counts.clone(),
     ));
-    let (spool, leftovers) = Spool::open(&db.spool_dir)?;
-    let spool = Arc::new(spool);
-    let resume = find_resume_point(&replica, &leftovers).await?;
+    let (mut journal, journaled) = journal::Journal::open(&db.spool_dir, db.journal_fsync)?;
+    let (spool, mut leftovers) = Spool::open(&db.spool_dir)?;
+    let spool = Arc::new(spool.with_fsync(db.journal_fsync));
+    let mut resume = find_resume_point(&replica, &leftovers).await?;
+    // What a killed run had read but not cut yet: the same generation's next segment.
+    if let Some(rp) = resume.as_mut()
+        && let Some((entry, after)) = journal::recover(&journaled, rp, &spool)?
+    {
+        leftovers.push(entry);
+        *rp = after;
+    }
     for e in leftovers {
         state.push(Job::Segment(e));
     }
-    let live = LiveDb::open(&db.path)?;
+    // Recovered into the spool, already there, or of a generation that cannot go on.
+    journal
+        .clear(
+            db.spool_limit
+                .saturating_sub(state.queue.lock().unwrap().spool_bytes),
+        )
+        .map_err(|e| Error::io(journal.path(), e))?;
     let capture = Capture::new(
         live,
         state.clone(),
         spool.clone(),
+        journal,
         CaptureSettings {
             sync_interval: db.sync_interval,
+            spool_limit: db.spool_limit,
             min_checkpoint_pages: db.min_checkpoint_pages,
             snapshot_interval: db.snapshot_interval,
             snapshot_wal_ratio: db.snapshot_wal_ratio,

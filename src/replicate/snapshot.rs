@@ -31,6 +31,11 @@ pub struct Manifest {
     pub parent: Option<String>,
     /// Why this generation began (first start, WAL replaced, ...).
     pub reason: String,
+    /// Set when this generation continues its parent exactly: its first snapshot holds
+    /// the parent's state after this txid plus the one transaction too large for a
+    /// segment, with nothing committed in between (docs/CAPTURE.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues_parent_at: Option<u64>,
 }
 
 pub struct SnapshotJob {

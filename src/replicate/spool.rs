@@ -14,10 +14,16 @@ pub struct SpoolEntry {
     pub name: SegmentName,
     pub path: PathBuf,
     pub size: u64,
+    /// When walship read each of its commits (empty for files an earlier run left): the
+    /// read-to-acknowledged histogram's starting points.
+    pub commits: std::sync::Arc<[u64]>,
 }
 
 pub struct Spool {
     dir: PathBuf,
+    /// fsync each segment (and the directory) before it counts as spooled
+    /// (`journal-fsync`).
+    fsync: bool,
 }
 
 fn file_name(generation: &GenerationId, name: &SegmentName) -> String {
@@ -57,8 +63,11 @@ impl Spool {
                         name,
                         path,
                         size,
+                        commits: Default::default(),
                     });
                 }
+                // The capture journal and the validation scratch directory live here too.
+                _ if !fname.ends_with(".seg") && !fname.ends_with(".tmp") => {}
                 _ => {
                     if fname.ends_with(".seg") {
                         tracing::warn!(file = %path.display(), "removing unreadable spool file");
@@ -71,9 +80,16 @@ impl Spool {
         Ok((
             Spool {
                 dir: dir.to_path_buf(),
+                fsync: false,
             },
             found,
         ))
+    }
+
+    /// Make every spooled segment durable across a node crash, not only a process crash.
+    pub fn with_fsync(mut self, fsync: bool) -> Self {
+        self.fsync = fsync;
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -96,13 +112,26 @@ impl Spool {
         };
         let path = self.dir.join(file_name(generation, &name));
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+        if self.fsync {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+            f.sync_data().map_err(|e| Error::io(&tmp, e))?;
+        } else {
+            std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+        }
         std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        if self.fsync
+            && let Ok(d) = std::fs::File::open(&self.dir)
+        {
+            let _ = d.sync_all();
+        }
         Ok(SpoolEntry {
             generation: generation.clone(),
             name,
             path,
             size: bytes.len() as u64,
+            commits: Default::default(),
         })
     }
 

@@ -4,6 +4,7 @@
 //! history or breaks it (invariant 1). Knows nothing of locks or storage: the capture loop
 //! tells it, through `ResetPolicy`, what the locks it holds make provable.
 
+use crate::format::journal::RecordRef;
 use crate::format::segment::{SegmentBuilder, SegmentMeta};
 use crate::sqlite::wal::{FRAME_HEADER_LEN, FrameHeader, WAL_HEADER_LEN, WalHeader, WalPosition};
 use std::collections::HashMap;
@@ -30,6 +31,10 @@ pub enum Scan {
     Progress { commits: u64, more: bool },
     /// The WAL no longer continues the position; the reason says why.
     Lost(String),
+    /// A transaction of `bytes` raw frame bytes, more than `tx_limit`, was consumed
+    /// without keeping its frames (position, page index and database size follow it; the
+    /// txid does not): it can only ship as a snapshot taken at the new position.
+    Large { bytes: u64 },
 }
 
 /// Committed frames consumed but not yet handed on as a segment.
@@ -57,6 +62,12 @@ pub struct Tracker {
     /// mxFrame are not committed yet (or are stale ones from before a reset), so the scan
     /// need not read them. Used once.
     pub read_hint: Option<(u32, u32, u32)>,
+    /// Largest transaction (raw frame bytes) kept as frames; a larger one is consumed
+    /// without its frames (`Scan::Large`), so its size never becomes walship's memory.
+    pub tx_limit: usize,
+    /// Set when a scan stopped before a transaction larger than `tx_limit`, so that the
+    /// transactions before it can be cut first.
+    pub large_ahead: bool,
     /// Latest committed frame of each page in the current WAL (for snapshots).
     index: HashMap<u32, u32>,
     pending: Pending,
@@ -80,6 +91,8 @@ impl Tracker {
             collect: true,
             hdr: None,
             read_hint: None,
+            tx_limit: usize::MAX,
+            large_ahead: false,
             index: HashMap::new(),
             pending: Pending {
                 builder: SegmentBuilder::new(page_size),
@@ -104,6 +117,20 @@ impl Tracker {
     /// Consume committed transactions after `pos`. Stops at the first frame that does not
     /// continue the checksum chain, or after a commit once `budget` bytes are pending.
     pub fn scan(&mut self, wal: &File, now_ms: u64, budget: usize) -> io::Result<Scan> {
+        self.scan_with(wal, now_ms, budget, &mut |_| Ok(()))
+    }
+
+    /// `scan`, handing the transactions it consumed (raw frames, commit times) to
+    /// `journal` before they are taken into the segment encoding: capture appends them to
+    /// its local journal, so that what walship has read survives its own crash.
+    pub fn scan_with(
+        &mut self,
+        wal: &File,
+        now_ms: u64,
+        budget: usize,
+        journal: &mut dyn FnMut(RecordRef<'_>) -> io::Result<()>,
+    ) -> io::Result<Scan> {
+        self.large_ahead = false;
         let Some(hdr) = Self::read_header(wal)? else {
             // Empty or truncated WAL (e.g. just after a TRUNCATE checkpoint): nothing new.
             return Ok(Scan::Progress {
@@ -149,10 +176,17 @@ impl Tracker {
             _ => (u32::MAX, wal.metadata()?.len()),
         };
         let (mut frame, mut running) = (self.pos.frame, self.pos.cksum);
-        let mut keep = self.pending.builder.frames();
+        let scan_start = self.pending.builder.frames();
+        let txid_at_start = self.txid;
+        let mut keep = scan_start;
         let mut tx_pages: Vec<(u32, u32)> = Vec::new();
         let mut commits = 0u64;
         let mut more = false;
+        // Frames of the current (unfinished) transaction, and whether it is being read
+        // without keeping its frames because it outgrew `tx_limit`.
+        let mut tx_frames = 0usize;
+        let mut skipping = !self.collect;
+        let mut large: Option<u64> = None;
         'read: loop {
             let off = hdr.frame_offset(frame + 1);
             let avail = (len.saturating_sub(off) as usize / frame_len)
@@ -166,7 +200,7 @@ impl Tracker {
             let base = self.pending.builder.frames();
             let base_bytes = self.pending.builder.raw_len();
             let mut marks: Vec<(u32, u64)> = Vec::new();
-            let buf: &mut [u8] = if self.collect {
+            let buf: &mut [u8] = if !skipping {
                 self.pending.builder.frames_tail(n)
             } else {
                 self.buf.resize(n * frame_len, 0);
@@ -175,6 +209,7 @@ impl Tracker {
             wal.read_exact_at(buf, off)?;
             let mut valid = 0;
             let mut stop = false;
+            let mut outgrown = false;
             for f in buf.chunks_exact(frame_len) {
                 let fh = FrameHeader::from_slice(f);
                 let Some(c) = fh.verify(&hdr, running, &f[FRAME_HEADER_LEN..]) else {
@@ -184,45 +219,93 @@ impl Tracker {
                 valid += 1;
                 frame += 1;
                 running = c;
+                tx_frames += 1;
                 tx_pages.push((fh.pgno(), frame));
                 if fh.is_commit() {
                     let ms = now_ms.max(self.last_commit_ms);
-                    if self.collect {
-                        marks.push((base + valid - 1, ms));
-                        self.txid += 1;
-                        self.pending.first_ms.get_or_insert(ms);
-                    }
                     self.db_pages = fh.commit_size();
                     self.last_commit_ms = ms;
                     self.pos.frame = frame;
                     self.pos.cksum = running;
                     self.index.extend(tx_pages.drain(..));
-                    keep = base + valid;
-                    commits += 1;
                     // Frames were appended after the read mark: no reset can follow now.
                     self.reset_policy = ResetPolicy::Forbidden;
-                    if base_bytes + valid as usize * frame_len >= budget {
+                    commits += 1;
+                    if self.collect && skipping {
+                        // The transaction that outgrew `tx_limit`: consumed, not kept.
+                        large = Some((tx_frames * frame_len) as u64);
+                        stop = true;
+                        break;
+                    }
+                    tx_frames = 0;
+                    if self.collect {
+                        marks.push((base + valid - 1, ms));
+                        self.txid += 1;
+                        self.pending.first_ms.get_or_insert(ms);
+                        keep = base + valid;
+                    }
+                    if base_bytes + valid as usize * frame_len >= budget && !skipping {
                         more = true;
                         stop = true;
                         break;
                     }
+                } else if self.collect && !skipping && tx_frames * frame_len > self.tx_limit {
+                    outgrown = true;
+                    break;
                 }
             }
-            if self.collect {
+            if !skipping {
                 // Keep what is verified; the rest is re-read next time.
                 self.pending.builder.truncate(base + valid);
                 for (i, ms) in marks {
                     self.pending.builder.mark_commit(i, ms);
                 }
             }
+            if outgrown {
+                // Drop the big transaction's frames read so far and go on without keeping
+                // them; if earlier transactions are pending, stop first so that capture
+                // can cut them into a segment of their own.
+                self.pending.builder.truncate(keep);
+                if keep > 0 {
+                    self.large_ahead = true;
+                    more = true;
+                    break 'read;
+                }
+                skipping = true;
+                continue;
+            }
             if stop {
                 break 'read;
             }
         }
-        // Frames after the last commit belong to a transaction still being written.
         if self.collect {
+            // Frames after the last commit belong to a transaction still being written.
             self.pending.builder.truncate(keep);
+            if keep > scan_start {
+                let first = scan_start;
+                let rel: Vec<(u32, u64)> = self
+                    .pending
+                    .builder
+                    .commits_from(first)
+                    .iter()
+                    .map(|&(i, ms)| (i - first, ms))
+                    .collect();
+                journal(RecordRef {
+                    generation: "",
+                    page_size: self.page_size,
+                    first_txid: txid_at_start + 1,
+                    last_txid: self.txid,
+                    db_pages: self.db_pages,
+                    last_commit_ms: self.last_commit_ms,
+                    end: self.pos,
+                    commits: &rel,
+                    frames: self.pending.builder.raw_frames(first, keep),
+                })?;
+            }
             self.pending.builder.seal(keep);
+        }
+        if let Some(bytes) = large {
+            return Ok(Scan::Large { bytes });
         }
         Ok(Scan::Progress { commits, more })
     }
@@ -233,6 +316,16 @@ impl Tracker {
 
     pub fn pending_bytes(&self) -> usize {
         self.pending.builder.raw_len()
+    }
+
+    /// Commit times of the consumed transactions not yet handed on, oldest first.
+    pub fn pending_commit_times(&self) -> Vec<u64> {
+        self.pending
+            .builder
+            .commits_from(0)
+            .iter()
+            .map(|&(_, ms)| ms)
+            .collect()
     }
 
     /// Commit time of the oldest consumed transaction not yet handed on.
@@ -610,5 +703,99 @@ mod tests {
         let (meta, bytes) = t.take_segment().unwrap();
         assert_eq!(meta.last_commit_ms, 5000);
         Segment::decode(&bytes).unwrap();
+    }
+
+    #[test]
+    fn journal_receives_each_scans_transactions_as_read() {
+        let mut w = FakeWal::new(0, 1, 2);
+        let mut t = tracker_at_start(&w);
+        w.frame(2, 0, 1);
+        w.frame(3, 3, 2); // tx 1
+        w.frame(4, 4, 3); // tx 2
+        w.frame(5, 0, 4); // unfinished
+        let mut got = Vec::new();
+        t.scan_with(w.file.as_file(), 70, usize::MAX, &mut |r| {
+            got.push((
+                r.first_txid,
+                r.last_txid,
+                r.commits.to_vec(),
+                r.frames.to_vec(),
+                r.end,
+            ));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got.len(), 1);
+        let (first, last, commits, frames, end) = &got[0];
+        assert_eq!((*first, *last), (1, 2));
+        assert_eq!(commits, &vec![(1, 70), (2, 70)]);
+        assert_eq!(*end, t.pos);
+        // The frames exactly as in the WAL file, before any delta encoding.
+        let fl = 24 + PS as usize;
+        let mut raw = vec![0u8; 3 * fl];
+        w.file.as_file().read_exact_at(&mut raw, 32).unwrap();
+        assert_eq!(frames, &raw);
+        // A scan with nothing new appends nothing.
+        got.clear();
+        t.scan_with(w.file.as_file(), 80, usize::MAX, &mut |r| {
+            got.push((r.first_txid, r.last_txid, vec![], vec![], r.end));
+            Ok(())
+        })
+        .unwrap();
+        assert!(got.is_empty());
+    }
+
+    #[test]
+    fn a_transaction_over_the_limit_is_consumed_without_its_frames() {
+        let mut w = FakeWal::new(0, 1, 2);
+        let mut t = tracker_at_start(&w);
+        let fl = 24 + PS as usize;
+        t.tx_limit = 3 * fl;
+        w.frame(2, 2, 1); // tx 1: small
+        for p in 3..8 {
+            w.frame(p, if p == 7 { 7 } else { 0 }, p as u8); // 5 frames: too large
+        }
+        w.frame(8, 8, 9); // after it
+        // The small one first, stopping before the large one so it can be cut alone.
+        let s = t.scan(w.file.as_file(), 10, usize::MAX).unwrap();
+        assert_eq!(
+            s,
+            Scan::Progress {
+                commits: 1,
+                more: true
+            }
+        );
+        assert!(t.large_ahead);
+        let (meta, _) = t.take_segment().unwrap();
+        assert_eq!((meta.last_txid, meta.end.frame), (1, 1));
+        // Then the large one, consumed but not kept: position and page index follow it.
+        let mut journaled = 0;
+        let s = t
+            .scan_with(w.file.as_file(), 20, usize::MAX, &mut |_| {
+                journaled += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            s,
+            Scan::Large {
+                bytes: 5 * fl as u64
+            }
+        );
+        assert_eq!(journaled, 0);
+        assert_eq!((t.pos.frame, t.txid, t.db_pages), (6, 1, 7));
+        assert!(!t.has_pending());
+        assert_eq!(t.frame_of(5), Some(4));
+        // What follows is captured as usual.
+        t.start_collecting(0);
+        let s = t.scan(w.file.as_file(), 30, usize::MAX).unwrap();
+        assert_eq!(
+            s,
+            Scan::Progress {
+                commits: 1,
+                more: false
+            }
+        );
+        assert_eq!(t.take_segment().unwrap().0.first_txid, 1);
     }
 }

@@ -171,6 +171,11 @@ fn finish_front(state: &DbState, spool: &Spool, job: &Job, bytes: u64) {
             m.transactions
                 .get_or_create(&label)
                 .inc_by(e.name.last_txid - e.name.first_txid + 1);
+            let now = now_ms();
+            let h = m.commit_to_ack.get_or_create(&label);
+            for &read in e.commits.iter() {
+                h.observe(now.saturating_sub(read) as f64 / 1000.0);
+            }
         }
         Job::Snapshot(_) => state.snapshot_active.store(false, Ordering::Release),
     }

@@ -274,12 +274,12 @@ pub fn plan(
                 let next = g
                     .segments
                     .iter()
-                    .filter(|s| s.name.first_txid > chain_txid + 1)
+                    .filter(|s| s.name.first_txid > chain_txid.saturating_add(1))
                     .map(|s| (s.name.first_txid, s.name.first_commit_ms))
                     .chain(
                         g.snapshots
                             .iter()
-                            .filter(|s| s.name.txid > chain_txid + 1)
+                            .filter(|s| s.name.txid > chain_txid.saturating_add(1))
                             .map(|s| (s.name.txid, s.name.commit_ms)),
                     )
                     .min();
@@ -288,7 +288,7 @@ pub fn plan(
                         "generation {id} does not hold transactions {}..{} (lost, or removed \
                          by retention), which committed between {} and {}; {} cannot be \
                          restored exactly: the nearest restore points are {} and {}",
-                        chain_txid + 1,
+                        chain_txid.saturating_add(1),
                         next_txid - 1,
                         rfc3339(chain_ms),
                         rfc3339(next_ms),
@@ -319,27 +319,52 @@ pub fn plan_latest(
     plan(gens, only, Target::Latest)
 }
 
-/// Segments continuing from `txid` without a hole. Where several start at the same
-/// transaction, the one reaching furthest wins. Returns the chain and, if segments exist
-/// beyond a hole, the txid the chain stops at.
+/// Segments continuing from `txid` without a hole, reaching as far as any such chain
+/// does: a search, not a greedy walk, so a dead end (a long segment nothing continues)
+/// never hides a complete chain through shorter ones. Where chains tie, the one with the
+/// longest segment at each step wins. Returns the chain and, if segments exist beyond a
+/// hole, the txid the chain stops at. Ranges that are reversed or would overflow are
+/// ignored: the search only moves forward, so it ends on any input.
 pub fn chain_after(
     segments: &[Obj<SegmentName>],
     txid: u64,
 ) -> (Vec<Obj<SegmentName>>, Option<u64>) {
-    let mut chain = Vec::new();
-    let mut next = txid + 1;
-    loop {
-        let best = segments
-            .iter()
-            .filter(|s| s.name.first_txid == next)
-            .max_by_key(|s| s.name.last_txid);
-        match best {
-            Some(s) => {
-                chain.push(s.clone());
-                next = s.name.last_txid + 1;
-            }
-            None => break,
+    use std::collections::BTreeMap;
+    let Some(first) = txid.checked_add(1) else {
+        return (Vec::new(), None);
+    };
+    let mut by_start: BTreeMap<u64, Vec<&Obj<SegmentName>>> = BTreeMap::new();
+    for s in segments {
+        if s.name.first_txid >= first
+            && s.name.last_txid >= s.name.first_txid
+            && s.name.last_txid < u64::MAX
+        {
+            by_start.entry(s.name.first_txid).or_default().push(s);
         }
+    }
+    // From the last start back: how far a chain from each start reaches, and through
+    // which segment (every edge goes forward, so each start's answer is final).
+    let mut reach: BTreeMap<u64, (u64, usize)> = BTreeMap::new();
+    for (&start, segs) in by_start.iter().rev() {
+        let mut best: Option<(u64, u64, usize)> = None; // (reach, segment end, index)
+        for (i, s) in segs.iter().enumerate() {
+            let after = s.name.last_txid + 1;
+            let r = reach.get(&after).map_or(s.name.last_txid, |&(r, _)| r);
+            let cand = (r, s.name.last_txid, i);
+            if best.is_none_or(|b| (cand.0, cand.1) > (b.0, b.1)) {
+                best = Some(cand);
+            }
+        }
+        if let Some((r, _, i)) = best {
+            reach.insert(start, (r, i));
+        }
+    }
+    let mut chain = Vec::new();
+    let mut next = first;
+    while let Some(&(_, i)) = reach.get(&next) {
+        let s = by_start[&next][i];
+        chain.push(s.clone());
+        next = s.name.last_txid + 1;
     }
     let gap = segments
         .iter()
@@ -405,6 +430,45 @@ mod tests {
 
     fn seg(g_id: &GenerationId, a: u64, b: u64) -> Listed {
         seg_at(g_id, a, b, a, b)
+    }
+
+    /// Regression (two writers on one path): a long segment nothing continues must not
+    /// hide the complete chain through shorter ones.
+    #[test]
+    fn chain_search_passes_a_dead_end() {
+        let a = g(1);
+        let objs = vec![
+            snap(&a, 0),
+            seg(&a, 1, 188),
+            seg(&a, 189, 215), // dead end: nothing starts at 216
+            seg(&a, 189, 209),
+            seg(&a, 210, 300),
+        ];
+        let p = plan_latest(&group(&objs), None).unwrap();
+        assert_eq!(p.txid, 300);
+        assert_eq!(p.gap_after, None);
+        let ends: Vec<u64> = p.segments.iter().map(|s| s.name.last_txid).collect();
+        assert_eq!(ends, vec![188, 209, 300]);
+    }
+
+    /// Regression (fuzzing): ranges that wrap u64 or run backwards made the walk loop
+    /// forever with growing memory.
+    #[test]
+    fn chain_search_ends_on_wrapping_and_reversed_ranges() {
+        let a = g(1);
+        let objs = vec![
+            snap(&a, 0),
+            seg(&a, 1, u64::MAX),
+            seg(&a, 0, 4),
+            seg_at(&a, 5, 3, 5, 5),
+            seg(&a, 1, 2),
+            seg(&a, 3, 4),
+        ];
+        let gens = group(&objs);
+        let p = plan_latest(&gens, None).unwrap();
+        assert_eq!(p.txid, 4);
+        let (chain, _) = chain_after(&gens[&a].segments, u64::MAX);
+        assert!(chain.is_empty());
     }
 
     #[test]

@@ -12,18 +12,32 @@ fn ms_of(t: SystemTime) -> u64 {
 
 /// Split a trailing `±HH:MM` offset off an RFC 3339 time, as seconds east of UTC.
 fn split_offset(s: &str) -> Option<(&str, i64)> {
-    let (head, tail) = s.split_at(s.len().checked_sub(6)?);
-    let b = tail.as_bytes();
-    let sign = match b[0] {
-        b'+' => 1,
-        b'-' => -1,
-        _ => return None,
-    };
-    if b[3] != b':' || !head.contains('T') && !head.contains(' ') {
+    // Byte-safe: only ASCII text can carry a numeric offset.
+    if !s.is_ascii() {
         return None;
     }
-    let h: i64 = tail[1..3].parse().ok()?;
-    let m: i64 = tail[4..6].parse().ok()?;
+    let date_end = s.find(['T', 't', ' '])?;
+    let at = s.rfind(['+', '-'])?;
+    if at <= date_end {
+        return None; // the '-' of the date, not an offset
+    }
+    let (head, tail) = s.split_at(at);
+    let sign = if tail.starts_with('+') { 1 } else { -1 };
+    let d = &tail[1..];
+    // +HH (PostgreSQL's timestamptz text), +HHMM, +HH:MM.
+    let (h, m) = match d.len() {
+        2 => (d, "00"),
+        4 => (&d[..2], &d[2..]),
+        5 if d.as_bytes()[2] == b':' => (&d[..2], &d[3..]),
+        _ => return None,
+    };
+    if !(h.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+    if h > 23 || m > 59 {
+        return None;
+    }
     Some((head, sign * (h * 3600 + m * 60)))
 }
 
@@ -32,8 +46,9 @@ pub fn parse_time(s: &str, now_ms: u64) -> Result<u64, String> {
     let s = s.trim();
     let bad = || {
         format!(
-            "cannot read {s:?} as a time: give RFC 3339 (2026-11-21T14:02:00Z), a UTC time of \
-             day (14:02), or a duration ago (15m)"
+            "cannot read {s:?} as a time: give RFC 3339 (2026-11-21T14:02:00Z), PostgreSQL's \
+             text (2026-11-21 14:02:00.123456+00), a UTC time of day (14:02), or a duration \
+             ago (15m)"
         )
     };
     if let Some(d) = s.strip_suffix("ago").map(str::trim).or(Some(s))
@@ -102,6 +117,42 @@ mod tests {
         assert_eq!(parse_time("15m", NOW), Ok(NOW - 900_000));
         assert_eq!(parse_time("2h 30m ago", NOW), Ok(NOW - 9_000_000));
         assert_eq!(parse_time("1s ago", NOW), Ok(NOW - 1000));
+    }
+
+    #[test]
+    fn postgres_timestamptz_text() {
+        let want = 1_795_269_720_000; // 2026-11-21T14:02:00Z
+        assert_eq!(
+            parse_time("2026-11-21 14:02:00.123456+00", NOW),
+            Ok(want + 123)
+        );
+        assert_eq!(parse_time("2026-11-21 16:02:00+02", NOW), Ok(want));
+        assert_eq!(parse_time("2026-11-21 09:02:00-0500", NOW), Ok(want));
+    }
+
+    /// Regression (fuzzing): a multibyte character where the offset would be panicked.
+    #[test]
+    fn hostile_text_is_an_error_not_a_panic() {
+        for s in [
+            "ab日12345",
+            "日日日日日日日",
+            "2026-11-21T14:02:00+日:0",
+            "+",
+            "T-",
+            "T+99:99",
+        ] {
+            assert!(parse_time(s, NOW).is_err(), "{s:?}");
+        }
+    }
+
+    /// Regression (fuzzing): a time past year 9999, from an object name, panicked.
+    #[test]
+    fn times_past_year_9999_are_printed_not_panicked_on() {
+        assert!(format_ms(u64::MAX).contains("past year 9999"));
+        assert_eq!(
+            format_ms(crate::clock::MAX_RFC3339_MS),
+            "9999-12-31T23:59:59.999Z"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! the S3 server; without it the S3 variants skip, except under CI=true where they fail.
 
 mod bad_input;
+mod capture;
 mod examples;
 mod init_mode;
 mod large;

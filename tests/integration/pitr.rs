@@ -1,6 +1,8 @@
 //! Point-in-time restore under crashes: the writer records (commit time, content hash)
-//! after every commit while walship is SIGKILLed and restarted; restores to recorded
-//! instants must equal the recorded state exactly, against file:// and the real S3 server.
+//! after every commit while walship is SIGKILLed and restarted (half of the kills just
+//! inside a quiet spell, when the burst's last commits have been read but not yet cut into
+//! a segment); restores to recorded instants must equal the recorded state exactly,
+//! against file:// and the real S3 server.
 
 use crate::support::*;
 use std::path::Path;
@@ -48,10 +50,12 @@ fn pitr_under_crashes(backend: Backend, dir: &Path) {
     );
     let mut writer = Some(writer);
     let mut rep = Replicator::start(&db, &backend, SHUTDOWN, &log);
-    // Times during which commits may be stamped late: from a little more than one sync
-    // interval before a kill (transactions seen but not yet cut into a segment are read
-    // again after the restart) until the restarted walship has scanned.
+    // Times during which commits may be stamped late: from just before a kill (a commit
+    // walship had not read yet is read, or lost with the WAL, after the restart) until
+    // the restarted walship has scanned. Commits read before the kill are in its capture
+    // journal and keep their stamps.
     let mut blind: Vec<(u64, u64)> = Vec::new();
+    let mut kills_at: Vec<u64> = Vec::new();
     let mut kills = 0;
     loop {
         let until = Instant::now() + Duration::from_millis(4000 + rng.below(4000));
@@ -66,12 +70,26 @@ fn pitr_under_crashes(backend: Backend, dir: &Path) {
         if done {
             break;
         }
+        if rng.below(2) == 0 {
+            // Just inside a quiet spell: the last commit 150-500 ms old (bounded wait).
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until {
+                let age = read_record(&record)
+                    .last()
+                    .map(|c| now_ms().saturating_sub(c.ms));
+                if age.is_some_and(|a| (150..500).contains(&a)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let killed = now_ms();
         rep.kill();
         kills += 1;
-        std::thread::sleep(Duration::from_millis(rng.below(300)));
+        kills_at.push(killed);
+        std::thread::sleep(Duration::from_millis(rng.below(500)));
         rep = Replicator::start(&db, &backend, SHUTDOWN, &log);
-        blind.push((killed.saturating_sub(1500), now_ms() + 1000));
+        blind.push((killed.saturating_sub(150), now_ms() + 1000));
     }
     finish_writer(writer.take().unwrap(), &report);
     let status = rep.terminate(Duration::from_secs(90));
@@ -98,10 +116,28 @@ fn pitr_under_crashes(backend: Backend, dir: &Path) {
         "only {} usable instants (kills {kills}); the workload needs more quiet spells",
         usable.len()
     );
-    // A random 30 of them, plus the newest state.
-    while usable.len() > 30 {
-        usable.swap_remove(rng.below(usable.len() as u64) as usize);
+    // Those within 1.5 s before a kill were read by the walship that was killed, possibly
+    // not yet cut into a segment: all of them are checked, plus random others up to 30.
+    let near_kill = |j: usize| {
+        kills_at
+            .iter()
+            .any(|&k| commits[j].ms < k && k - commits[j].ms <= 1500)
+    };
+    let (mut chosen, mut others): (Vec<usize>, Vec<usize>) =
+        usable.iter().partition(|&&j| near_kill(j));
+    let near = chosen.len();
+    assert!(
+        near >= 3,
+        "only {near} checked instants just before a kill (kills {kills})"
+    );
+    while chosen.len() < 30 && !others.is_empty() {
+        chosen.push(others.swap_remove(rng.below(others.len() as u64) as usize));
     }
+    eprintln!(
+        "pitr: {} instants, {near} of them just before a kill",
+        chosen.len()
+    );
+    usable = chosen;
     let mut checks: Vec<(u64, &str)> = usable
         .iter()
         .map(|&j| (commits[j].ms + AFTER_COMMIT_MS, commits[j].hash.as_str()))
@@ -110,17 +146,7 @@ fn pitr_under_crashes(backend: Backend, dir: &Path) {
     for (i, (at, want)) in checks.iter().enumerate() {
         let out = dir.join(format!("pitr-{i}.db"));
         let ts = format_ms(*at);
-        let o = walship(
-            &[
-                "restore",
-                "--timestamp",
-                &ts,
-                "-o",
-                out.to_str().unwrap(),
-                &backend.url,
-            ],
-            Some(&backend),
-        );
+        let o = restore_at(&backend, &ts, &out);
         assert_success(&o, &format!("restore --timestamp {ts}"));
         assert_eq!(
             &content_hash(&out),

@@ -223,6 +223,11 @@ fn idle_no_puts(backend: Backend, dir: &Path) {
         }),
         "walship did not catch up"
     );
+    // Every transaction's read-to-acknowledged time is in the histogram, and the read lock
+    // was held within a second of the process's start.
+    assert_eq!(metric(&addr, "walship_commit_to_ack_seconds_count"), 500.0);
+    let lock = metric(&addr, "walship_read_lock_after_start_seconds");
+    assert!(lock > 0.0 && lock < 1.0, "read lock after {lock} s");
     let listing = || walship(&["generations", "--json", &backend.url], Some(&backend)).stdout;
     let (puts0, list0) = (metric(&addr, "walship_put_requests_total"), listing());
     std::thread::sleep(Duration::from_secs(30));

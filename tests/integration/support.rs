@@ -134,6 +134,21 @@ pub fn restore(backend: &Backend, out: &Path) -> Output {
 }
 
 #[track_caller]
+/// `walship restore --timestamp TS -o OUT URL`.
+pub fn restore_at(backend: &Backend, ts: &str, out: &Path) -> Output {
+    walship(
+        &[
+            "restore",
+            "--timestamp",
+            ts,
+            "-o",
+            out.to_str().unwrap(),
+            &backend.url,
+        ],
+        Some(backend),
+    )
+}
+
 pub fn assert_success(o: &Output, what: &str) {
     assert!(
         o.status.success(),
