@@ -121,6 +121,53 @@ impl Plan {
 
 use crate::clock::rfc3339;
 
+/// What is missing after `at` in `g` (the chain's end): the transaction range, the objects
+/// on either side, and when those transactions committed; plus how far the newest object
+/// lies past `at`, for the message that `--allow-older` restores that much less.
+pub fn describe_gap(g: &Generation, at: u64) -> (String, String) {
+    let before = g
+        .segments
+        .iter()
+        .filter(|s| s.name.last_txid == at)
+        .map(|s| (s.key.as_str(), s.name.last_commit_ms))
+        .next()
+        .or_else(|| {
+            g.snapshots
+                .iter()
+                .find(|s| s.name.txid == at)
+                .map(|s| (s.key.as_str(), s.name.commit_ms))
+        });
+    let after = g
+        .segments
+        .iter()
+        .filter(|s| s.name.first_txid > at.saturating_add(1))
+        .min_by_key(|s| s.name.first_txid);
+    let newest = g.segments.iter().max_by_key(|s| s.name.last_txid);
+    let missing = match (before, after) {
+        (Some((bk, bms)), Some(a)) => format!(
+            "transactions {}..{} (committed between {} and {}): nothing continues {bk}; the \
+             next object is {}",
+            at.saturating_add(1),
+            a.name.first_txid - 1,
+            rfc3339(bms),
+            rfc3339(a.name.first_commit_ms),
+            a.key
+        ),
+        _ => format!("the transactions after {at}"),
+    };
+    let behind = match (newest, before) {
+        (Some(n), Some((_, bms))) => format!(
+            "{} transaction(s) and {:.1} s behind the newest object's transaction {} ({})",
+            n.name.last_txid.saturating_sub(at),
+            n.name.last_commit_ms.saturating_sub(bms) as f64 / 1000.0,
+            n.name.last_txid,
+            rfc3339(n.name.last_commit_ms)
+        ),
+        _ => "behind the newest object".into(),
+    };
+    (missing, behind)
+}
+
 /// The generations a restore may use, newest first: `only`, or every one with a snapshot.
 fn candidates<'a>(
     gens: &'a BTreeMap<GenerationId, Generation>,

@@ -459,3 +459,121 @@ fn verify_compares_with_live_s3() {
     let dir = tempfile::tempdir().unwrap();
     verify_compares_with_live(b, dir.path());
 }
+
+/// A segment missing in the middle of the newest generation: restore (and the init
+/// container) fails naming the missing transactions and the objects around them, writes
+/// nothing, and only with --allow-older restores the newest state that can be assembled,
+/// saying how far behind it is. It used to exit 0 with a WARN and an older state.
+fn missing_middle_segment(backend: &Backend, dir: &Path) {
+    let db = dir.join("app.db");
+    create_db(&db);
+    let rep = Replicator::start(
+        &db,
+        backend,
+        &["--sync-interval", "200ms"],
+        &dir.join("w.log"),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    for seed in 1..=4 {
+        let d = dir.join(format!("w{seed}"));
+        std::fs::create_dir_all(&d).unwrap();
+        run_writer(
+            &db,
+            &d,
+            &["--tx", "30", "--seed", &seed.to_string(), "--rate", "300"],
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(rep.terminate(Duration::from_secs(30)).success());
+    let segs: Vec<String> = list_objects(backend)
+        .into_keys()
+        .filter(|k| k.ends_with(".seg"))
+        .collect();
+    assert!(segs.len() >= 3, "{segs:?}");
+    let victim = &segs[segs.len() / 2];
+    delete_object(backend, victim);
+    let out = dir.join("restored.db");
+    let o = restore(backend, &out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success(),
+        "restore with a missing segment succeeded: {err}"
+    );
+    assert!(
+        err.contains("cannot be assembled")
+            && err.contains("missing transactions")
+            && err.contains("--allow-older"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing may be written");
+    // The init container obeys the same rule: the pod fails rather than start on old data.
+    let init = walship(
+        &[
+            "restore",
+            "--if-db-not-exists",
+            "--if-replica-exists",
+            "-o",
+            out.to_str().unwrap(),
+            &backend.url,
+        ],
+        Some(backend),
+    );
+    assert!(!init.status.success(), "init mode restored an older state");
+    assert!(!out.exists());
+    // Opted in: the newest state that can be assembled, and how far behind it is.
+    let o = walship(
+        &[
+            "restore",
+            "--allow-older",
+            "-o",
+            out.to_str().unwrap(),
+            &backend.url,
+        ],
+        Some(backend),
+    );
+    assert_success(&o, "restore --allow-older");
+    let said = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        said.contains("older state") && said.contains("behind"),
+        "{said}"
+    );
+    let at: u64 = said
+        .split("(--allow-older): transaction ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no txid in: {said}"));
+    let generation = victim.split('/').nth(1).unwrap();
+    let exact = dir.join("exact.db");
+    let o = walship(
+        &[
+            "restore",
+            "--generation",
+            generation,
+            "--txid",
+            &at.to_string(),
+            "-o",
+            exact.to_str().unwrap(),
+            &backend.url,
+        ],
+        Some(backend),
+    );
+    assert_success(&o, "restore --txid");
+    assert_same_content(&exact, &out);
+}
+
+#[test]
+fn missing_middle_segment_file() {
+    let dir = scratch();
+    let backend = Backend::file(&dir.path().join("replica"));
+    missing_middle_segment(&backend, dir.path());
+}
+
+#[test]
+fn missing_middle_segment_s3() {
+    let Some(backend) = Backend::s3("missing_segment") else {
+        return;
+    };
+    let dir = scratch();
+    missing_middle_segment(&backend, dir.path());
+}

@@ -606,3 +606,17 @@ pub fn put_object(b: &Backend, rel: &str, bytes: &[u8]) {
         store.put(&path, bytes.to_vec().into()).await.unwrap();
     });
 }
+
+pub fn delete_object(b: &Backend, rel: &str) {
+    let (store, prefix) = object_store_for(b);
+    let path = if prefix.as_ref().is_empty() {
+        object_store::path::Path::from(rel)
+    } else {
+        object_store::path::Path::from(format!("{}/{rel}", prefix.as_ref()))
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use object_store::ObjectStoreExt;
+        store.delete(&path).await.unwrap();
+    });
+}
