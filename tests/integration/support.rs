@@ -593,13 +593,22 @@ pub fn list_objects(b: &Backend) -> BTreeMap<String, u64> {
 }
 
 /// Write an object into the backend's replica with the test's own client.
-pub fn put_object(b: &Backend, rel: &str, bytes: &[u8]) {
+/// The store and the full path of `rel` under the backend's prefix.
+fn store_and_path(
+    b: &Backend,
+    rel: &str,
+) -> (Box<dyn object_store::ObjectStore>, object_store::path::Path) {
     let (store, prefix) = object_store_for(b);
     let path = if prefix.as_ref().is_empty() {
         object_store::path::Path::from(rel)
     } else {
         object_store::path::Path::from(format!("{}/{rel}", prefix.as_ref()))
     };
+    (store, path)
+}
+
+pub fn put_object(b: &Backend, rel: &str, bytes: &[u8]) {
+    let (store, path) = store_and_path(b, rel);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use object_store::ObjectStoreExt;
@@ -608,12 +617,7 @@ pub fn put_object(b: &Backend, rel: &str, bytes: &[u8]) {
 }
 
 pub fn delete_object(b: &Backend, rel: &str) {
-    let (store, prefix) = object_store_for(b);
-    let path = if prefix.as_ref().is_empty() {
-        object_store::path::Path::from(rel)
-    } else {
-        object_store::path::Path::from(format!("{}/{rel}", prefix.as_ref()))
-    };
+    let (store, path) = store_and_path(b, rel);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         use object_store::ObjectStoreExt;
