@@ -544,10 +544,7 @@ impl Capture {
         let mut failed = None;
         // The journal counts toward spool-limit: while the spool is full it takes only what
         // fits, and the rest waits in the WAL as before (docs/CAPTURE.md).
-        let room = self
-            .state
-            .spool_limit
-            .saturating_sub(self.state.queue.lock().unwrap().spool_bytes);
+        let room = self.state.spool_room();
         let scan = run
             .tracker
             .scan_with(&wal.wal, now_ms(), budget, &mut |r| {
@@ -578,10 +575,7 @@ impl Capture {
     /// Empty the journal (its transactions are spooled, or their generation ended),
     /// keeping spool and journal together within spool-limit.
     fn clear_journal(&mut self) {
-        let room = self
-            .state
-            .spool_limit
-            .saturating_sub(self.state.queue.lock().unwrap().spool_bytes);
+        let room = self.state.spool_room();
         if let Err(e) = self.journal.clear(room) {
             // Harmless for correctness: start-up skips journaled txids the spool has.
             tracing::warn!(db = %self.state.label, "cannot empty the capture journal: {e}");

@@ -271,10 +271,7 @@ async fn start_db(
     }
     // Recovered into the spool, already there, or of a generation that cannot go on.
     journal
-        .clear(
-            db.spool_limit
-                .saturating_sub(state.queue.lock().unwrap().spool_bytes),
-        )
+        .clear(state.spool_room())
         .map_err(|e| Error::io(journal.path(), e))?;
     let capture = Capture::new(
         live,

@@ -134,6 +134,12 @@ impl DbState {
         self.queue.lock().unwrap().spool_bytes + bytes <= self.spool_limit
     }
 
+    /// Bytes left under the spool limit (what the capture journal may take).
+    pub fn spool_room(&self) -> u64 {
+        self.spool_limit
+            .saturating_sub(self.queue.lock().unwrap().spool_bytes)
+    }
+
     pub fn queue_len(&self) -> usize {
         self.queue.lock().unwrap().jobs.len()
     }
