@@ -6,6 +6,8 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod postgres;
 pub mod replicate;

@@ -38,7 +38,18 @@ fn terminated() -> impl std::future::Future<Output = ()> {
 
 fn main() -> ExitCode {
     walship::clock::process_start();
-    let args = Cli::parse();
+    // Anything but a file proven absent is fatal to recovery: PostgreSQL takes a
+    // `restore_command` exit status above 125 as such and stops, where 1 or 2 would mean
+    // "not archived" and promote a truncated history. A misconfigured wal-fetch included.
+    let fetching = std::env::args().skip(1).any(|a| a == "wal-fetch");
+    let args = match Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) if fetching && e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(cli::wal::FETCH_FATAL_EXIT);
+        }
+        Err(e) => e.exit(),
+    };
     // `replicate` does its heavy work on its capture threads; one async thread serves the
     // uploads and the metrics endpoint with fewer wake-ups. Restore writes from blocking
     // sections while downloads continue, which needs the multi-threaded runtime.
@@ -102,6 +113,9 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             cli::say_err(&format!("walship: error: {e}"));
+            if fetching {
+                return ExitCode::from(cli::wal::FETCH_FATAL_EXIT);
+            }
             ExitCode::from(e.exit_code() as u8)
         }
     }

@@ -146,12 +146,16 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
     let mut attempt = 1;
     let report = loop {
         let objects = replica.list(layout::GENERATIONS).await?;
-        let gens = plan::group(&objects);
-        if args.if_replica_exists && !gens.values().any(|g| !g.snapshots.is_empty()) {
+        let mut gens = plan::group(&objects);
+        // Init mode skips only a replica with nothing committed in it: no generation, or
+        // only generations whose first snapshot has not landed (a replicator that died
+        // while uploading it left nothing to restore, and a pod that waited for it would
+        // never start). Segments without a snapshot are damage, not "nothing".
+        if args.if_replica_exists && !gens.values().any(|g| g.has_data()) {
             let what = if gens.is_empty() {
                 "holds no generations"
             } else {
-                "holds no snapshot yet"
+                "holds no snapshot yet (a generation's first snapshot has not landed)"
             };
             skipped(
                 args.json,
@@ -160,37 +164,24 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
             );
             return Ok(());
         }
-        let plan =
-            plan::plan(&gens, generation.as_ref(), target).map_err(|reason| Error::Replica {
-                replica: replica.url().to_string(),
-                reason,
-            })?;
+        let plan = restore::plan_checked(
+            &replica,
+            &mut gens,
+            generation.as_ref(),
+            target,
+            args.allow_older,
+        )
+        .await?;
         if args.dry_run {
             print_plan(&replica, &output, &plan, args.json);
             return Ok(());
         }
-        // Exactly the state asked for, or an error naming what is missing (docs/RESTORE
-        // rule, issue "never silently wrong"): an older state only when opted into.
-        if let Some(at) = plan.gap_after {
-            let (missing, behind) = plan::describe_gap(&gens[&plan.generation], at);
-            if !args.allow_older {
-                return Err(Error::Replica {
-                    replica: replica.url().to_string(),
-                    reason: format!(
-                        "the newest state cannot be assembled: generation {} is missing \
-                         {missing}. Nothing was restored; pass --allow-older to restore \
-                         transaction {at} instead ({behind})",
-                        plan.generation
-                    ),
-                });
-            }
-            tracing::warn!(generation = %plan.generation,
-                "--allow-older: generation is missing {missing}; restoring transaction {at}, \
-                 {behind}");
+        // Exactly the state asked for, or an error naming what is missing (docs/RESTORE.md);
+        // an older state only when opted into, and then said.
+        if let Some(older) = &plan.older {
+            tracing::warn!(generation = %plan.generation, "--allow-older: {older}");
             crate::cli::say_err(&format!(
-                "walship: restoring an older state (--allow-older): transaction {at} of \
-                 generation {}, {behind}",
-                plan.generation
+                "walship: restoring an older state (--allow-older): {older}"
             ));
         }
         if output.exists() && !args.force {

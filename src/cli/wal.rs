@@ -108,7 +108,12 @@ pub async fn push(args: WalPushArgs) -> Result<()> {
     Ok(())
 }
 
-/// `Ok(false)`: the replica does not have the file (exit 1, nothing printed).
+/// `wal-fetch`'s exit status for every failure but a file proven absent (exit 1):
+/// PostgreSQL aborts recovery when `restore_command` exits above 125 (PostgreSQL's
+/// `wait_result_is_any_signal`), instead of ending it and promoting.
+pub const FETCH_FATAL_EXIT: u8 = 255;
+
+/// `Ok(false)`: the file is beyond the end of the archive (exit 1, nothing printed).
 pub async fn fetch(args: WalFetchArgs) -> Result<bool> {
     let pgdata = args.pg.pgdata()?;
     let replica = Replica::open(&args.pg.replica(&pgdata)?, false)?;

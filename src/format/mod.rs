@@ -3,6 +3,7 @@
 
 pub mod container;
 pub mod journal;
+pub mod manifest;
 pub mod segment;
 pub mod snapshot;
 

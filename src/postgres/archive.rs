@@ -301,7 +301,8 @@ pub async fn fetch(replica: &Replica, pgdata: &Path, name: &str, dest: &Path) ->
     let get = |f: WalFile| {
         let key = layout::format_pg_wal(&generation, &f);
         async move {
-            let obj = match replica.get(&key).await {
+            // Retried: a store that blips must not read as "not archived".
+            let obj = match crate::restore::get_retrying(replica, &key, None).await {
                 Ok(b) => b,
                 Err(e) if e.is_not_found() => return Ok(None),
                 Err(e) => return Err(e),
@@ -322,10 +323,70 @@ pub async fn fetch(replica: &Replica, pgdata: &Path, name: &str, dest: &Path) ->
         }
     }
     let Some(raw) = this? else {
+        beyond_the_end(replica, &generation, &wal).await?;
         return Ok(false);
     };
     write_atomically(&dest, &raw, false)?;
     Ok(true)
+}
+
+/// What a listing proves about an absent WAL file: `None` when nothing after it is
+/// archived (it is beyond the archive's end: PostgreSQL probes for such files), or the
+/// later file that shows it is missing from the middle: a segment of the same timeline
+/// further on, or a later timeline's history.
+pub fn later_than(listing: &[crate::storage::Listed], missing: &WalFile) -> Option<WalFile> {
+    let later = listing
+        .iter()
+        .filter_map(|o| match layout::parse_object(&o.name) {
+            Some(layout::ObjectName::PgWal(_, f)) => Some(f),
+            _ => None,
+        })
+        .filter(|f| match (*missing, *f) {
+            (
+                WalFile::Segment { timeline, log, seg },
+                WalFile::Segment {
+                    timeline: t,
+                    log: l,
+                    seg: s,
+                },
+            ) => t == timeline && (l, s) > (log, seg),
+            (WalFile::History { timeline }, WalFile::History { timeline: t }) => t > timeline,
+            _ => false,
+        });
+    later.max()
+}
+
+/// `Ok` when `name`'s absence is the archive's end; an error (fatal to recovery) when
+/// later WAL of its line is archived, so the file is missing from the middle.
+async fn beyond_the_end(
+    replica: &Replica,
+    generation: &GenerationId,
+    name: &WalFile,
+) -> Result<()> {
+    let prefix = format!("{}/pgwal", layout::format_generation_dir(generation));
+    let mut attempt = 1;
+    let listing = loop {
+        match replica.list(&prefix).await {
+            Err(e) if attempt < 4 && !e.is_not_found() => {
+                tracing::warn!("{e}; listing again");
+                tokio::time::sleep(std::time::Duration::from_secs(attempt)).await;
+                attempt += 1;
+            }
+            r => break r?,
+        }
+    };
+    match later_than(&listing, name) {
+        None => Ok(()),
+        Some(later) => Err(Error::Replica {
+            replica: replica.url().to_string(),
+            reason: format!(
+                "WAL file {name} is missing from the archive ({}), but later WAL of its \
+                 timeline is archived (up to {later}): the archive is damaged. Recovery must \
+                 stop here rather than promote without the transactions after it",
+                layout::format_pg_wal(generation, name)
+            ),
+        }),
+    }
 }
 
 fn write_atomically(path: &Path, raw: &[u8], create_dir: bool) -> Result<()> {

@@ -49,7 +49,11 @@ pub enum LastXact {
 /// `log`/`seg_no` are the segment's name's: a file whose pages carry another address (a
 /// recycled file not yet overwritten) is not that segment.
 pub fn last_xact_end(seg: &[u8], log: u32, seg_no: u32) -> LastXact {
-    let expected = u32_at(seg, 32).map(|size| ((log as u64) << 32) + seg_no as u64 * size as u64);
+    let expected = u32_at(seg, 32).and_then(|size| {
+        (seg_no as u64)
+            .checked_mul(size as u64)
+            .and_then(|o| ((log as u64) << 32).checked_add(o))
+    });
     if expected.is_none() || u64_at(seg, 8) != expected {
         return LastXact::Unknown;
     }
@@ -77,7 +81,7 @@ fn walk(seg: &[u8]) -> Option<Option<u64>> {
         let magic = u16_at(seg, at)?;
         let info = u16_at(seg, at + 2)?;
         let addr = u64_at(seg, at + 8)?;
-        if magic != u16_at(seg, 0)? || addr != base + at as u64 {
+        if magic != u16_at(seg, 0)? || Some(addr) != base.checked_add(at as u64) {
             return None;
         }
         let hdr = if info & XLP_LONG_HEADER != 0 {
@@ -125,7 +129,8 @@ fn walk(seg: &[u8]) -> Option<Option<u64>> {
             break; // zeros: the end of the WAL
         }
         // Gather the record, leaving out the page headers it spans.
-        let mut rec = Vec::with_capacity(tot);
+        // The length is the record's claim: reserve no more than the segment holds.
+        let mut rec = Vec::with_capacity(tot.min(seg.len()));
         let mut at = pos;
         while rec.len() < tot {
             let page_end = (at / page + 1) * page;
@@ -150,7 +155,7 @@ fn walk(seg: &[u8]) -> Option<Option<u64>> {
         if let Some(ms) = xact_end_ms(&rec)? {
             last = Some(ms);
         }
-        prev = Some(base + pos as u64);
+        prev = Some(base.checked_add(pos as u64)?);
         pos = at;
     }
     Some(last)
@@ -182,7 +187,9 @@ fn xact_end_ms(rec: &[u8]) -> Option<Option<u64>> {
         }
     }
     let us = i64::from_le_bytes(rec.get(at..at + 8)?.try_into().ok()?);
-    u64::try_from((us + PG_EPOCH_US) / 1000).ok().map(Some)
+    u64::try_from(us.checked_add(PG_EPOCH_US)? / 1000)
+        .ok()
+        .map(Some)
 }
 
 #[cfg(test)]

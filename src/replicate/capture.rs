@@ -247,19 +247,41 @@ impl Capture {
                     .map(|i| (hdr, i)),
                 None => None,
             };
-            match index {
+            // Reset while walship was down, right after what it had shipped: the database
+            // holds exactly that state and the new WAL continues it. The tracker starts at
+            // the old position and steps over that one reset, as it does for a reset it
+            // sees live (segments span resets).
+            let reset_after = match (&index, Tracker::read_header(&files.wal)) {
+                (None, Ok(Some(hdr))) => {
+                    super::tracker::reset_right_after(&files.wal, &hdr, &rp.pos, rp.page_size)
+                        .map_err(|e| self.io(e))?
+                }
+                (_, Err(e)) => return Err(self.io(e)),
+                _ => false,
+            };
+            let mut t = Tracker::new(
+                rp.pos,
+                rp.txid,
+                rp.page_size,
+                rp.db_pages,
+                rp.last_commit_ms,
+            );
+            t.tx_limit = self.tx_limit;
+            let how = match index {
                 Some((hdr, index)) => {
-                    let mut t = Tracker::new(
-                        rp.pos,
-                        rp.txid,
-                        rp.page_size,
-                        rp.db_pages,
-                        rp.last_commit_ms,
-                    );
                     t.set_index(hdr, index);
-                    t.tx_limit = self.tx_limit;
+                    Some("")
+                }
+                None if reset_after => {
+                    t.reset_policy = ResetPolicy::Once;
+                    Some(": the WAL was reset right after its last transaction")
+                }
+                None => None,
+            };
+            match how {
+                Some(how) => {
                     tracing::info!(db = %self.state.label, generation = %rp.generation, txid = rp.txid,
-                        "resuming generation");
+                        "resuming generation{how}");
                     self.state.set_generation(&rp.generation);
                     self.snapshot_txid = rp.txid;
                     self.run = Some(Run {

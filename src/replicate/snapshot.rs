@@ -13,30 +13,11 @@ use crate::storage::Replica;
 use crate::storage::layout::{self, GenerationId, SnapshotName};
 use bytes::Bytes;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
-/// The generation manifest (`generations/<id>/manifest.json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Manifest {
-    pub format: u32,
-    pub engine: String,
-    pub page_size: u32,
-    pub created: String,
-    pub created_ms: u64,
-    pub host: String,
-    pub database: String,
-    pub parent: Option<String>,
-    /// Why this generation began (first start, WAL replaced, ...).
-    pub reason: String,
-    /// Set when this generation continues its parent exactly: its first snapshot holds
-    /// the parent's state after this txid plus the one transaction too large for a
-    /// segment, with nothing committed in between (docs/CAPTURE.md).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub continues_parent_at: Option<u64>,
-}
+pub use crate::format::manifest::Manifest;
 
 pub struct SnapshotJob {
     pub generation: GenerationId,

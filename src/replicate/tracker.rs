@@ -435,6 +435,52 @@ pub fn verify_position(
     Ok((running == pos.cksum && last_commit).then_some(index))
 }
 
+/// Whether the WAL on disk proves it was reset exactly once right after `pos`, with
+/// nothing appended to the old WAL after `pos`. SQLite resets a WAL only once every frame
+/// of it is checkpointed into the database and no reader remains, so the database then
+/// holds exactly the state at `pos`, and the new WAL continues it: a walship that was not
+/// running during the reset keeps its generation. Proven only when the old WAL's frame
+/// after `pos` is still on disk (the file was not truncated, the new WAL has not reached
+/// it) and is not a valid continuation of `pos` (old salts, checksum chained from `pos`),
+/// which is SQLite's own rule for where a WAL ends.
+pub fn reset_right_after(
+    wal: &File,
+    hdr: &WalHeader,
+    pos: &WalPosition,
+    page_size: u32,
+) -> io::Result<bool> {
+    if pos.is_empty_wal()
+        || pos.big_endian != hdr.big_endian
+        || page_size != hdr.page_size
+        || pos.resets_to(hdr) != Some(1)
+    {
+        return Ok(false);
+    }
+    let Some(next) = pos.frame.checked_add(1) else {
+        return Ok(false);
+    };
+    let frame_len = hdr.frame_len();
+    let off = hdr.frame_offset(next);
+    if wal.metadata()?.len() < off + frame_len {
+        return Ok(false); // truncated, or never that long: nothing proves where it ended
+    }
+    let mut b = vec![0u8; frame_len as usize];
+    wal.read_exact_at(&mut b, off)?;
+    let fh = FrameHeader::from_slice(&b);
+    if fh.salts() == (hdr.salt1, hdr.salt2) {
+        return Ok(false); // the new WAL reached it
+    }
+    let old = WalHeader {
+        big_endian: pos.big_endian,
+        page_size,
+        ckpt_seq: pos.ckpt_seq,
+        salt1: pos.salt1,
+        salt2: pos.salt2,
+        cksum: pos.cksum,
+    };
+    Ok(fh.verify(&old, pos.cksum, &b[FRAME_HEADER_LEN..]).is_none())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -618,6 +664,62 @@ mod tests {
             }
         );
         assert_eq!(t.take_segment().unwrap().0.first_txid, 4);
+    }
+
+    /// A reset while walship was down resumes the generation only when the old WAL's
+    /// frame after the position is on disk and does not continue it.
+    #[test]
+    fn a_reset_right_after_the_position_is_proven_only_by_the_frame_after_it() {
+        let frame_len = (24 + PS) as usize;
+        // (downtime commit after the position?, new WAL frames, truncate the file?)
+        for (appended, new_frames, truncate, proven) in [
+            (false, 1, false, true),
+            (true, 1, false, false),
+            (false, 1, true, false),
+            (false, 6, false, false),
+        ] {
+            let mut w = FakeWal::new(0, 1, 2);
+            let mut t = tracker_at_start(&w);
+            for i in 1..=4 {
+                w.frame(i, if i == 4 { 4 } else { 0 }, i as u8);
+            }
+            t.scan(w.file.as_file(), 1, usize::MAX).unwrap();
+            let pos = t.pos;
+            assert_eq!(pos.frame, 4);
+            if appended {
+                w.frame(2, 4, 9); // committed while walship was down
+            } else {
+                w.file.write_all(&vec![0xa5; frame_len]).unwrap(); // an older cycle's
+            }
+            w.frame(3, 4, 7); // more stale bytes beyond
+            w.reset();
+            for i in 0..new_frames {
+                w.frame(1, if i + 1 == new_frames { 4 } else { 0 }, 0x33);
+            }
+            if truncate {
+                w.file
+                    .as_file()
+                    .set_len(32 + new_frames as u64 * frame_len as u64)
+                    .unwrap();
+            }
+            let got = reset_right_after(w.file.as_file(), &w.hdr, &pos, PS).unwrap();
+            assert_eq!(
+                got, proven,
+                "appended={appended} new={new_frames} truncate={truncate}"
+            );
+            if proven {
+                // Resumed at the old position, the tracker steps over the one reset.
+                let mut r = Tracker::new(pos, t.txid, PS, 4, 1);
+                r.reset_policy = ResetPolicy::Once;
+                let scan = r.scan(w.file.as_file(), 2, usize::MAX).unwrap();
+                assert!(
+                    matches!(scan, Scan::Progress { commits: 1, .. }),
+                    "{scan:?}"
+                );
+                assert_eq!(r.txid, t.txid + 1);
+                assert!(r.pos.same_wal(&w.hdr));
+            }
+        }
     }
 
     #[test]

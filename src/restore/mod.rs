@@ -90,6 +90,58 @@ pub(crate) async fn get_retrying(
     }
 }
 
+/// Read one generation's manifest and check it (`format::manifest::check`). Absent or
+/// invalid is a state of the generation, not an error; a store that cannot answer is.
+pub(crate) async fn read_manifest(
+    replica: &Replica,
+    id: &layout::GenerationId,
+) -> Result<plan::ManifestState> {
+    let key = layout::format_manifest(id);
+    match get_retrying(replica, &key, None).await {
+        Ok(b) => Ok(match crate::format::manifest::check(&b) {
+            Ok(m) => plan::ManifestState::Valid {
+                continues_parent_at: m.continues_parent_at,
+            },
+            Err(why) => plan::ManifestState::Bad(format!("{key}: {why}")),
+        }),
+        Err(e) if e.is_not_found() => Ok(plan::ManifestState::Bad(format!(
+            "generation {id}'s manifest {key} is missing"
+        ))),
+        Err(e) => Err(e),
+    }
+}
+
+/// `plan::plan`, reading each manifest it asks for (a plan uses only generations whose
+/// manifest was checked; usually one GET). Refusals name the replica.
+pub async fn plan_checked(
+    replica: &Replica,
+    gens: &mut std::collections::BTreeMap<layout::GenerationId, plan::Generation>,
+    only: Option<&layout::GenerationId>,
+    target: plan::Target,
+    allow_older: bool,
+) -> Result<Plan> {
+    loop {
+        match plan::plan(gens, only, target, allow_older) {
+            Ok(p) => return Ok(p),
+            Err(plan::PlanError::NeedManifest(id)) => {
+                let state = read_manifest(replica, &id).await?;
+                let g = gens
+                    .get_mut(&id)
+                    .expect("the planner names listed generations");
+                // Each generation is read at most once, so this loop ends.
+                assert_eq!(g.manifest, plan::ManifestState::Unread);
+                g.manifest = state;
+            }
+            Err(plan::PlanError::Refused(reason)) => {
+                return Err(Error::Replica {
+                    replica: replica.url().to_string(),
+                    reason,
+                });
+            }
+        }
+    }
+}
+
 /// A one-line progress display on stderr, redrawn at most twice a second.
 pub(crate) struct Progress {
     enabled: bool,
@@ -140,12 +192,6 @@ pub async fn restore_plan(
     opts: &RestoreOptions,
     started: Instant,
 ) -> Result<RestoreReport> {
-    if let Some(at) = plan.gap_after {
-        tracing::warn!(
-            "generation {} has segments missing after transaction {at}; restoring up to it",
-            plan.generation
-        );
-    }
     let tmp = TempFile::create(&opts.output)?;
     let mut progress = Progress::new(opts.progress, plan.bytes());
     let snap = apply_snapshot(

@@ -15,10 +15,24 @@ pub struct Obj<N> {
     pub size: u64,
 }
 
+/// What is known of a generation's manifest: the listing says whether it exists; its
+/// content is read (one GET) only for a generation a plan would use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ManifestState {
+    /// Listed, not read yet.
+    #[default]
+    Unread,
+    /// Read and valid.
+    Valid { continues_parent_at: Option<u64> },
+    /// Missing, unreadable, or not a format this walship reads: why, naming the object.
+    Bad(String),
+}
+
 /// Everything a replica holds for one generation, each list sorted.
 #[derive(Debug, Clone, Default)]
 pub struct Generation {
     pub has_manifest: bool,
+    pub manifest: ManifestState,
     pub snapshots: Vec<Obj<SnapshotName>>,
     pub segments: Vec<Obj<SegmentName>>,
     /// PostgreSQL WAL files: a cluster's generation, not a SQLite one.
@@ -35,6 +49,39 @@ impl Generation {
 
     pub fn wal_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.size).sum()
+    }
+
+    /// Whether the generation holds any SQLite data (a snapshot or a segment).
+    pub fn has_data(&self) -> bool {
+        !self.snapshots.is_empty() || !self.segments.is_empty()
+    }
+
+    /// Why this generation cannot be restored although it holds data, from what the
+    /// objects prove (docs/RESTORE.md): segments are uploaded only after the generation's
+    /// first snapshot, so segments without any snapshot mean the snapshots are gone; and a
+    /// generation's manifest is written before anything else in it.
+    pub fn damage(&self, id: &GenerationId) -> Option<String> {
+        if !self.has_data() {
+            return None;
+        }
+        if let ManifestState::Bad(why) = &self.manifest {
+            return Some(why.clone());
+        }
+        if self.snapshots.is_empty() {
+            let first = self.segments.iter().min_by_key(|s| s.name.first_txid)?;
+            let last = self.segments.iter().max_by_key(|s| s.name.last_txid)?;
+            return Some(format!(
+                "generation {id} holds {} segment(s) (transactions {}..{}, committed {} to {}) \
+                 but no snapshot under {}/snapshots/: its snapshots are missing",
+                self.segments.len(),
+                first.name.first_txid,
+                last.name.last_txid,
+                rfc3339(first.name.first_commit_ms),
+                rfc3339(last.name.last_commit_ms),
+                layout::format_generation_dir(id)
+            ));
+        }
+        None
     }
 }
 
@@ -59,9 +106,15 @@ pub fn group(objects: &[Listed]) -> BTreeMap<GenerationId, Generation> {
             None => {}
         }
     }
-    for g in gens.values_mut() {
+    for (id, g) in gens.iter_mut() {
         g.snapshots.sort_by_key(|s| s.name);
         g.segments.sort_by_key(|s| s.name);
+        if !g.has_manifest && g.has_data() {
+            g.manifest = ManifestState::Bad(format!(
+                "generation {id}'s manifest {} is missing",
+                layout::format_manifest(id)
+            ));
+        }
     }
     gens
 }
@@ -109,13 +162,41 @@ pub struct Plan {
     pub txid: u64,
     /// Set when the last segment is applied only in part.
     pub stop: Option<Stop>,
-    /// Set when segments exist past a missing range: the plan stops before the gap.
-    pub gap_after: Option<u64>,
+    /// Set only with `allow_older`, when this plan restores an older state than asked:
+    /// what is missing, and how far behind the restored state is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub older: Option<String>,
 }
 
 impl Plan {
     pub fn bytes(&self) -> u64 {
         self.snapshot.size + self.segments.iter().map(|s| s.size).sum::<u64>()
+    }
+}
+
+/// Why no plan was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanError {
+    /// Read this generation's manifest (into `Generation::manifest`) and plan again: a plan
+    /// never uses a generation whose manifest it has not checked.
+    NeedManifest(GenerationId),
+    /// The state asked for cannot be restored exactly: what is missing, by object name and
+    /// by the transactions and times it covers, and what `allow_older` would restore.
+    Refused(String),
+}
+
+impl std::fmt::Display for PlanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PlanError::NeedManifest(g) => write!(f, "generation {g}'s manifest is not read"),
+            PlanError::Refused(r) => f.write_str(r),
+        }
+    }
+}
+
+impl From<String> for PlanError {
+    fn from(s: String) -> Self {
+        PlanError::Refused(s)
     }
 }
 
@@ -168,202 +249,361 @@ pub fn describe_gap(g: &Generation, at: u64) -> (String, String) {
     (missing, behind)
 }
 
-/// The generations a restore may use, newest first: `only`, or every one with a snapshot.
-fn candidates<'a>(
-    gens: &'a BTreeMap<GenerationId, Generation>,
-    only: Option<&GenerationId>,
-) -> Result<Vec<(&'a GenerationId, &'a Generation)>, String> {
-    let list: Vec<_> = match only {
-        Some(id) => {
-            let (id, g) = gens
-                .get_key_value(id)
-                .ok_or_else(|| format!("generation {id} does not exist"))?;
-            if g.snapshots.is_empty() {
-                return Err(format!("generation {id} has no snapshot"));
-            }
-            vec![(id, g)]
-        }
-        None => gens
-            .iter()
-            .rev()
-            .filter(|(_, g)| !g.snapshots.is_empty())
-            .collect(),
-    };
-    if list.is_empty() {
-        return Err(if gens.is_empty() {
-            "no generations: nothing has been replicated here".into()
-        } else {
-            "no generation has a snapshot yet".into()
-        });
+fn need(id: &GenerationId, g: &Generation) -> Result<(), PlanError> {
+    match g.manifest {
+        ManifestState::Unread if g.has_data() => Err(PlanError::NeedManifest(id.clone())),
+        _ => Ok(()),
     }
-    Ok(list)
 }
 
-/// Plan a restore of `target` from one LIST's worth of names. `only` restricts the choice
-/// to one generation. Errors say why, and for a time outside the replica, which window
-/// exists.
+/// A generation restore can start from: a snapshot and a manifest not known to be bad.
+fn usable(g: &Generation) -> bool {
+    !g.snapshots.is_empty() && !matches!(g.manifest, ManifestState::Bad(_))
+}
+
+/// The end of the chain from `snap`: its segments, last txid and commit time, and the
+/// txid it stops at when segments exist beyond a hole.
+fn chain_end(
+    g: &Generation,
+    snap: &Obj<SnapshotName>,
+) -> (Vec<Obj<SegmentName>>, u64, u64, Option<u64>) {
+    let (chain, gap) = chain_after(&g.segments, snap.name.txid);
+    let (txid, ms) = chain
+        .last()
+        .map_or((snap.name.txid, snap.name.commit_ms), |s| {
+            (s.name.last_txid, s.name.last_commit_ms)
+        });
+    (chain, txid, ms, gap)
+}
+
+/// Plan a restore of `target` from one LIST's worth of names, plus the manifests it asks
+/// for (`PlanError::NeedManifest`). `only` restricts the choice to one generation.
+/// The rule (docs/RESTORE.md): exactly the state asked for, or `Refused` naming what is
+/// missing; with `allow_older`, the nearest older state that can be assembled, its plan's
+/// `older` saying how far behind.
 pub fn plan(
     gens: &BTreeMap<GenerationId, Generation>,
     only: Option<&GenerationId>,
     target: Target,
-) -> Result<Plan, String> {
-    let cands = candidates(gens, only)?;
+    allow_older: bool,
+) -> Result<Plan, PlanError> {
+    if let Some(id) = only {
+        let g = gens
+            .get(id)
+            .ok_or_else(|| format!("generation {id} does not exist"))?;
+        if let Some(why) = g.damage(id).filter(|_| g.manifest != ManifestState::Unread) {
+            return Err(PlanError::Refused(why));
+        }
+        if g.snapshots.is_empty() {
+            return Err(format!("generation {id} has no snapshot").into());
+        }
+    }
+    let pool: Vec<(&GenerationId, &Generation)> = gens
+        .iter()
+        .rev()
+        .filter(|(id, g)| g.has_data() && only.is_none_or(|o| o == *id))
+        .collect();
+    if pool.is_empty() {
+        let starting = gens.iter().rev().find(|(_, g)| g.has_manifest);
+        return Err(match starting {
+            None if gens.is_empty() => "no generations: nothing has been replicated here"
+                .to_string()
+                .into(),
+            Some((id, _)) => format!(
+                "no generation has a snapshot yet: generation {id} is being started (its \
+                 manifest is there, its first snapshot has not landed)"
+            )
+            .into(),
+            None => "no generation has a snapshot yet".to_string().into(),
+        });
+    }
     match target {
-        Target::Latest => {
-            // The newest generation with a snapshot (newer ones without one are still being
-            // started), its newest snapshot, and every segment after it up to a gap.
-            let (id, g) = cands[0];
-            let snapshot = g.snapshots.last().expect("candidates have snapshots");
-            let (segments, gap_after) = chain_after(&g.segments, snapshot.name.txid);
-            let txid = segments
-                .last()
-                .map_or(snapshot.name.txid, |s| s.name.last_txid);
-            Ok(Plan {
-                target,
-                generation: id.clone(),
-                snapshot: snapshot.clone(),
-                segments,
-                txid,
-                stop: None,
-                gap_after,
-            })
-        }
-        Target::Txid(n) => {
-            let (id, g) = cands[0];
-            let snapshot = g
-                .snapshots
-                .iter()
-                .rev()
-                .find(|s| s.name.txid <= n)
-                .ok_or_else(|| {
-                    format!(
-                        "transaction {n} is before generation {id}'s oldest snapshot \
-                         (transaction {})",
-                        g.snapshots[0].name.txid
-                    )
-                })?;
-            let (chain, gap) = chain_after(&g.segments, snapshot.name.txid);
-            let segments: Vec<_> = chain
-                .into_iter()
-                .take_while(|s| s.name.first_txid <= n)
-                .collect();
-            let end = segments
-                .last()
-                .map_or(snapshot.name.txid, |s| s.name.last_txid);
-            if end < n {
-                return Err(match gap {
-                    Some(at) if at < n => format!(
-                        "generation {id} is missing transactions after {at}: transaction {n} \
-                         cannot be restored"
-                    ),
-                    _ => format!("generation {id} holds transactions up to {end}, not {n}"),
-                });
-            }
-            Ok(Plan {
-                target,
-                generation: id.clone(),
-                snapshot: snapshot.clone(),
-                segments,
-                txid: n,
-                stop: (end > n).then_some(Stop::Txid(n)),
-                gap_after: None,
-            })
-        }
-        Target::Time(t) => {
-            let oldest = cands
-                .iter()
-                .map(|(_, g)| g.snapshots[0].name.commit_ms)
-                .min()
-                .expect("non-empty");
-            let newest = cands
-                .iter()
-                .filter_map(|(_, g)| g.last_write_ms())
-                .max()
-                .unwrap_or(oldest);
-            // The newest generation that existed at `t`: its oldest snapshot is not later.
-            let Some(&(id, g)) = cands
-                .iter()
-                .find(|(_, g)| g.snapshots[0].name.commit_ms <= t)
-            else {
-                return Err(format!(
-                    "{} is before the oldest restorable point; this replica can restore \
-                     from {} to {}",
-                    rfc3339(t),
-                    rfc3339(oldest),
-                    rfc3339(newest)
-                ));
-            };
-            let snapshot = g
-                .snapshots
-                .iter()
-                .rev()
-                .find(|s| s.name.commit_ms <= t)
-                .expect("the oldest qualifies");
-            let (chain, _) = chain_after(&g.segments, snapshot.name.txid);
-            let (chain_txid, chain_ms) = chain
-                .last()
-                .map_or((snapshot.name.txid, snapshot.name.commit_ms), |s| {
-                    (s.name.last_txid, s.name.last_commit_ms)
-                });
-            let segments: Vec<_> = chain
-                .into_iter()
-                .take_while(|s| s.name.first_commit_ms <= t)
-                .collect();
-            let (end_txid, end_ms) = segments
-                .last()
-                .map_or((snapshot.name.txid, snapshot.name.commit_ms), |s| {
-                    (s.name.last_txid, s.name.last_commit_ms)
-                });
-            // Transactions the chain cannot reach (lost, or removed by retention beyond its
-            // window) that may have committed by `t`: refuse rather than restore something
-            // older than asked. They committed between the chain's end and the next object.
-            if t > chain_ms {
-                let next = g
-                    .segments
-                    .iter()
-                    .filter(|s| s.name.first_txid > chain_txid.saturating_add(1))
-                    .map(|s| (s.name.first_txid, s.name.first_commit_ms))
-                    .chain(
-                        g.snapshots
-                            .iter()
-                            .filter(|s| s.name.txid > chain_txid.saturating_add(1))
-                            .map(|s| (s.name.txid, s.name.commit_ms)),
-                    )
-                    .min();
-                if let Some((next_txid, next_ms)) = next {
-                    return Err(format!(
-                        "generation {id} does not hold transactions {}..{} (lost, or removed \
-                         by retention), which committed between {} and {}; {} cannot be \
-                         restored exactly: the nearest restore points are {} and {}",
-                        chain_txid.saturating_add(1),
-                        next_txid - 1,
-                        rfc3339(chain_ms),
-                        rfc3339(next_ms),
-                        rfc3339(t),
-                        rfc3339(chain_ms),
-                        rfc3339(next_ms)
-                    ));
-                }
-            }
-            Ok(Plan {
-                target,
-                generation: id.clone(),
-                snapshot: snapshot.clone(),
-                segments,
-                txid: end_txid,
-                stop: (end_ms > t).then_some(Stop::Time(t)),
-                gap_after: None,
-            })
-        }
+        Target::Latest => latest(&pool, allow_older),
+        Target::Txid(n) => txid_plan(pool[0], n),
+        Target::Time(t) => time_plan(&pool, t, allow_older),
     }
 }
 
-/// The newest restorable state (`plan` with `Target::Latest`).
+fn latest(pool: &[(&GenerationId, &Generation)], allow_older: bool) -> Result<Plan, PlanError> {
+    let mut problems: Vec<String> = Vec::new();
+    // The newest object of the generations passed over: how far behind a fallback is.
+    let mut newest: Option<(&GenerationId, u64, u64)> = None;
+    for &(id, g) in pool {
+        need(id, g)?;
+        if let Some(why) = g.damage(id) {
+            problems.push(why);
+            if newest.is_none() {
+                let txid = g
+                    .segments
+                    .iter()
+                    .map(|s| s.name.last_txid)
+                    .max()
+                    .unwrap_or(0);
+                newest = Some((id, txid, g.last_write_ms().unwrap_or(0)));
+            }
+            continue;
+        }
+        let snapshot = g
+            .snapshots
+            .last()
+            .expect("undamaged with data has a snapshot");
+        let (segments, txid, ms, gap) = chain_end(g, snapshot);
+        let mut behind = match newest {
+            Some((nid, ntxid, nms)) => format!(
+                "{:.1} s behind the newest object, transaction {ntxid} of generation {nid} \
+                 ({})",
+                nms.saturating_sub(ms) as f64 / 1000.0,
+                rfc3339(nms)
+            ),
+            None => String::new(),
+        };
+        if let Some(at) = gap {
+            let (missing, b) = describe_gap(g, at);
+            problems.push(format!("generation {id} is missing {missing}"));
+            if behind.is_empty() {
+                behind = b;
+            }
+        }
+        let mut plan = Plan {
+            target: Target::Latest,
+            generation: id.clone(),
+            snapshot: snapshot.clone(),
+            segments,
+            txid,
+            stop: None,
+            older: None,
+        };
+        if problems.is_empty() {
+            return Ok(plan);
+        }
+        let older = format!(
+            "transaction {txid} of generation {id} ({}), {behind}",
+            rfc3339(ms)
+        );
+        if allow_older {
+            plan.older = Some(format!("{}; restoring {older}", problems.join("; ")));
+            return Ok(plan);
+        }
+        return Err(PlanError::Refused(format!(
+            "the newest state cannot be assembled: {}. Nothing was restored; pass \
+             --allow-older to restore {older} instead",
+            problems.join("; ")
+        )));
+    }
+    Err(PlanError::Refused(format!(
+        "the newest state cannot be assembled: {}; no older generation can be restored \
+         either",
+        problems.join("; ")
+    )))
+}
+
+fn txid_plan((id, g): (&GenerationId, &Generation), n: u64) -> Result<Plan, PlanError> {
+    need(id, g)?;
+    if let Some(why) = g.damage(id) {
+        return Err(PlanError::Refused(why));
+    }
+    let snapshot = g
+        .snapshots
+        .iter()
+        .rev()
+        .find(|s| s.name.txid <= n)
+        .ok_or_else(|| {
+            format!(
+                "transaction {n} is before generation {id}'s oldest snapshot (transaction {})",
+                g.snapshots[0].name.txid
+            )
+        })?;
+    let (chain, gap) = chain_after(&g.segments, snapshot.name.txid);
+    let segments: Vec<_> = chain
+        .into_iter()
+        .take_while(|s| s.name.first_txid <= n)
+        .collect();
+    let end = segments
+        .last()
+        .map_or(snapshot.name.txid, |s| s.name.last_txid);
+    if end < n {
+        return Err(match gap {
+            Some(at) if at < n => format!(
+                "generation {id} is missing transactions after {at}: transaction {n} cannot \
+                 be restored"
+            ),
+            _ => format!("generation {id} holds transactions up to {end}, not {n}"),
+        }
+        .into());
+    }
+    Ok(Plan {
+        target: Target::Txid(n),
+        generation: id.clone(),
+        snapshot: snapshot.clone(),
+        segments,
+        txid: n,
+        stop: (end > n).then_some(Stop::Txid(n)),
+        older: None,
+    })
+}
+
+fn time_plan(
+    pool: &[(&GenerationId, &Generation)],
+    t: u64,
+    allow_older: bool,
+) -> Result<Plan, PlanError> {
+    let usable_pool: Vec<_> = pool.iter().copied().filter(|(_, g)| usable(g)).collect();
+    let window = || {
+        let oldest = usable_pool
+            .iter()
+            .map(|(_, g)| g.snapshots[0].name.commit_ms)
+            .min();
+        let newest = usable_pool
+            .iter()
+            .filter_map(|(_, g)| g.last_write_ms())
+            .max();
+        match (oldest, newest) {
+            (Some(a), Some(b)) => format!(
+                "this replica can restore from {} to {}",
+                rfc3339(a),
+                rfc3339(b)
+            ),
+            _ => "this replica holds no restorable generation".into(),
+        }
+    };
+    // The newest generation that existed at `t`: its oldest snapshot is not later.
+    let Some(pos) = usable_pool
+        .iter()
+        .position(|(_, g)| g.snapshots[0].name.commit_ms <= t)
+    else {
+        return Err(format!(
+            "{} is before the oldest restorable point; {}",
+            rfc3339(t),
+            window()
+        )
+        .into());
+    };
+    let (id, g) = usable_pool[pos];
+    need(id, g)?;
+    let snapshot = g
+        .snapshots
+        .iter()
+        .rev()
+        .find(|s| s.name.commit_ms <= t)
+        .expect("the oldest qualifies");
+    let (chain, chain_txid, chain_ms, _) = chain_end(g, snapshot);
+    let segments: Vec<_> = chain
+        .iter()
+        .take_while(|s| s.name.first_commit_ms <= t)
+        .cloned()
+        .collect();
+    let (end_txid, end_ms) = segments
+        .last()
+        .map_or((snapshot.name.txid, snapshot.name.commit_ms), |s| {
+            (s.name.last_txid, s.name.last_commit_ms)
+        });
+    let exact = Plan {
+        target: Target::Time(t),
+        generation: id.clone(),
+        snapshot: snapshot.clone(),
+        segments,
+        txid: end_txid,
+        stop: (end_ms > t).then_some(Stop::Time(t)),
+        older: None,
+    };
+    if t <= chain_ms {
+        return Ok(exact);
+    }
+    // `t` is past the chain's end: exact only if nothing can have committed in between.
+    let refuse = |what: String, after_ms: Option<u64>| -> Result<Plan, PlanError> {
+        let after = after_ms.map_or("no later restorable point".to_string(), rfc3339);
+        let earlier = format!(
+            "transaction {chain_txid} of generation {id} ({})",
+            rfc3339(chain_ms)
+        );
+        if allow_older {
+            let mut p = exact.clone();
+            p.older = Some(format!(
+                "{what}; restoring the nearest earlier point, {earlier}, {:.1} s before {}",
+                t.saturating_sub(chain_ms) as f64 / 1000.0,
+                rfc3339(t)
+            ));
+            return Ok(p);
+        }
+        Err(PlanError::Refused(format!(
+            "{what}; {} cannot be restored exactly: the nearest restore points are {} and \
+             {after}. Nothing was restored; pass --allow-older to restore {earlier}",
+            rfc3339(t),
+            rfc3339(chain_ms)
+        )))
+    };
+    // 1. Inside the generation: transactions the chain cannot reach (lost, or removed by
+    // retention beyond its window) may have committed by `t`.
+    let next = g
+        .segments
+        .iter()
+        .filter(|s| s.name.first_txid > chain_txid.saturating_add(1))
+        .map(|s| (s.name.first_txid, s.name.first_commit_ms))
+        .chain(
+            g.snapshots
+                .iter()
+                .filter(|s| s.name.txid > chain_txid.saturating_add(1))
+                .map(|s| (s.name.txid, s.name.commit_ms)),
+        )
+        .min();
+    if let Some((next_txid, next_ms)) = next {
+        let next_point = g
+            .snapshots
+            .iter()
+            .find(|s| s.name.txid > chain_txid)
+            .map(|s| s.name.commit_ms);
+        return refuse(
+            format!(
+                "generation {id} does not hold transactions {}..{} (lost, or removed by \
+                 retention), which committed between {} and {}",
+                chain_txid.saturating_add(1),
+                next_txid - 1,
+                rfc3339(chain_ms),
+                rfc3339(next_ms)
+            ),
+            next_point,
+        );
+    }
+    // 2. Between generations: the next newer one began because continuity was lost, so
+    // commits between this one's end and its first snapshot are in no object, unless its
+    // manifest says it continues this generation exactly.
+    let Some(&(nid, ng)) = pool.iter().rev().find(|(nid, _)| *nid > id) else {
+        return Ok(exact); // after the newest commit: the newest state
+    };
+    need(nid, ng)?;
+    if ng.manifest
+        == (ManifestState::Valid {
+            continues_parent_at: Some(chain_txid),
+        })
+        && usable(ng)
+    {
+        return Ok(exact);
+    }
+    let next_ms = usable_pool[..pos]
+        .iter()
+        .map(|(_, g)| g.snapshots[0].name.commit_ms)
+        .min();
+    let why = match ng.damage(nid) {
+        Some(d) => format!("; {d}"),
+        None => String::new(),
+    };
+    refuse(
+        format!(
+            "{} lies after generation {id}'s last commit ({}) and before generation {nid} \
+             began; what committed in between is in no object (continuity was lost){why}",
+            rfc3339(t),
+            rfc3339(chain_ms)
+        ),
+        next_ms,
+    )
+}
+
+/// The newest restorable state (`plan` with `Target::Latest`, no older state).
 pub fn plan_latest(
     gens: &BTreeMap<GenerationId, Generation>,
     only: Option<&GenerationId>,
-) -> Result<Plan, String> {
-    plan(gens, only, Target::Latest)
+) -> Result<Plan, PlanError> {
+    plan(gens, only, Target::Latest, false)
 }
 
 /// Segments continuing from `txid` without a hole, reaching as far as any such chain
@@ -457,6 +697,23 @@ pub(crate) mod fixtures {
         }
     }
 
+    /// `plan` with every listed manifest taken as read and valid (planner logic only).
+    pub fn plan_trusting(
+        gens: &BTreeMap<GenerationId, Generation>,
+        only: Option<&GenerationId>,
+        target: Target,
+    ) -> Result<Plan, PlanError> {
+        let mut gens = gens.clone();
+        for g in gens.values_mut() {
+            if g.manifest == ManifestState::Unread {
+                g.manifest = ManifestState::Valid {
+                    continues_parent_at: None,
+                };
+            }
+        }
+        plan(&gens, only, target, false)
+    }
+
     pub fn manifest(g_id: &GenerationId) -> Listed {
         Listed {
             name: layout::format_manifest(g_id),
@@ -469,6 +726,18 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::*;
     use super::*;
+
+    /// The listing with a manifest for every generation, each read and valid.
+    fn ok(objs: &[Listed]) -> BTreeMap<GenerationId, Generation> {
+        let mut gens = group(objs);
+        for g in gens.values_mut() {
+            g.has_manifest = true;
+            g.manifest = ManifestState::Valid {
+                continues_parent_at: None,
+            };
+        }
+        gens
+    }
 
     /// Names whose commit times equal their txids.
     fn snap(g_id: &GenerationId, txid: u64) -> Listed {
@@ -491,9 +760,9 @@ mod tests {
             seg(&a, 189, 209),
             seg(&a, 210, 300),
         ];
-        let p = plan_latest(&group(&objs), None).unwrap();
+        let p = plan_latest(&ok(&objs), None).unwrap();
         assert_eq!(p.txid, 300);
-        assert_eq!(p.gap_after, None);
+        assert_eq!(p.older, None);
         let ends: Vec<u64> = p.segments.iter().map(|s| s.name.last_txid).collect();
         assert_eq!(ends, vec![188, 209, 300]);
     }
@@ -511,7 +780,7 @@ mod tests {
             seg(&a, 1, 2),
             seg(&a, 3, 4),
         ];
-        let gens = group(&objs);
+        let gens = ok(&objs);
         let p = plan_latest(&gens, None).unwrap();
         assert_eq!(p.txid, 4);
         let (chain, _) = chain_after(&gens[&a].segments, u64::MAX);
@@ -520,7 +789,7 @@ mod tests {
 
     #[test]
     fn empty_replica_explains_itself() {
-        let e = plan_latest(&group(&[]), None).unwrap_err();
+        let e = plan_latest(&ok(&[]), None).unwrap_err().to_string();
         assert!(e.contains("no generations"), "{e}");
     }
 
@@ -535,15 +804,15 @@ mod tests {
             seg(&b, 4, 4),
             snap(&b, 4),
             seg(&b, 5, 9),
-            // c is being started: no snapshot yet
-            seg(&c, 1, 2),
+            // c is being started: its manifest is there, its first snapshot not yet
+            manifest(&c),
         ];
-        let p = plan_latest(&group(&objs), None).unwrap();
+        let p = plan_latest(&ok(&objs), None).unwrap();
         assert_eq!(p.generation, b);
         assert_eq!(p.snapshot.name.txid, 4, "newest snapshot");
         assert_eq!(p.segments.len(), 1);
         assert_eq!(p.txid, 9);
-        assert_eq!(p.gap_after, None);
+        assert_eq!(p.older, None);
         assert_eq!(p.bytes(), 110);
     }
 
@@ -551,9 +820,16 @@ mod tests {
     fn chain_stops_at_a_gap_and_says_so() {
         let a = g(1);
         let objs = vec![snap(&a, 0), seg(&a, 1, 3), seg(&a, 6, 8)];
-        let p = plan_latest(&group(&objs), None).unwrap();
+        let gens = ok(&objs);
+        let e = plan_latest(&gens, None).unwrap_err().to_string();
+        assert!(
+            e.contains("cannot be assembled") && e.contains("transactions 4..5"),
+            "{e}"
+        );
+        assert!(e.contains("--allow-older to restore transaction 3"), "{e}");
+        let p = plan(&gens, None, Target::Latest, true).unwrap();
         assert_eq!(p.txid, 3);
-        assert_eq!(p.gap_after, Some(3));
+        assert!(p.older.unwrap().contains("behind"));
     }
 
     #[test]
@@ -566,7 +842,7 @@ mod tests {
             seg(&a, 3, 4),
             seg(&a, 7, 7),
         ];
-        let p = plan_latest(&group(&objs), None).unwrap();
+        let p = plan_latest(&ok(&objs), None).unwrap();
         let firsts: Vec<u64> = p.segments.iter().map(|s| s.name.first_txid).collect();
         assert_eq!(firsts, vec![1, 7]);
         assert_eq!(p.txid, 7);
@@ -575,22 +851,97 @@ mod tests {
     #[test]
     fn explicit_generation_must_exist_and_have_a_snapshot() {
         let a = g(1);
-        let gens = group(&[seg(&a, 1, 1)]);
+        let gens = ok(&[manifest(&a)]);
+        let e = plan_latest(&gens, Some(&g(9))).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+        let e = plan_latest(&gens, Some(&a)).unwrap_err().to_string();
+        assert!(e.contains("no snapshot"), "{e}");
+        let e = plan_latest(&gens, None).unwrap_err().to_string();
+        assert!(e.contains("no generation has a snapshot yet") && e.contains("being started"));
+    }
+
+    /// Issue case 2: the newest generation's snapshot is gone but its segments are there.
+    /// Not "being started" (segments are uploaded only after the first snapshot): damage.
+    #[test]
+    fn newest_generation_without_its_snapshot_is_damage_not_an_older_state() {
+        let (a, b) = (g(1), g(2));
+        let objs = vec![
+            snap(&a, 0),
+            seg(&a, 1, 5),
+            seg_at(&b, 1, 9, 20, 90),
+            seg_at(&b, 10, 12, 95, 120),
+        ];
+        let gens = ok(&objs);
+        let e = plan_latest(&gens, None).unwrap_err().to_string();
+        assert!(e.contains("cannot be assembled"), "{e}");
+        assert!(e.contains(&format!(
+            "generation {b} holds 2 segment(s) (transactions 1..12"
+        )));
+        assert!(e.contains("its snapshots are missing"), "{e}");
         assert!(
-            plan_latest(&gens, Some(&g(9)))
-                .unwrap_err()
-                .contains("does not exist")
+            e.contains("--allow-older to restore transaction 5 of generation"),
+            "{e}"
         );
+        let p = plan(&gens, None, Target::Latest, true).unwrap();
+        assert_eq!((p.generation.clone(), p.txid), (a.clone(), 5));
+        assert!(p.older.unwrap().contains("0.1 s behind"), "115 ms");
+        // Every snapshot gone (issue case 3): nothing older to fall back to either.
+        let gens = ok(&[seg(&a, 1, 5), seg(&b, 1, 3)]);
+        let e = plan(&gens, None, Target::Latest, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no older generation can be restored"), "{e}");
+        // A time target inside the damaged generation is refused with the nearest points.
+        let gens = ok(&objs);
+        let e = plan(&gens, None, Target::Time(100), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("its snapshots are missing"), "{e}");
+        assert!(e.contains("no later restorable point"), "{e}");
+    }
+
+    /// Issue case 6: a manifest that is missing or bad makes its generation unusable; the
+    /// planner asks for each manifest it would use, once.
+    #[test]
+    fn manifests_are_read_before_use_and_bad_ones_are_damage() {
+        let (a, b) = (g(1), g(2));
+        let objs = vec![
+            manifest(&a),
+            snap(&a, 0),
+            seg(&a, 1, 5),
+            manifest(&b),
+            snap(&b, 0),
+            seg(&b, 1, 3),
+        ];
+        let mut gens = group(&objs);
+        assert_eq!(
+            plan_latest(&gens, None).unwrap_err(),
+            PlanError::NeedManifest(b.clone())
+        );
+        gens.get_mut(&b).unwrap().manifest =
+            ManifestState::Bad("generations/b/manifest.json: manifest format 2 is newer".into());
+        let e = plan_latest(&gens, None).unwrap_err().to_string();
+        assert_eq!(e, PlanError::NeedManifest(a.clone()).to_string());
+        gens.get_mut(&a).unwrap().manifest = ManifestState::Valid {
+            continues_parent_at: None,
+        };
+        let e = plan_latest(&gens, None).unwrap_err().to_string();
         assert!(
-            plan_latest(&gens, Some(&a))
-                .unwrap_err()
-                .contains("no snapshot")
+            e.contains("format 2 is newer") && e.contains("--allow-older"),
+            "{e}"
         );
-        assert!(
-            plan_latest(&gens, None)
-                .unwrap_err()
-                .contains("no generation has a snapshot")
-        );
+        // No manifest listed at all: damage named by its key, with no GET.
+        let bare: Vec<Listed> = objs
+            .iter()
+            .filter(|o| !o.name.ends_with("manifest.json"))
+            .cloned()
+            .collect();
+        let gens = group(&bare);
+        let e = plan(&gens, None, Target::Latest, true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("manifest generations/"), "{e}");
+        assert!(e.contains("is missing"), "{e}");
     }
 
     /// Generation a: snapshot at 1000, txs 1..=10 at 1100..=2000, snapshot of tx 10, txs
@@ -611,19 +962,19 @@ mod tests {
             snap_at(&b, 0, 5000),
             seg_at(&b, 1, 5, 5100, 5500),
         ];
-        (a, b, group(&objs))
+        (a, b, ok(&objs))
     }
 
     #[test]
     fn time_inside_a_segment_stops_within_it() {
         let (a, _, gens) = history();
-        let p = plan(&gens, None, Target::Time(1550)).unwrap();
+        let p = plan(&gens, None, Target::Time(1550), false).unwrap();
         assert_eq!(p.generation, a);
         assert_eq!(p.snapshot.name.txid, 0);
         assert_eq!(p.segments.len(), 2, "1..4 whole, 5..10 up to the stop");
         assert_eq!(p.stop, Some(Stop::Time(1550)));
         // Between two segments: the first whole, nothing of the second.
-        let p = plan(&gens, None, Target::Time(1450)).unwrap();
+        let p = plan(&gens, None, Target::Time(1450), false).unwrap();
         assert_eq!((p.segments.len(), p.txid, p.stop), (1, 4, None));
         assert!(Stop::Time(1450).includes(5, 1450) && !Stop::Time(1450).includes(6, 1451));
     }
@@ -631,31 +982,53 @@ mod tests {
     #[test]
     fn time_uses_the_newest_snapshot_at_or_before_it() {
         let (a, _, gens) = history();
-        let p = plan(&gens, None, Target::Time(2500)).unwrap();
+        let p = plan(&gens, None, Target::Time(2500), false).unwrap();
         assert_eq!((p.generation, p.snapshot.name.txid), (a, 10));
         assert_eq!(p.segments.len(), 1);
         assert_eq!(p.stop, Some(Stop::Time(2500)));
         // Exactly at a segment's last commit: whole segment, no stop.
-        let p = plan(&gens, None, Target::Time(3000)).unwrap();
+        let p = plan(&gens, None, Target::Time(3000), false).unwrap();
         assert_eq!((p.txid, p.stop), (20, None));
     }
 
+    /// Issue case 4: between a generation's end and the next one's first snapshot the
+    /// state is unknown (the next began because continuity was lost): an error naming both
+    /// nearest points; the earlier with the opt-in; exact when the next continues it.
     #[test]
-    fn time_between_generations_restores_the_older_ones_end() {
-        let (a, b, gens) = history();
-        let p = plan(&gens, None, Target::Time(4000)).unwrap();
-        assert_eq!((p.generation, p.txid, p.stop), (a, 20, None));
-        let p = plan(&gens, None, Target::Time(5000)).unwrap();
+    fn time_between_generations_is_a_gap_unless_the_next_continues() {
+        let (a, b, mut gens) = history();
+        let e = plan(&gens, None, Target::Time(4000), false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cannot be restored exactly"), "{e}");
+        assert!(
+            e.contains("00:00:03.000Z and 1970-01-01T00:00:05.000Z"),
+            "{e}"
+        );
+        let p = plan(&gens, None, Target::Time(4000), true).unwrap();
+        assert_eq!(
+            (p.generation.clone(), p.txid, p.stop),
+            (a.clone(), 20, None)
+        );
+        assert!(p.older.unwrap().contains("1.0 s before"));
+        gens.get_mut(&b).unwrap().manifest = ManifestState::Valid {
+            continues_parent_at: Some(20),
+        };
+        let p = plan(&gens, None, Target::Time(4000), false).unwrap();
+        assert_eq!((p.generation, p.txid, p.older), (a, 20, None));
+        let p = plan(&gens, None, Target::Time(5000), false).unwrap();
         assert_eq!((p.generation, p.txid, p.segments.len()), (b.clone(), 0, 0));
         // After the newest commit: the newest state, not an error.
-        let p = plan(&gens, None, Target::Time(99_999)).unwrap();
+        let p = plan(&gens, None, Target::Time(99_999), false).unwrap();
         assert_eq!((p.generation, p.txid, p.stop), (b, 5, None));
     }
 
     #[test]
     fn time_before_the_oldest_point_names_the_window() {
         let (_, _, gens) = history();
-        let e = plan(&gens, None, Target::Time(999)).unwrap_err();
+        let e = plan(&gens, None, Target::Time(999), false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("before the oldest restorable point"), "{e}");
         assert!(e.contains("1970-01-01T00:00:01.000Z"), "{e}");
         assert!(e.contains("1970-01-01T00:00:05.500Z"), "{e}");
@@ -664,15 +1037,17 @@ mod tests {
     #[test]
     fn time_past_a_gap_is_refused_with_the_last_good_point() {
         let a = g(1);
-        let gens = group(&[
+        let gens = ok(&[
             snap_at(&a, 0, 100),
             seg_at(&a, 1, 3, 110, 130),
             seg_at(&a, 7, 9, 170, 190),
         ]);
-        assert_eq!(plan(&gens, None, Target::Time(130)).unwrap().txid, 3);
+        assert_eq!(plan(&gens, None, Target::Time(130), false).unwrap().txid, 3);
         // 4..6 committed somewhere in 130..170: neither 150 nor 180 is known exactly.
         for t in [150, 180] {
-            let e = plan(&gens, None, Target::Time(t)).unwrap_err();
+            let e = plan(&gens, None, Target::Time(t), false)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("does not hold transactions 4..6"), "{e}");
             assert!(e.contains("00:00:00.130Z"), "{e}");
         }
@@ -682,32 +1057,44 @@ mod tests {
     fn time_between_a_kept_tier_snapshot_and_the_window_is_refused() {
         // Retention kept snapshot 10 (a tier point) and the window from snapshot 50.
         let a = g(1);
-        let gens = group(&[
+        let gens = ok(&[
             snap_at(&a, 10, 1000),
             snap_at(&a, 50, 5000),
             seg_at(&a, 51, 60, 5100, 6000),
         ]);
-        let p = plan(&gens, None, Target::Time(1000)).unwrap();
+        let p = plan(&gens, None, Target::Time(1000), false).unwrap();
         assert_eq!((p.snapshot.name.txid, p.txid), (10, 10));
-        let e = plan(&gens, None, Target::Time(3000)).unwrap_err();
+        let e = plan(&gens, None, Target::Time(3000), false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("does not hold transactions 11..49"), "{e}");
-        assert_eq!(plan(&gens, None, Target::Time(5500)).unwrap().txid, 60);
+        assert_eq!(
+            plan(&gens, None, Target::Time(5500), false).unwrap().txid,
+            60
+        );
     }
 
     #[test]
     fn txid_target_within_one_generation() {
         let (a, b, gens) = history();
-        let p = plan(&gens, Some(&a), Target::Txid(7)).unwrap();
+        let p = plan(&gens, Some(&a), Target::Txid(7), false).unwrap();
         assert_eq!((p.snapshot.name.txid, p.segments.len()), (0, 2));
         assert_eq!((p.txid, p.stop), (7, Some(Stop::Txid(7))));
-        let p = plan(&gens, Some(&a), Target::Txid(10)).unwrap();
+        let p = plan(&gens, Some(&a), Target::Txid(10), false).unwrap();
         assert_eq!(
             (p.snapshot.name.txid, p.segments.len(), p.stop),
             (10, 0, None)
         );
         // Without --generation: the newest one.
-        assert_eq!(plan(&gens, None, Target::Txid(5)).unwrap().generation, b);
-        let e = plan(&gens, None, Target::Txid(6)).unwrap_err();
+        assert_eq!(
+            plan(&gens, None, Target::Txid(5), false)
+                .unwrap()
+                .generation,
+            b
+        );
+        let e = plan(&gens, None, Target::Txid(6), false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("up to 5"), "{e}");
     }
 }

@@ -85,19 +85,10 @@ async fn verify_once(
 ) -> Result<VerifyReport> {
     let started = Instant::now();
     let objects = replica.list(layout::GENERATIONS).await?;
-    let gens = plan::group(&objects);
-    let replica_err = |reason: String| Error::Replica {
-        replica: replica.url().to_string(),
-        reason,
-    };
-    let plan = plan::plan(&gens, generation, Target::Latest).map_err(replica_err)?;
-    if let Some(at) = plan.gap_after {
-        return Err(replica_err(format!(
-            "generation {} has segments missing after transaction {at}: later transactions \
-             cannot be restored",
-            plan.generation
-        )));
-    }
+    let mut gens = plan::group(&objects);
+    // Damage anywhere on the way to the newest state (a missing segment, snapshot or
+    // manifest) is an error: verify never falls back to an older state.
+    let plan = super::plan_checked(replica, &mut gens, generation, Target::Latest, false).await?;
     let scratch = Scratch(scratch_parent.join(format!(
         "walship-verify-{}-{}",
         std::process::id(),

@@ -440,7 +440,7 @@ fn in_generation_dir(rel: &str) -> bool {
 mod tests {
     use super::*;
     use crate::restore::plan::fixtures::{g, manifest, seg_at, snap_at};
-    use crate::restore::plan::{Target, plan as restore_plan};
+    use crate::restore::plan::{Target, fixtures::plan_trusting as restore_plan};
 
     const H: u64 = 3_600_000;
 

@@ -507,17 +507,7 @@ fn missing_middle_segment(backend: &Backend, dir: &Path) {
     );
     assert!(!out.exists(), "nothing may be written");
     // The init container obeys the same rule: the pod fails rather than start on old data.
-    let init = walship(
-        &[
-            "restore",
-            "--if-db-not-exists",
-            "--if-replica-exists",
-            "-o",
-            out.to_str().unwrap(),
-            &backend.url,
-        ],
-        Some(backend),
-    );
+    let init = init_restore(backend, &out);
     assert!(!init.status.success(), "init mode restored an older state");
     assert!(!out.exists());
     // Opted in: the newest state that can be assembled, and how far behind it is.
@@ -538,7 +528,7 @@ fn missing_middle_segment(backend: &Backend, dir: &Path) {
         "{said}"
     );
     let at: u64 = said
-        .split("(--allow-older): transaction ")
+        .split("; restoring transaction ")
         .nth(1)
         .and_then(|t| t.split(' ').next())
         .and_then(|t| t.parse().ok())

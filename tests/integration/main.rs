@@ -5,11 +5,13 @@
 mod bad_input;
 mod capture;
 mod examples;
+mod fuzzing;
 mod init_mode;
 mod large;
 mod pitr;
 mod postgres;
 mod regression;
+mod restore_rule;
 mod retention;
 mod snapshots;
 mod sqlite_core;

@@ -133,14 +133,30 @@ pub fn restore(backend: &Backend, out: &Path) -> Output {
     )
 }
 
-#[track_caller]
 /// `walship restore --timestamp TS -o OUT URL`.
 pub fn restore_at(backend: &Backend, ts: &str, out: &Path) -> Output {
+    restore_ts(backend, ts, out, &[])
+}
+
+/// `walship restore --allow-older --timestamp TS -o OUT URL`.
+pub fn restore_older_at(backend: &Backend, ts: &str, out: &Path) -> Output {
+    restore_ts(backend, ts, out, &["--allow-older"])
+}
+
+fn restore_ts(backend: &Backend, ts: &str, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["restore", "--timestamp", ts, "-o", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push(&backend.url);
+    walship(&args, Some(backend))
+}
+
+/// The init container's restore: `--if-db-not-exists --if-replica-exists -o OUT URL`.
+pub fn init_restore(backend: &Backend, out: &Path) -> Output {
     walship(
         &[
             "restore",
-            "--timestamp",
-            ts,
+            "--if-db-not-exists",
+            "--if-replica-exists",
             "-o",
             out.to_str().unwrap(),
             &backend.url,
@@ -304,7 +320,7 @@ pub fn create_db(path: &Path) {
     .unwrap();
 }
 
-type Rows = Vec<Vec<rusqlite::types::Value>>;
+pub type Rows = Vec<Vec<rusqlite::types::Value>>;
 
 /// Every table's rows, in rowid order (read-only, does not disturb a live WAL).
 pub fn dump(path: &Path) -> BTreeMap<String, Rows> {
@@ -614,6 +630,16 @@ pub fn put_object(b: &Backend, rel: &str, bytes: &[u8]) {
         use object_store::ObjectStoreExt;
         store.put(&path, bytes.to_vec().into()).await.unwrap();
     });
+}
+
+pub fn get_object(b: &Backend, rel: &str) -> Vec<u8> {
+    let (store, path) = store_and_path(b, rel);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use object_store::ObjectStoreExt;
+        let r = store.get(&path).await.unwrap();
+        r.bytes().await.unwrap().to_vec()
+    })
 }
 
 pub fn delete_object(b: &Backend, rel: &str) {
