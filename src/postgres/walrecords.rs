@@ -196,6 +196,20 @@ fn xact_end_ms(rec: &[u8]) -> Option<Option<u64>> {
 mod tests {
     use super::*;
 
+    /// Regression (fuzzing): a commit record's timestamp near i64::MAX overflowed the
+    /// epoch shift (a panic with overflow checks); it is now a record not understood.
+    #[test]
+    fn a_timestamp_past_the_range_is_not_understood_not_a_panic() {
+        let mut rec = vec![0u8; RECORD_HEADER];
+        rec[17] = RM_XACT_ID;
+        rec.extend_from_slice(&[255, 8]);
+        rec.extend_from_slice(&i64::MAX.to_le_bytes());
+        assert_eq!(xact_end_ms(&rec), None);
+        let n = rec.len();
+        rec[n - 8..].copy_from_slice(&1_000_000i64.to_le_bytes());
+        assert_eq!(xact_end_ms(&rec), Some(Some(946_684_801_000)));
+    }
+
     const PAGE: usize = 8192;
     const SEG: usize = 16 * PAGE;
 

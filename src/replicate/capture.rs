@@ -241,7 +241,8 @@ impl Capture {
         }
         if let Some(rp) = resume {
             let files = self.db.files();
-            let index = match Tracker::read_header(&files.wal).map_err(|e| self.io(e))? {
+            let hdr = Tracker::read_header(&files.wal).map_err(|e| self.io(e))?;
+            let index = match hdr {
                 Some(hdr) => verify_position(&files.wal, &hdr, &rp.pos)
                     .map_err(|e| self.io(e))?
                     .map(|i| (hdr, i)),
@@ -251,12 +252,11 @@ impl Capture {
             // holds exactly that state and the new WAL continues it. The tracker starts at
             // the old position and steps over that one reset, as it does for a reset it
             // sees live (segments span resets).
-            let reset_after = match (&index, Tracker::read_header(&files.wal)) {
-                (None, Ok(Some(hdr))) => {
+            let reset_after = match (&index, hdr) {
+                (None, Some(hdr)) => {
                     super::tracker::reset_right_after(&files.wal, &hdr, &rp.pos, rp.page_size)
                         .map_err(|e| self.io(e))?
                 }
-                (_, Err(e)) => return Err(self.io(e)),
                 _ => false,
             };
             let mut t = Tracker::new(

@@ -120,17 +120,15 @@ pub async fn plan_checked(
     target: plan::Target,
     allow_older: bool,
 ) -> Result<Plan> {
-    loop {
+    // The planner asks for each listed generation's manifest at most once.
+    for _ in 0..=gens.len() {
         match plan::plan(gens, only, target, allow_older) {
             Ok(p) => return Ok(p),
             Err(plan::PlanError::NeedManifest(id)) => {
                 let state = read_manifest(replica, &id).await?;
-                let g = gens
-                    .get_mut(&id)
-                    .expect("the planner names listed generations");
-                // Each generation is read at most once, so this loop ends.
-                assert_eq!(g.manifest, plan::ManifestState::Unread);
-                g.manifest = state;
+                if let Some(g) = gens.get_mut(&id) {
+                    g.manifest = state;
+                }
             }
             Err(plan::PlanError::Refused(reason)) => {
                 return Err(Error::Replica {
@@ -140,6 +138,10 @@ pub async fn plan_checked(
             }
         }
     }
+    Err(Error::Replica {
+        replica: replica.url().to_string(),
+        reason: "the restore plan did not settle after reading every manifest".into(),
+    })
 }
 
 /// A one-line progress display on stderr, redrawn at most twice a second.
