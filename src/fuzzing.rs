@@ -281,6 +281,12 @@ pub fn planner(data: &[u8]) {
                         } else {
                             plan::ManifestState::Valid {
                                 continues_parent_at: (n % 3 == 2).then_some(t % 70),
+                                parent_unchanged: (n % 4 == 1).then_some(
+                                    crate::format::manifest::Unchanged {
+                                        txid: t % 70,
+                                        until_ms: u64_at(data, 4),
+                                    },
+                                ),
                             }
                         };
                     }

@@ -24,6 +24,17 @@ pub struct Manifest {
     /// segment, with nothing committed in between (docs/CAPTURE.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub continues_parent_at: Option<u64>,
+    /// Set when the parent's last state is known to have lasted: walship watched the
+    /// parent's WAL until `until_ms` and nothing followed its transaction `txid`, so a
+    /// restore to a time up to then is that state exactly (docs/CAPTURE.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_unchanged: Option<Unchanged>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unchanged {
+    pub txid: u64,
+    pub until_ms: u64,
 }
 
 /// Only the format number, read first so that a newer manifest is refused by its format,
@@ -80,6 +91,7 @@ mod tests {
             parent: None,
             reason: "first start".into(),
             continues_parent_at: Some(7),
+            parent_unchanged: None,
         }
     }
 

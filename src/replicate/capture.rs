@@ -4,7 +4,7 @@
 //! starts a new generation (with a snapshot) whenever continuity cannot be proven.
 //! The algorithm and why it cannot lose a commit: docs/CAPTURE.md.
 
-use super::journal::Journal;
+use super::journal::{Journal, WatchedUntil};
 use super::snapshot::{Manifest, SnapshotJob, hostname};
 use super::spool::Spool;
 use super::state::{DbState, Job, now_ms};
@@ -44,6 +44,9 @@ const LARGE_TX_MAX: usize = 64 << 20;
 /// scan (up to half the sync interval) and was stamped that late. Each re-check is a
 /// header compare; under continuous writes the writes' own events drive the scans and no
 /// re-check runs.
+/// Least time between two watch stamps of the same state: a kill loses at most this much
+/// of the quiet time a restore can reach exactly.
+const WATCHED_EVERY_MS: u64 = 20;
 const FOLLOWUP_FIRST: Duration = Duration::from_millis(3);
 const FOLLOWUP_MAX_STEP: Duration = Duration::from_millis(25);
 const FOLLOWUP_FOR: Duration = Duration::from_secs(1);
@@ -86,6 +89,8 @@ pub struct ResumePoint {
     pub page_size: u32,
     pub db_pages: u32,
     pub last_commit_ms: u64,
+    /// Until when the run that left this point saw nothing follow it (its watch stamp).
+    pub watched_until_ms: Option<u64>,
 }
 
 pub struct CaptureSettings {
@@ -126,7 +131,13 @@ pub struct Capture {
     /// Why the next generation starts, and which one it follows.
     next_reason: String,
     parent: Option<GenerationId>,
+    /// The parent's last txid and until when nothing was seen to follow it, for the next
+    /// generation's manifest (restore between the two is exact up to then).
+    parent_watched: Option<(u64, u64)>,
     last_scan: Instant,
+    /// The last scan a WAL write woke: `MIN_SCAN_GAP` counts from it, not from re-checks
+    /// and periodic scans, so the first commit after a quiet spell is read at once.
+    last_write_scan: Instant,
     last_identity_check: Instant,
     not_before: Instant,
     stepout_not_before: Instant,
@@ -169,7 +180,9 @@ impl Capture {
             snapshot: None,
             next_reason: "first start".into(),
             parent: None,
+            parent_watched: None,
             last_scan: now,
+            last_write_scan: now,
             last_identity_check: now,
             not_before: now,
             stepout_not_before: now,
@@ -196,7 +209,9 @@ impl Capture {
             let probe_left = PROBE_INTERVAL
                 .saturating_sub(last_tick.elapsed())
                 .min(self.cut_due_in());
-            let gap_left = self.scan_gap().saturating_sub(self.last_scan.elapsed());
+            let gap_left = self
+                .scan_gap()
+                .saturating_sub(self.last_write_scan.elapsed());
             let followup_left = self.followup_due_in();
             if !wal_dirty && followup_left < gap_left.min(probe_left) {
                 // Until the re-check, woken early by a write: then the write's own event
@@ -296,6 +311,7 @@ impl Capture {
                          replaced while walship was not running)",
                         rp.generation, rp.txid
                     );
+                    self.parent_watched = rp.watched_until_ms.map(|ms| (rp.txid, ms));
                     self.parent = Some(rp.generation);
                 }
             }
@@ -346,8 +362,9 @@ impl Capture {
         }
         let since = self.last_scan.elapsed();
         let followup_due = self.followup.is_some_and(|(at, ..)| Instant::now() >= at);
-        if *wal_dirty && since >= self.scan_gap() {
+        if *wal_dirty && self.last_write_scan.elapsed() >= self.scan_gap() {
             *wal_dirty = false;
+            self.last_write_scan = Instant::now();
             self.scan()?;
             self.start_followups();
         } else if since >= self.settings.sync_interval / 2 {
@@ -515,8 +532,10 @@ impl Capture {
     /// room: when it has none, transactions wait in the WAL, which walship's read lock keeps).
     fn scan(&mut self) -> Result<()> {
         self.last_scan = Instant::now();
+        let at = now_ms();
         let mut shm = self.db.shm().header().map_err(|e| self.io(e))?;
         if self.nothing_new(shm) {
+            self.mark_watched(at);
             return Ok(());
         }
         loop {
@@ -663,6 +682,27 @@ impl Capture {
             !pos.is_empty_wal()
                 && (h.salt1, h.salt2, h.mx_frame) == (pos.salt1, pos.salt2, pos.frame)
         })
+    }
+
+    /// The WAL-index showed nothing past the tracker at `at`: stamp it (every
+    /// `WATCHED_EVERY`), once the files are proven the database's still, so that a stamp
+    /// never outlives a replacement that the once-a-second identity check has yet to see.
+    fn mark_watched(&mut self, at: u64) {
+        let Some(run) = self.run.as_ref() else {
+            return;
+        };
+        let (g, txid) = (&run.generation, run.tracker.txid);
+        if !self.journal.watched.due(g, txid, at, WATCHED_EVERY_MS) || self.db.replaced() {
+            return;
+        }
+        let w = WatchedUntil {
+            generation: g.clone(),
+            txid,
+            ms: at,
+        };
+        if let Err(e) = self.journal.watched.write(w) {
+            tracing::debug!(db = %self.state.label, "cannot write the watch stamp: {e}");
+        }
     }
 
     /// Tell the tracker where the committed frames end, per the WAL-index.
@@ -1121,6 +1161,12 @@ impl Capture {
             }
             tracing::warn!(db = %self.state.label, generation = %run.generation,
                 "starting a new generation: {reason}");
+            self.parent_watched = self
+                .journal
+                .watched
+                .last()
+                .filter(|w| w.generation == run.generation)
+                .map(|w| (w.txid, w.ms));
             self.parent = Some(run.generation);
         }
         if let Some(job) = self.snapshot.take() {
@@ -1204,6 +1250,12 @@ impl Capture {
                 parent: self.parent.as_ref().map(|g| g.to_string()),
                 reason: self.next_reason.clone(),
                 continues_parent_at: continues,
+                parent_unchanged: match continues {
+                    Some(_) => None,
+                    None => self.parent_watched.take().map(|(txid, until_ms)| {
+                        crate::format::manifest::Unchanged { txid, until_ms }
+                    }),
+                },
             }),
             meta,
             files,

@@ -2,7 +2,9 @@
 //! whole transactions are appended to it before capture moves on, and it is emptied each
 //! time they are cut into a spool segment. After a crash, start-up turns what it holds
 //! into the segment the dead process never cut, in the same generation (invariant 9).
-//! Knows nothing of the object store; record bytes are `format::journal`'s.
+//! Beside it, the watch stamp: until when capture last proved that nothing followed its
+//! newest transaction. Knows nothing of the object store; record bytes are
+//! `format::journal`'s.
 
 use super::capture::ResumePoint;
 use super::spool::{Spool, SpoolEntry};
@@ -33,6 +35,9 @@ pub struct Journal {
     skipping: bool,
     /// The file's length: its high-water mark, since it is overwritten, not truncated.
     pub file_len: u64,
+    /// The watch stamp beside it, and what an earlier run left in it.
+    pub watched: Watched,
+    pub left_watched: Option<WatchedUntil>,
 }
 
 impl Journal {
@@ -60,6 +65,7 @@ impl Journal {
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         let epoch = records.iter().map(|r| r.epoch).max().unwrap_or(0) ^ random_u64();
+        let (watched, left_watched) = Watched::open(dir)?;
         // `bytes` at the old length: a `clear` (the caller's, once it has recovered the
         // records) must run before anything is appended over them.
         let j = Journal {
@@ -70,6 +76,8 @@ impl Journal {
             epoch,
             skipping: false,
             file_len: old.len() as u64,
+            watched,
+            left_watched,
         };
         Ok((j, records))
     }
@@ -225,8 +233,101 @@ pub fn recover(
             page_size: meta.page_size,
             db_pages: meta.db_pages,
             last_commit_ms: meta.last_commit_ms,
+            watched_until_ms: None,
         },
     )))
+}
+
+const WATCHED_FILE: &str = "watched";
+/// The stamp's fixed size: one `pwrite` of it replaces the last (atomic for a SIGKILL).
+const WATCHED_LEN: usize = 128;
+
+/// Capture's last proof that no commit followed transaction `txid` of `generation`: a
+/// WAL-index check at `ms`, with the read lock held, that found nothing new. When a restart
+/// must begin a new generation (the WAL was reset while walship was down), that
+/// generation's manifest carries it, and a restore between the two generations is exact
+/// up to `ms` instead of refused (docs/CAPTURE.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchedUntil {
+    pub generation: GenerationId,
+    pub txid: u64,
+    pub ms: u64,
+}
+
+impl WatchedUntil {
+    fn encode(&self) -> [u8; WATCHED_LEN] {
+        let body = format!(
+            "walship-watched 1 {} {} {}",
+            self.generation, self.txid, self.ms
+        );
+        let line = format!("{body} {:08x}\n", crc32fast::hash(body.as_bytes()));
+        let mut b = [b' '; WATCHED_LEN];
+        b[..line.len()].copy_from_slice(line.as_bytes());
+        b
+    }
+
+    /// `None` for anything but a whole stamp of this format: a stamp only ever narrows
+    /// what restore refuses, so a doubtful one is dropped.
+    fn decode(b: &[u8]) -> Option<WatchedUntil> {
+        let line = std::str::from_utf8(b).ok()?.lines().next()?;
+        let (body, crc) = line.rsplit_once(' ')?;
+        if u32::from_str_radix(crc, 16).ok()? != crc32fast::hash(body.as_bytes()) {
+            return None;
+        }
+        let mut f = body.split(' ');
+        if (f.next()?, f.next()?) != ("walship-watched", "1") {
+            return None;
+        }
+        let w = WatchedUntil {
+            generation: GenerationId::parse(f.next()?)?,
+            txid: f.next()?.parse().ok()?,
+            ms: f.next()?.parse().ok()?,
+        };
+        f.next().is_none().then_some(w)
+    }
+}
+
+/// The watch stamp's file beside the journal, rewritten in place.
+pub struct Watched {
+    file: File,
+    last: Option<WatchedUntil>,
+}
+
+impl Watched {
+    /// Open (creating) the stamp in `dir`, returning what an earlier run left.
+    pub fn open(dir: &Path) -> Result<(Watched, Option<WatchedUntil>)> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(WATCHED_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        let mut b = [0u8; WATCHED_LEN];
+        let n = file.read_at(&mut b, 0).map_err(|e| Error::io(&path, e))?;
+        let left = WatchedUntil::decode(&b[..n]);
+        Ok((Watched { file, last: None }, left))
+    }
+
+    /// Whether a stamp at `ms` is worth writing: a new state, or `every_ms` after the last.
+    pub fn due(&self, generation: &GenerationId, txid: u64, ms: u64, every_ms: u64) -> bool {
+        self.last.as_ref().is_none_or(|l| {
+            (&l.generation, l.txid) != (generation, txid) || ms >= l.ms.saturating_add(every_ms)
+        })
+    }
+
+    pub fn write(&mut self, w: WatchedUntil) -> std::io::Result<()> {
+        self.file.write_all_at(&w.encode(), 0)?;
+        self.last = Some(w);
+        Ok(())
+    }
+
+    /// The last stamp this run wrote.
+    pub fn last(&self) -> Option<&WatchedUntil> {
+        self.last.as_ref()
+    }
 }
 
 fn random_u64() -> u64 {
@@ -265,6 +366,38 @@ mod tests {
     }
 
     #[test]
+    fn the_watch_stamp_survives_a_restart_and_rejects_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, left) = Watched::open(dir.path()).unwrap();
+        assert_eq!(left, None);
+        let g = GenerationId::new(1000, 1);
+        let at = |txid, ms| WatchedUntil {
+            generation: g.clone(),
+            txid,
+            ms,
+        };
+        assert!(w.due(&g, 5, 100, 20));
+        w.write(at(5, 100)).unwrap();
+        assert!(!w.due(&g, 5, 110, 20), "too soon after the last");
+        assert_eq!(Watched::open(dir.path()).unwrap().1, Some(at(5, 100)));
+        assert!(w.due(&g, 6, 111, 20), "a new transaction");
+        assert!(w.due(&g, 5, 120, 20));
+        w.write(at(6, 131)).unwrap();
+        drop(w);
+        assert_eq!(Watched::open(dir.path()).unwrap().1, Some(at(6, 131)));
+        // A flipped digit fails the checksum; a foreign or short file is no stamp.
+        let path = dir.path().join(WATCHED_FILE);
+        let good = std::fs::read(&path).unwrap();
+        let text = String::from_utf8(good.clone())
+            .unwrap()
+            .replace(" 131 ", " 931 ");
+        for bad in [text.as_bytes(), b"hello", &good[..40], b""] {
+            std::fs::write(&path, bad).unwrap();
+            assert_eq!(Watched::open(dir.path()).unwrap().1, None);
+        }
+    }
+
+    #[test]
     fn a_killed_runs_journal_becomes_the_segment_it_never_cut() {
         let dir = tempfile::tempdir().unwrap();
         let g = GenerationId::new(1000, 1);
@@ -291,6 +424,7 @@ mod tests {
             page_size: 512,
             db_pages: 1,
             last_commit_ms: 0,
+            watched_until_ms: None,
         };
         let (entry, after) = recover(&records, &rp, &spool).unwrap().unwrap();
         assert_eq!((after.txid, after.pos), (5, t.pos));

@@ -266,6 +266,13 @@ async fn start_db(
         leftovers.push(entry);
         *rp = after;
     }
+    // How long the killed run saw that state last, if it is the state it ends with.
+    if let Some(rp) = resume.as_mut()
+        && let Some(w) = &journal.left_watched
+        && (&w.generation, w.txid) == (&rp.generation, rp.txid)
+    {
+        rp.watched_until_ms = Some(w.ms.max(rp.last_commit_ms));
+    }
     for e in leftovers {
         state.push(Job::Segment(e));
     }
@@ -529,6 +536,7 @@ async fn find_resume_point(
         page_size: m.page_size,
         db_pages: m.page_count,
         last_commit_ms: m.commit_ms,
+        watched_until_ms: None,
     }))
 }
 
@@ -540,5 +548,6 @@ fn resume_from_segment(generation: GenerationId, m: &SegmentMeta) -> ResumePoint
         page_size: m.page_size,
         db_pages: m.db_pages,
         last_commit_ms: m.last_commit_ms,
+        watched_until_ms: None,
     }
 }

@@ -101,6 +101,7 @@ pub(crate) async fn read_manifest(
         Ok(b) => Ok(match crate::format::manifest::check(&b) {
             Ok(m) => plan::ManifestState::Valid {
                 continues_parent_at: m.continues_parent_at,
+                parent_unchanged: m.parent_unchanged,
             },
             Err(why) => plan::ManifestState::Bad(format!("{key}: {why}")),
         }),

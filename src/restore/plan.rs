@@ -2,6 +2,7 @@
 //! generation, then choose the snapshot and the unbroken chain of segments after it.
 //! Pure: no I/O, so every edge case is a unit test.
 
+use crate::format::manifest::Unchanged;
 use crate::storage::Listed;
 use crate::storage::layout::{self, GenerationId, ObjectName, SegmentName, SnapshotName};
 use serde::Serialize;
@@ -22,8 +23,11 @@ pub enum ManifestState {
     /// Listed, not read yet.
     #[default]
     Unread,
-    /// Read and valid.
-    Valid { continues_parent_at: Option<u64> },
+    /// Read and valid, with what it says of the parent (`format::manifest`).
+    Valid {
+        continues_parent_at: Option<u64>,
+        parent_unchanged: Option<Unchanged>,
+    },
     /// Missing, unreadable, or not a format this walship reads: why, naming the object.
     Bad(String),
 }
@@ -571,13 +575,18 @@ fn time_plan(
         return Ok(exact); // after the newest commit: the newest state
     };
     need(nid, ng)?;
-    if ng.manifest
-        == (ManifestState::Valid {
-            continues_parent_at: Some(chain_txid),
-        })
+    if let ManifestState::Valid {
+        continues_parent_at,
+        parent_unchanged,
+    } = &ng.manifest
         && usable(ng)
     {
-        return Ok(exact);
+        // It continues this generation exactly, or walship saw nothing follow this
+        // generation's last transaction until after `t`.
+        let seen = |u: &Unchanged| u.txid == chain_txid && t <= u.until_ms;
+        if *continues_parent_at == Some(chain_txid) || parent_unchanged.as_ref().is_some_and(seen) {
+            return Ok(exact);
+        }
     }
     let next_ms = usable_pool[..pos]
         .iter()
@@ -708,6 +717,7 @@ pub(crate) mod fixtures {
             if g.manifest == ManifestState::Unread {
                 g.manifest = ManifestState::Valid {
                     continues_parent_at: None,
+                    parent_unchanged: None,
                 };
             }
         }
@@ -734,6 +744,7 @@ mod tests {
             g.has_manifest = true;
             g.manifest = ManifestState::Valid {
                 continues_parent_at: None,
+                parent_unchanged: None,
             };
         }
         gens
@@ -924,6 +935,7 @@ mod tests {
         assert_eq!(e, PlanError::NeedManifest(a.clone()).to_string());
         gens.get_mut(&a).unwrap().manifest = ManifestState::Valid {
             continues_parent_at: None,
+            parent_unchanged: None,
         };
         let e = plan_latest(&gens, None).unwrap_err().to_string();
         assert!(
@@ -1011,8 +1023,28 @@ mod tests {
             (a.clone(), 20, None)
         );
         assert!(p.older.unwrap().contains("1.0 s before"));
+        // Walship saw nothing follow transaction 20 until 4.5 s: exact up to then only,
+        // and only for the state that stamp names.
+        for (txid, at, exact) in [(20, 4000, true), (20, 4500, true), (20, 4501, false)]
+            .into_iter()
+            .chain([(19, 4000, false)])
+        {
+            gens.get_mut(&b).unwrap().manifest = ManifestState::Valid {
+                continues_parent_at: None,
+                parent_unchanged: Some(Unchanged {
+                    txid,
+                    until_ms: 4500,
+                }),
+            };
+            let p = plan(&gens, None, Target::Time(at), false);
+            match exact {
+                true => assert_eq!(p.map(|p| (p.txid, p.older)), Ok((20, None)), "{at}"),
+                false => assert!(p.is_err(), "{txid} {at}"),
+            }
+        }
         gens.get_mut(&b).unwrap().manifest = ManifestState::Valid {
             continues_parent_at: Some(20),
+            parent_unchanged: None,
         };
         let p = plan(&gens, None, Target::Time(4000), false).unwrap();
         assert_eq!((p.generation, p.txid, p.older), (a, 20, None));

@@ -16,6 +16,11 @@ const SHUTDOWN: &[&str] = &["--shutdown-timeout", "75s"];
 /// so the next commit comes after the target.
 const AFTER_COMMIT_MS: u64 = 300;
 
+/// How far before a kill a target may lie and still be refused: the killed walship's
+/// watch stamp is at most a re-check step (25 ms) and a stamp interval (20 ms) old, plus
+/// scheduling on a loaded machine.
+const STAMP_SLACK_MS: u64 = 150;
+
 fn pitr_under_crashes(backend: Backend, dir: &Path) {
     let seed = seed();
     eprintln!("pitr seed={seed} replica={}", backend.url);
@@ -70,17 +75,24 @@ fn pitr_under_crashes(backend: Backend, dir: &Path) {
         if done {
             break;
         }
-        if rng.below(2) == 0 {
-            // Just inside a quiet spell: the last commit 150-500 ms old (bounded wait).
+        let ages = match rng.below(3) {
+            // Just inside a quiet spell, the burst's last commits read but maybe not cut.
+            0 => Some(150..300),
+            // Just after a target (300 ms after the last commit): walship saw that state
+            // last, and its watch stamp must carry that into the next generation.
+            1 => Some(AFTER_COMMIT_MS + 60..AFTER_COMMIT_MS + 180),
+            _ => None,
+        };
+        if let Some(ages) = ages {
             let until = Instant::now() + Duration::from_secs(5);
             while Instant::now() < until {
                 let age = read_record(&record)
                     .last()
                     .map(|c| now_ms().saturating_sub(c.ms));
-                if age.is_some_and(|a| (150..500).contains(&a)) {
+                if age.is_some_and(|a| ages.contains(&a)) {
                     break;
                 }
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
         let killed = now_ms();
@@ -144,15 +156,17 @@ fn pitr_under_crashes(backend: Backend, dir: &Path) {
         .collect();
     checks.push((now_ms(), commits.last().unwrap().hash.as_str()));
     // A kill after which the WAL was reset while walship was down (the application's
-    // TRUNCATE checkpoints) ends a generation: instants between its last commit and the
-    // next generation's first snapshot are in no object, and restore refuses them naming
-    // both nearest points (docs/RESTORE.md) instead of guessing. Such a refusal is allowed
-    // only for a target near a kill; --allow-older then restores exactly the commit before.
+    // TRUNCATE checkpoints) ends a generation. Up to the killed walship's last watch stamp
+    // (at most a re-check step and WATCHED_EVERY before the kill) the next generation's
+    // manifest says nothing followed the old one's last commit, so those instants are
+    // exact. Later ones, up to the next generation's first snapshot, are in no object:
+    // restore refuses them naming both nearest points (docs/RESTORE.md) instead of
+    // guessing, and --allow-older then restores exactly the commit before.
     let near_a_kill = |at: u64| {
         kills_at
             .iter()
             .zip(&blind)
-            .any(|(&k, &(_, end))| at + 1500 > k && at < end)
+            .any(|(&k, &(_, end))| at + STAMP_SLACK_MS > k && at < end)
     };
     let mut refused = 0;
     for (i, (at, want)) in checks.iter().enumerate() {
@@ -167,6 +181,12 @@ fn pitr_under_crashes(backend: Backend, dir: &Path) {
             );
             assert!(!out.exists());
             refused += 1;
+            let from_kill = kills_at
+                .iter()
+                .map(|&k| *at as i64 - k as i64)
+                .min_by_key(|d| d.abs())
+                .unwrap_or_default();
+            eprintln!("pitr: {ts} refused, {from_kill:+} ms from the nearest kill");
             let o = restore_older_at(&backend, &ts, &out);
             assert_success(&o, &format!("restore --allow-older --timestamp {ts}"));
         }
@@ -176,8 +196,17 @@ fn pitr_under_crashes(backend: Backend, dir: &Path) {
             "restore at {ts} does not equal the state recorded then"
         );
     }
+    let stamped = list_objects(&backend)
+        .keys()
+        .filter(|k| k.ends_with("manifest.json"))
+        .filter(|k| {
+            let m: serde_json::Value = serde_json::from_slice(&get_object(&backend, k)).unwrap();
+            m["parent_unchanged"]["until_ms"].is_u64()
+        })
+        .count();
     eprintln!(
-        "pitr: {refused} of {} targets refused as between generations",
+        "pitr: {refused} of {} targets refused as between generations; {stamped} \
+         generations say until when their parent's last state lasted",
         checks.len()
     );
 
