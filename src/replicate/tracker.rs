@@ -62,6 +62,10 @@ pub struct Tracker {
     /// mxFrame are not committed yet (or are stale ones from before a reset), so the scan
     /// need not read them. Used once.
     pub read_hint: Option<(u32, u32, u32)>,
+    /// WAL-index samples taken between scans: (salt1, salt2, mxFrame, when read), oldest
+    /// first. A commit frame a sample already covered is stamped with that sample's time,
+    /// not the scan's: scans are spaced for CPU, samples for the stamps' precision.
+    pub seen: Vec<(u32, u32, u32, u64)>,
     /// Largest transaction (raw frame bytes) kept as frames; a larger one is consumed
     /// without its frames (`Scan::Large`), so its size never becomes walship's memory.
     pub tx_limit: usize,
@@ -91,6 +95,7 @@ impl Tracker {
             collect: true,
             hdr: None,
             read_hint: None,
+            seen: Vec::new(),
             tx_limit: usize::MAX,
             large_ahead: false,
             index: HashMap::new(),
@@ -222,7 +227,12 @@ impl Tracker {
                 tx_frames += 1;
                 tx_pages.push((fh.pgno(), frame));
                 if fh.is_commit() {
-                    let ms = now_ms.max(self.last_commit_ms);
+                    let seen = self
+                        .seen
+                        .iter()
+                        .find(|s| (s.0, s.1) == (hdr.salt1, hdr.salt2) && s.2 >= frame)
+                        .map_or(now_ms, |s| s.3.min(now_ms));
+                    let ms = seen.max(self.last_commit_ms);
                     self.db_pages = fh.commit_size();
                     self.last_commit_ms = ms;
                     self.pos.frame = frame;
@@ -304,6 +314,9 @@ impl Tracker {
             }
             self.pending.builder.seal(keep);
         }
+        let at = self.pos;
+        self.seen
+            .retain(|s| (s.0, s.1) == (at.salt1, at.salt2) && s.2 > at.frame);
         if let Some(bytes) = large {
             return Ok(Scan::Large { bytes });
         }
@@ -805,6 +818,36 @@ mod tests {
         let (meta, bytes) = t.take_segment().unwrap();
         assert_eq!(meta.last_commit_ms, 5000);
         Segment::decode(&bytes).unwrap();
+    }
+
+    /// A commit that a WAL-index sample showed before the scan keeps the sample's time; one
+    /// no sample covered, or covered only by a sample of another WAL, gets the scan's.
+    #[test]
+    fn commits_take_the_time_of_the_sample_that_first_showed_them() {
+        let mut w = FakeWal::new(0, 1, 2);
+        let mut t = tracker_at_start(&w);
+        for i in 0..4 {
+            w.frame(2 + i, 2 + i, i as u8);
+        }
+        t.seen = vec![
+            (1, 2, 1, 100),
+            (9, 9, 3, 50),
+            (1, 2, 2, 120),
+            (1, 2, 3, 140),
+        ];
+        t.scan(w.file.as_file(), 500, usize::MAX).unwrap();
+        assert_eq!(t.pending_commit_times(), vec![100, 120, 140, 500]);
+        assert!(t.seen.is_empty(), "samples behind the position are dropped");
+        // A sample ahead of the position stays for the next scan.
+        w.frame(6, 6, 9);
+        w.frame(7, 7, 9);
+        t.seen = vec![(1, 2, 6, 600)];
+        t.read_hint = Some((1, 2, 5));
+        t.scan(w.file.as_file(), 700, usize::MAX).unwrap();
+        assert_eq!(t.seen, vec![(1, 2, 6, 600)]);
+        t.scan(w.file.as_file(), 800, usize::MAX).unwrap();
+        assert_eq!(t.pending_commit_times()[4..], [600, 600]);
+        assert!(t.seen.is_empty());
     }
 
     #[test]
