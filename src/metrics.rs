@@ -59,6 +59,10 @@ pub struct Metrics {
     /// Seconds from process start to holding the read lock (the window in which an
     /// application checkpoint can reset WAL walship has not read).
     pub read_lock_after_start: Family<DbLabel, FGauge>,
+    /// 1 while this walship holds its replica path's lease, 0 once lost.
+    pub lease_held: Family<DbLabel, Gauge>,
+    pub lease_renewals: Family<KindLabel, Counter>,
+    pub lease_takeovers: Family<DbLabel, Counter>,
 }
 
 /// Buckets of `walship_commit_to_ack_seconds`: the sync interval's range, then outages.
@@ -84,6 +88,9 @@ impl Default for Metrics {
             errors: Family::default(),
             spool_bytes: Family::default(),
             replica_up: Family::default(),
+            lease_held: Family::default(),
+            lease_renewals: Family::default(),
+            lease_takeovers: Family::default(),
             checkpoints: Family::default(),
             validation_ok: Family::default(),
             validation_time: Family::default(),
@@ -180,6 +187,21 @@ impl Default for Metrics {
             "replica_up",
             "1 when the last request to the replica succeeded",
             m.replica_up.clone(),
+        );
+        registry.register(
+            "lease_held",
+            "1 while this walship holds the lease of the database's replica path, 0 once lost",
+            m.lease_held.clone(),
+        );
+        registry.register(
+            "lease_renewals",
+            "Lease renewals by result (kind=ok, failed: the store did not answer)",
+            m.lease_renewals.clone(),
+        );
+        registry.register(
+            "lease_takeovers",
+            "Leases taken over from another walship whose lease had expired",
+            m.lease_takeovers.clone(),
         );
         registry.register(
             "checkpoints",

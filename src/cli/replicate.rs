@@ -67,6 +67,14 @@ pub struct ReplicateArgs {
     /// Time allowed after SIGTERM to ship what is committed (default 25s).
     #[arg(long)]
     pub shutdown_timeout: Option<String>,
+    /// Wait up to this long for another walship holding the replica path to release it
+    /// (a rolling deploy); without it a held path is refused at once.
+    #[arg(long)]
+    pub lease_wait: Option<String>,
+    /// The replica path lease's time to live: how long after its holder's last renewal
+    /// another walship may take the path over (default 30s).
+    #[arg(long)]
+    pub lease_ttl: Option<String>,
     #[command(flatten)]
     pub replica: ReplicaFlags,
 }
@@ -151,6 +159,13 @@ impl ReplicateArgs {
         if let Some(s) = &self.shutdown_timeout {
             cfg.shutdown_timeout = config::parse_positive_duration("--shutdown-timeout", s)?;
         }
+        if let Some(s) = &self.lease_wait {
+            cfg.lease_wait =
+                Some(config::parse_duration("--lease-wait", s)?).filter(|d| !d.is_zero());
+        }
+        if let Some(s) = &self.lease_ttl {
+            cfg.lease_ttl = config::parse_lease_ttl("--lease-ttl", s)?;
+        }
         Ok(cfg)
     }
 }
@@ -177,6 +192,8 @@ fn single(db: &Path, replica: config::ReplicaConfig) -> Config {
         metrics_addr: None,
         unhealthy_after: config::DEFAULT_UNHEALTHY_AFTER,
         shutdown_timeout: config::DEFAULT_SHUTDOWN_TIMEOUT,
+        lease_wait: None,
+        lease_ttl: crate::storage::lease::DEFAULT_TTL,
         log_json: false,
         log_level: None,
     }

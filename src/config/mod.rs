@@ -48,6 +48,13 @@ pub struct RawConfig {
     pub unhealthy_after: Option<String>,
     #[serde(default, deserialize_with = "number_or_text")]
     pub shutdown_timeout: Option<String>,
+    /// How long a starting walship waits for another holder of a replica path's lease.
+    #[serde(default, deserialize_with = "number_or_text")]
+    pub lease_wait: Option<String>,
+    /// The lease's time to live: how long after its holder's last renewal another walship
+    /// may take the path over.
+    #[serde(default, deserialize_with = "number_or_text")]
+    pub lease_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +130,9 @@ pub struct Config {
     pub metrics_addr: Option<SocketAddr>,
     pub unhealthy_after: Duration,
     pub shutdown_timeout: Duration,
+    /// `None`: a replica path held by another walship is refused at once.
+    pub lease_wait: Option<Duration>,
+    pub lease_ttl: Duration,
     pub log_json: bool,
     pub log_level: Option<String>,
 }
@@ -463,6 +473,14 @@ fn resolve(raw: RawConfig) -> Result<Config> {
             Some(s) => parse_positive_duration("shutdown-timeout", s)?,
             None => DEFAULT_SHUTDOWN_TIMEOUT,
         },
+        lease_wait: match &raw.lease_wait {
+            Some(s) => Some(parse_duration("lease-wait", s)?).filter(|d| !d.is_zero()),
+            None => None,
+        },
+        lease_ttl: match &raw.lease_ttl {
+            Some(s) => parse_lease_ttl("lease-ttl", s)?,
+            None => crate::storage::lease::DEFAULT_TTL,
+        },
         log_json: raw
             .logging
             .as_ref()
@@ -470,6 +488,17 @@ fn resolve(raw: RawConfig) -> Result<Config> {
             .is_some_and(|t| t.eq_ignore_ascii_case("json")),
         log_level: raw.logging.as_ref().and_then(|l| l.level.clone()),
     })
+}
+
+/// A lease TTL: at least a second (renewals come every sixth of it).
+pub fn parse_lease_ttl(what: &str, s: &str) -> Result<Duration> {
+    let d = parse_positive_duration(what, s)?;
+    if d < Duration::from_secs(1) {
+        return Err(Error::Config(format!(
+            "{what}: {s} is too short for a lease (at least 1s; the default is 30s)"
+        )));
+    }
+    Ok(d)
 }
 
 /// `:9090` and `0.0.0.0:9090` (Litestream style) as well as full socket addresses.

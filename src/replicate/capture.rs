@@ -321,6 +321,12 @@ impl Capture {
         self.start_generation()
     }
 
+    /// Begin a new generation after `parent` for `reason` instead of resuming it.
+    pub fn begin_after(&mut self, parent: GenerationId, reason: String) {
+        self.parent = Some(parent);
+        self.next_reason = reason;
+    }
+
     fn io(&self, e: std::io::Error) -> crate::Error {
         crate::Error::io(self.db.wal_path(), e)
     }

@@ -20,6 +20,7 @@ use crate::metrics::{DbLabel, Health, KindLabel, Metrics};
 use crate::sqlite::db::{LiveDb, check_database};
 use crate::storage::Replica;
 use crate::storage::layout::{self, GenerationId, ObjectName};
+use crate::storage::lease;
 use capture::{Capture, CaptureSettings, ResumePoint};
 use spool::Spool;
 use state::{DbState, Job, now_ms};
@@ -77,6 +78,11 @@ impl Health for HealthView {
         let now = now_ms();
         let limit = self.unhealthy_after.as_millis() as u64;
         let mut problems: Vec<String> = failing.err().into_iter().collect();
+        for s in &self.dbs {
+            if let state::MayWrite::Lost(why) = s.may_write() {
+                problems.push(format!("{}: {why}", s.label));
+            }
+        }
         for (s, p) in self.dbs.iter().zip(&self.progress) {
             let sent = s.requests.put_bytes.load(Ordering::Relaxed);
             let mut p = p.lock().unwrap();
@@ -201,10 +207,55 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome> {
     let opened = preflight(&cfg).await?;
+    // One writer per database and per replica path (docs/LEASE.md): the spool directory
+    // is locked for this process, then the path's lease is taken.
+    let mut problems = Vec::new();
+    let mut seen = std::collections::HashMap::new();
+    for db in &cfg.dbs {
+        let key = db.path.canonicalize().unwrap_or_else(|_| db.path.clone());
+        if let Some(first) = seen.insert(key, db.path.clone()) {
+            problems.push(format!(
+                "database {} is listed twice (also as {}): one entry per database",
+                db.path.display(),
+                first.display()
+            ));
+        }
+    }
+    refuse_if_any(problems)?;
+    let mut spool_locks = Vec::new();
+    for db in &cfg.dbs {
+        spool_locks.push(lock_spool(&db.spool_dir)?);
+    }
+    let settings = lease::Settings {
+        ttl: cfg.lease_ttl,
+        wait: cfg.lease_wait,
+    };
+    let mut held = Vec::new();
+    for (db, (_, replica)) in cfg.dbs.iter().zip(&opened) {
+        let me = lease::Holder {
+            host: snapshot::hostname(),
+            pid: std::process::id(),
+            database: absolute(&db.path),
+            spool: absolute(&db.spool_dir),
+        };
+        held.push(lease::acquire(replica, me, &settings, now_ms).await?);
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None::<Instant>);
+    let lost = Arc::new(tokio::sync::Notify::new());
     let mut running = Vec::new();
-    for (db, (live, replica)) in cfg.dbs.iter().zip(opened) {
-        running.push(start_db(db, live, replica, metrics.clone(), stop_rx.clone()).await?);
+    let mut leases = Vec::new();
+    for ((db, (live, replica)), h) in cfg.dbs.iter().zip(opened).zip(held) {
+        let (r, l) = start_db(
+            db,
+            live,
+            replica,
+            metrics.clone(),
+            stop_rx.clone(),
+            (h, &settings, lost.clone()),
+        )
+        .await?;
+        running.push(r);
+        leases.push(l);
     }
     let (http_stop, http_rx) = tokio::sync::watch::channel(false);
     if let Some(listener) = listener {
@@ -215,8 +266,10 @@ pub async fn run(
         });
         crate::metrics::spawn_endpoint(listener, metrics.clone(), health, http_rx);
     }
-    shutdown.await;
-    tracing::info!("shutting down: shipping what is committed");
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down: shipping what is committed"),
+        _ = lost.notified() => tracing::error!("shutting down: a replica path's lease was lost"),
+    }
     let deadline = Instant::now() + cfg.shutdown_timeout;
     let _ = stop_tx.send(Some(deadline));
     let mut left = 0;
@@ -230,10 +283,134 @@ pub async fn run(
         }
     }
     let _ = http_stop.send(true);
+    // Everything is shipped (or left in the spool): give the paths up for the next holder.
+    let mut lost_why = Vec::new();
+    for l in leases {
+        l.stop.notify_one();
+        if let Ok(Err(why)) = l.task.await {
+            lost_why.push(why);
+        }
+    }
+    drop(spool_locks);
+    if !lost_why.is_empty() {
+        return Err(Error::Refused(format!(
+            "{}; nothing more was written there, and what was not shipped stays in the spool",
+            lost_why.join("; ")
+        )));
+    }
     Ok(Outcome {
         left_behind: left,
         incomplete,
     })
+}
+
+/// The path as the lease names it: absolute, so that the same place is the same name.
+fn absolute(p: &std::path::Path) -> String {
+    p.canonicalize()
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// A lease kept renewed by its task until `stop`; the task releases it then, or returns
+/// why it was lost.
+struct LeaseTask {
+    stop: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<std::result::Result<(), String>>,
+}
+
+/// Renew the lease every `renew_every`; on loss, fence this database's writes (the
+/// uploader stops, even mid-upload) and tell `run` to shut down.
+async fn lease_loop(
+    replica: Arc<Replica>,
+    mut held: lease::Held,
+    every: Duration,
+    ttl: Duration,
+    state: Arc<DbState>,
+    stop: Arc<tokio::sync::Notify>,
+    lost: Arc<tokio::sync::Notify>,
+) -> std::result::Result<(), String> {
+    let label = state.db_label();
+    state.metrics.lease_held.get_or_create(&label).set(1);
+    let renewal = |kind: &str| {
+        state
+            .metrics
+            .lease_renewals
+            .get_or_create(&crate::metrics::KindLabel {
+                db: state.label.clone(),
+                kind: kind.into(),
+            })
+            .inc();
+    };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.notified() => {
+                if let Err(e) = lease::release(&replica, &held).await {
+                    tracing::warn!(db = %state.label, "could not release the lease: {e}; it expires by itself");
+                }
+                return Ok(());
+            }
+        }
+        let why = match lease::renew(&replica, &mut held, now_ms()).await {
+            Ok(()) => {
+                renewal("ok");
+                state.lease.lock().unwrap().good = Some((held.good_at, ttl));
+                continue;
+            }
+            Err(lease::RenewError::Store(e)) => {
+                // An unreachable store ends no lease: writes wait at the gate (two thirds
+                // of the TTL after the last renewal) until a renewal answers, and that
+                // compare-and-swap tells whether someone took the path meanwhile.
+                renewal("failed");
+                tracing::warn!(db = %state.label, "lease renewal failed: {e}; retrying");
+                continue;
+            }
+            Err(lease::RenewError::Lost(who)) => {
+                format!("the lease of replica {} was lost: {who}", replica.url())
+            }
+        };
+        tracing::error!(db = %state.label, epoch = %held.body.epoch,
+            "{why}: this walship stops writing there; what it has not shipped stays in its spool");
+        state.metrics.lease_held.get_or_create(&label).set(0);
+        state.metrics.error(&state.label, "lease_lost");
+        state.lease.lock().unwrap().lost = Some(why.clone());
+        state.lease_lost.notify_one();
+        lost.notify_one();
+        return Err(why);
+    }
+}
+
+/// Lock `dir` (created if missing) for this process: a second walship on this host with
+/// the same spool directory is refused by name, and a lease left by an earlier process of
+/// this spool is known to be that dead process's.
+fn lock_spool(dir: &std::path::Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join("walship.lock");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    // SAFETY: a valid open descriptor; the lock lasts while `f` is open.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut pid = String::new();
+        let _ = f.read_to_string(&mut pid);
+        return Err(Error::Refused(format!(
+            "spool directory {} is in use by another walship on this host (pid {}): one \
+                     walship per database",
+            dir.display(),
+            pid.trim()
+        )));
+    }
+    let _ = f.set_len(0);
+    let _ = f.rewind();
+    let _ = write!(f, "{}", std::process::id());
+    Ok(f)
 }
 
 async fn start_db(
@@ -242,7 +419,8 @@ async fn start_db(
     replica: Arc<Replica>,
     metrics: Arc<Metrics>,
     stop: tokio::sync::watch::Receiver<Option<Instant>>,
-) -> Result<Running> {
+    (held, settings, lost): (lease::Held, &lease::Settings, Arc<tokio::sync::Notify>),
+) -> Result<(Running, LeaseTask)> {
     let label = db.path.display().to_string();
     let lock_after = crate::clock::process_start().elapsed();
     metrics
@@ -255,6 +433,21 @@ async fn start_db(
         metrics,
         replica.counts.clone(),
     ));
+    state.lease.lock().unwrap().good = Some((held.good_at, settings.ttl));
+    match &held.taken {
+        lease::Taken::Free => {}
+        lease::Taken::Own => tracing::info!(db = %state.label, replica = %replica.url(),
+            "took over the lease this spool's earlier walship left (it is no longer running)"),
+        lease::Taken::Expired(who) => {
+            tracing::warn!(db = %state.label, replica = %replica.url(),
+                "took over an expired lease from {who}");
+            state
+                .metrics
+                .lease_takeovers
+                .get_or_create(&state.db_label())
+                .inc();
+        }
+    }
     let (mut journal, journaled) = journal::Journal::open(&db.spool_dir, db.journal_fsync)?;
     let (spool, mut leftovers) = Spool::open(&db.spool_dir)?;
     let spool = Arc::new(spool.with_fsync(db.journal_fsync));
@@ -280,7 +473,16 @@ async fn start_db(
     journal
         .clear(state.spool_room())
         .map_err(|e| Error::io(journal.path(), e))?;
-    let capture = Capture::new(
+    // Another walship's lease expired: it may be paused, not dead, and still write to its
+    // generation. A new generation keeps whatever it writes out of this one's history.
+    let fenced_from = match (&held.taken, resume.as_ref()) {
+        (lease::Taken::Expired(who), Some(rp)) => Some((rp.generation.clone(), who.clone())),
+        _ => None,
+    };
+    if fenced_from.is_some() {
+        resume = None;
+    }
+    let mut capture = Capture::new(
         live,
         state.clone(),
         spool.clone(),
@@ -293,6 +495,15 @@ async fn start_db(
             snapshot_wal_ratio: db.snapshot_wal_ratio,
         },
     );
+    if let Some((parent, who)) = fenced_from {
+        capture.begin_after(
+            parent,
+            format!(
+                "took over the replica path from {who}, whose lease expired: a new generation, \
+                     so that nothing that walship may still write is taken for this one's history"
+            ),
+        );
+    }
     let stop_capture = Arc::new(AtomicBool::new(false));
     let flag = stop_capture.clone();
     let capture = std::thread::Builder::new()
@@ -312,16 +523,33 @@ async fn start_db(
             stop.clone(),
         ));
     }
+    let replica_for_lease = replica.clone();
     let uploader = tokio::spawn(upload::run(state.clone(), replica, spool, stop));
     if let Some(every) = db.validation_interval {
         spawn_validator(db, state.metrics.clone(), stop_capture.clone(), every)?;
     }
-    Ok(Running {
-        state,
-        stop: stop_capture,
-        capture,
-        uploader,
-    })
+    let lease_stop = Arc::new(tokio::sync::Notify::new());
+    let task = tokio::spawn(lease_loop(
+        replica_for_lease,
+        held,
+        settings.renew_every(),
+        settings.ttl,
+        state.clone(),
+        lease_stop.clone(),
+        lost,
+    ));
+    Ok((
+        Running {
+            state,
+            stop: stop_capture,
+            capture,
+            uploader,
+        },
+        LeaseTask {
+            stop: lease_stop,
+            task,
+        },
+    ))
 }
 
 /// `retention`: every `every`, plan and apply retention to this database's replica with
@@ -337,6 +565,9 @@ async fn retention_loop(
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
+        }
+        if !matches!(state.may_write(), state::MayWrite::Yes) {
+            continue; // not while the lease is in doubt or lost
         }
         let live = state.generation.lock().unwrap().clone();
         retention_round(

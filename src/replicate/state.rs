@@ -67,6 +67,28 @@ pub struct DbState {
     /// The replica client's request counters, and how many PUTs metrics already show.
     pub requests: Arc<RequestCounts>,
     puts_reported: AtomicU64,
+    /// The replica path's lease as the uploader sees it (docs/LEASE.md).
+    pub lease: Mutex<LeaseGate>,
+    pub lease_lost: tokio::sync::Notify,
+}
+
+/// Whether this walship may write to the replica: it holds the lease, renewed recently
+/// enough that no one else can have taken it over.
+#[derive(Debug, Default)]
+pub struct LeaseGate {
+    /// When the lease was last known good, and its time to live; `None`: no lease kept.
+    pub good: Option<(std::time::Instant, std::time::Duration)>,
+    /// Why it was lost: nothing may be written from then on.
+    pub lost: Option<String>,
+}
+
+/// The uploader's answer from the lease gate.
+pub enum MayWrite {
+    Yes,
+    /// Not renewed for a while (a slow store, or this process was paused): wait for the
+    /// renewal, which either refreshes the lease or finds it lost.
+    Wait,
+    Lost(String),
 }
 
 impl DbState {
@@ -96,6 +118,21 @@ impl DbState {
             metrics,
             requests,
             puts_reported: AtomicU64::new(0),
+            lease: Mutex::default(),
+            lease_lost: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Writes stop at two thirds of the lease's life without a renewal: well before anyone
+    /// else may take it over.
+    pub fn may_write(&self) -> MayWrite {
+        let g = self.lease.lock().unwrap();
+        if let Some(why) = &g.lost {
+            return MayWrite::Lost(why.clone());
+        }
+        match g.good {
+            Some((at, ttl)) if at.elapsed() >= ttl * 2 / 3 => MayWrite::Wait,
+            _ => MayWrite::Yes,
         }
     }
 

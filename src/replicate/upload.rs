@@ -4,7 +4,7 @@
 //! long as the store is down; stops when told, reporting what is left.
 
 use super::spool::Spool;
-use super::state::{DbState, Job, now_ms};
+use super::state::{DbState, Job, MayWrite, now_ms};
 use crate::error::{Error, StoreErrorKind};
 use crate::storage::Replica;
 use crate::storage::layout::{self, GenerationId};
@@ -31,6 +31,15 @@ pub async fn run(
         let deadline = *stop.borrow();
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return state.queue_len();
+        }
+        match state.may_write() {
+            MayWrite::Yes => {}
+            // Fenced: everything stays in the spool for a later start.
+            MayWrite::Lost(_) => return state.queue_len(),
+            MayWrite::Wait => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         }
         let front = {
             let q = state.queue.lock().unwrap();
@@ -65,9 +74,17 @@ pub async fn run(
             continue;
         };
         let started = Instant::now();
-        let result = match &job {
-            Job::Segment(e) => upload_segment(&replica, e).await,
-            Job::Snapshot(s) => s.upload(&replica).await,
+        let upload = async {
+            match &job {
+                Job::Segment(e) => upload_segment(&replica, e).await,
+                Job::Snapshot(s) => s.upload(&replica).await,
+            }
+        };
+        // A lost lease stops an upload in flight: a multipart snapshot dropped unfinished
+        // leaves nothing visible.
+        let result = tokio::select! {
+            r = upload => r,
+            _ = state.lease_lost.notified() => return state.queue_len(),
         };
         match result {
             Ok(bytes) => {

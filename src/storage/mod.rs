@@ -3,6 +3,7 @@
 
 pub mod credentials;
 pub mod layout;
+pub mod lease;
 pub mod replica;
 
-pub use replica::{Listed, PutOutcome, Replica};
+pub use replica::{Listed, PutOutcome, Replica, Swap};

@@ -53,8 +53,28 @@ pub struct Replica {
     url: String,
     /// False once the store was seen to ignore `If-None-Match` (Garage does).
     conditional_put: AtomicBool,
+    /// The directory of a file:// replica: its compare-and-swap is a locked local
+    /// read-compare-rename, since object_store's local store has no `PutMode::Update`.
+    local_dir: Option<std::path::PathBuf>,
     pub counts: Arc<RequestCounts>,
 }
+
+/// The outcome of a compare-and-swap write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Swap {
+    /// Written; the object's new version.
+    Done(String),
+    /// The object was not in the expected state (another writer changed it).
+    Conflict,
+}
+
+/// Set (to anything) to treat the store as one that ignores conditional writes, as Garage
+/// does: the test suite's way to run the fallback against a store that honours them.
+pub const IGNORES_CONDITIONAL_VAR: &str = "WALSHIP_ASSUME_NO_CONDITIONAL_WRITES";
+const IGNORES_CONDITIONAL_WARNING: &str = "walship checks before each write and takes the \
+     replica path's lease by writing it and reading it back after half a second \
+     (docs/LEASE.md), which detects a second writer but cannot stop two that start within \
+     that half second";
 
 /// Client tuning shared by every cloud backend.
 fn client_options(cfg: &ReplicaConfig) -> ClientOptions {
@@ -92,6 +112,7 @@ impl Replica {
     pub fn open(cfg: &ReplicaConfig, create: bool) -> Result<Self> {
         let url = cfg.url();
         let cfg_err = |m: String| Error::Config(format!("replica {url}: {m}"));
+        let mut local_dir = None;
         let (store, root): (Arc<dyn ObjectStore>, String) = match &cfg.location {
             Location::File { dir } => {
                 if create {
@@ -103,6 +124,7 @@ impl Replica {
                     });
                 }
                 let abs = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+                local_dir = Some(abs.clone());
                 let fs =
                     LocalFileSystem::new_with_prefix(&abs).map_err(|e| cfg_err(e.to_string()))?;
                 (Arc::new(fs), String::new())
@@ -177,8 +199,97 @@ impl Replica {
             root,
             url,
             conditional_put: AtomicBool::new(true),
+            local_dir,
             counts: Arc::default(),
         })
+    }
+
+    /// Whether the store honours conditional writes (known after `check_writable`).
+    pub fn conditional_writes(&self) -> bool {
+        self.conditional_put.load(Ordering::Relaxed)
+    }
+
+    /// An object's bytes and version (its ETag; for file://, a checksum of the bytes), or
+    /// `None` when it does not exist.
+    pub async fn get_versioned(&self, rel: &str) -> Result<Option<(Bytes, String)>> {
+        self.counts.get.fetch_add(1, Ordering::Relaxed);
+        if let Some(dir) = &self.local_dir {
+            let path = dir.join(rel);
+            return match std::fs::read(&path) {
+                Ok(b) => {
+                    let v = local_version(&b);
+                    Ok(Some((Bytes::from(b), v)))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io(&path, e)),
+            };
+        }
+        let what = || format!("GET {rel}");
+        let r = match self.store.get(&self.path(rel)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.err(what(), e)),
+        };
+        let version = r.meta.e_tag.clone().unwrap_or_default();
+        let b = r.bytes().await.map_err(|e| self.err(what(), e))?;
+        Ok(Some((b, version)))
+    }
+
+    /// Write `bytes` at `rel` only if the object is still at version `expect` (`None`:
+    /// only if it does not exist). On a store that ignores conditional writes this is a
+    /// check, a write and a read-back after `settle`: it detects a second writer but
+    /// cannot stop two racing within that time.
+    pub async fn put_versioned(
+        &self,
+        rel: &str,
+        bytes: Bytes,
+        expect: Option<&str>,
+        settle: Duration,
+    ) -> Result<Swap> {
+        self.count_put(bytes.len());
+        if let Some(dir) = self.local_dir.clone() {
+            let rel = rel.to_string();
+            let expect = expect.map(str::to_string);
+            return tokio::task::spawn_blocking(move || local_swap(&dir, &rel, &bytes, expect))
+                .await
+                .map_err(|e| Error::io(&self.url, std::io::Error::other(e)))?;
+        }
+        let path = self.path(rel);
+        if !self.conditional_writes() {
+            let now = self.get_versioned(rel).await?.map(|(_, v)| v);
+            if now.as_deref() != expect {
+                return Ok(Swap::Conflict);
+            }
+            self.store
+                .put(&path, PutPayload::from(bytes.clone()))
+                .await
+                .map_err(|e| self.err(format!("PUT {rel}"), e))?;
+            tokio::time::sleep(settle).await;
+            return Ok(match self.get_versioned(rel).await? {
+                Some((b, v)) if b == bytes => Swap::Done(v),
+                _ => Swap::Conflict,
+            });
+        }
+        let mode = match expect {
+            None => PutMode::Create,
+            Some(v) => PutMode::Update(object_store::UpdateVersion {
+                e_tag: Some(v.to_string()),
+                version: None,
+            }),
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(bytes), PutOptions::from(mode))
+            .await
+        {
+            Ok(r) => Ok(Swap::Done(r.e_tag.unwrap_or_default())),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::NotFound { .. },
+            ) => Ok(Swap::Conflict),
+            Err(e) => Err(self.err(format!("PUT {rel}"), e)),
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -391,6 +502,11 @@ impl Replica {
         // LIST first: some S3-compatible servers create a missing bucket on PUT, which
         // would hide a typo in the bucket name.
         self.list_dirs("").await?;
+        if std::env::var_os(IGNORES_CONDITIONAL_VAR).is_some() {
+            // Tests: behave as on a store that ignores conditional writes (Garage).
+            tracing::warn!(replica = %self.url, "{IGNORES_CONDITIONAL_VAR} is set: {IGNORES_CONDITIONAL_WARNING}");
+            self.conditional_put.store(false, Ordering::Relaxed);
+        }
         let rel = format!("{}/probe-{tag}", crate::storage::layout::PROBE_DIR);
         let body = Bytes::from(format!("walship write probe {tag}\n"));
         let path = self.path(&rel);
@@ -421,12 +537,8 @@ impl Replica {
             {
                 Err(object_store::Error::AlreadyExists { .. }) => {}
                 Ok(_) => {
-                    tracing::warn!(
-                        replica = %self.url,
-                        "this store ignores conditional writes (If-None-Match); walship falls \
-                         back to checking before each write, which cannot stop two writers \
-                         racing on one replica path"
-                    );
+                    tracing::warn!(replica = %self.url,
+                        "this store ignores conditional writes (If-None-Match): {IGNORES_CONDITIONAL_WARNING}");
                     self.conditional_put.store(false, Ordering::Relaxed);
                 }
                 Err(e) => return Err(self.err("write probe", e)),
@@ -434,6 +546,45 @@ impl Replica {
         }
         self.delete(&rel).await
     }
+}
+
+fn local_version(b: &[u8]) -> String {
+    format!("{:08x}-{}", crc32fast::hash(b), b.len())
+}
+
+/// file:// compare-and-swap: under an exclusive lock on `<rel>.lock`, compare the file's
+/// version, then write a temporary file and rename it over (readers never see a part).
+fn local_swap(
+    dir: &std::path::Path,
+    rel: &str,
+    bytes: &[u8],
+    expect: Option<String>,
+) -> Result<Swap> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(rel);
+    let lock_path = dir.join(format!("{rel}.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| Error::io(&lock_path, e))?;
+    // SAFETY: a valid open descriptor; the lock ends when `lock` is closed.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(Error::io(&lock_path, std::io::Error::last_os_error()));
+    }
+    let now = match std::fs::read(&path) {
+        Ok(b) => Some(local_version(&b)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    if now != expect {
+        return Ok(Swap::Conflict);
+    }
+    let tmp = dir.join(format!("{rel}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+    Ok(Swap::Done(local_version(bytes)))
 }
 
 /// A streamed multipart upload; dropping it without `finish` leaves nothing visible.

@@ -8,6 +8,7 @@ mod examples;
 mod fuzzing;
 mod init_mode;
 mod large;
+mod lease;
 mod pitr;
 mod postgres;
 mod regression;

@@ -182,6 +182,15 @@ pub fn metric(addr: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("metric {name} not found in:\n{body}"))
 }
 
+/// The sum of a metric over all its label sets (0 when it has none yet).
+pub fn metric_sum(addr: &str, name: &str) -> f64 {
+    http_get(addr, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 pub fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -229,16 +238,34 @@ fn idle_no_puts(backend: Backend, dir: &Path) {
     let lock = metric(&addr, "walship_read_lock_after_start_seconds");
     assert!(lock > 0.0 && lock < 1.0, "read lock after {lock} s");
     let listing = || walship(&["generations", "--json", &backend.url], Some(&backend)).stdout;
-    let (puts0, list0) = (metric(&addr, "walship_put_requests_total"), listing());
+    // The lease's renewals (one PUT per third of lease-ttl, docs/LEASE.md) are the only
+    // requests an idle walship makes.
+    let renewals = || metric_sum(&addr, "walship_lease_renewals_total");
+    let (puts0, leases0, list0) = (
+        metric(&addr, "walship_put_requests_total"),
+        renewals(),
+        listing(),
+    );
     std::thread::sleep(Duration::from_secs(30));
-    let (puts1, list1) = (metric(&addr, "walship_put_requests_total"), listing());
+    let (puts1, leases1, list1) = (
+        metric(&addr, "walship_put_requests_total"),
+        renewals(),
+        listing(),
+    );
     eprintln!(
-        "idle 30 s on {}: PUT requests {puts0} -> {puts1}",
+        "idle 30 s on {}: PUT requests {puts0} -> {puts1}, of them lease renewals {leases0} -> \
+         {leases1}",
         backend.url
     );
     assert_eq!(
-        puts0, puts1,
-        "walship made PUT requests while the database was idle"
+        puts1 - puts0,
+        leases1 - leases0,
+        "walship made PUT requests other than lease renewals while the database was idle"
+    );
+    assert!(
+        (2.0..=4.0).contains(&(leases1 - leases0)),
+        "{} lease renewals in 30 s (one per 10 s expected)",
+        leases1 - leases0
     );
     assert_eq!(
         list0, list1,
