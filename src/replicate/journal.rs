@@ -57,13 +57,7 @@ impl Journal {
             tracing::warn!(file = %path.display(), records = records.len(),
                 "capture journal ends in a partial record ({why}); it is ignored");
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = open_rw(&path)?;
         let epoch = records.iter().map(|r| r.epoch).max().unwrap_or(0) ^ random_u64();
         let (watched, left_watched) = Watched::open(dir)?;
         // `bytes` at the old length: a `clear` (the caller's, once it has recovered the
@@ -298,13 +292,7 @@ impl Watched {
     pub fn open(dir: &Path) -> Result<(Watched, Option<WatchedUntil>)> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(WATCHED_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file = open_rw(&path)?;
         let mut b = [0u8; WATCHED_LEN];
         let n = file.read_at(&mut b, 0).map_err(|e| Error::io(&path, e))?;
         let left = WatchedUntil::decode(&b[..n]);
@@ -328,6 +316,17 @@ impl Watched {
     pub fn last(&self) -> Option<&WatchedUntil> {
         self.last.as_ref()
     }
+}
+
+/// Open `path` for reading and writing, creating it, keeping what it holds.
+pub(super) fn open_rw(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
 }
 
 fn random_u64() -> u64 {

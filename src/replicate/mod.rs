@@ -389,13 +389,7 @@ fn lock_spool(dir: &std::path::Path) -> Result<std::fs::File> {
     use std::os::fd::AsRawFd;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join("walship.lock");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
+    let mut f = journal::open_rw(&path)?;
     // SAFETY: a valid open descriptor; the lock lasts while `f` is open.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let mut pid = String::new();

@@ -151,7 +151,7 @@ pub async fn acquire(
                         }
                     };
                     let ttl = Duration::from_millis(l.ttl_ms);
-                    let long_gone = now.saturating_sub(l.renewed_ms) > 2 * l.ttl_ms;
+                    let long_gone = now.saturating_sub(l.renewed_ms) > l.ttl_ms.saturating_mul(2);
                     if seen_for >= ttl || long_gone {
                         (Some(version.clone()), Taken::Expired(l.describe(now)))
                     } else {
@@ -339,5 +339,49 @@ mod tests {
         release(&r, &b).await.unwrap();
         let c = acquire(&r, holder("c", "/s"), &s, clock).await.unwrap();
         assert_eq!(c.taken, Taken::Free);
+    }
+
+    /// A lease object walship did not write is refused by name, never overwritten; an
+    /// absurd TTL is a lease that does not expire, not an overflow.
+    #[tokio::test]
+    async fn hostile_lease_objects() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = file_replica(dir.path());
+        let s = Settings {
+            ttl: Duration::from_secs(1),
+            wait: None,
+        };
+        for junk in [&b"not json"[..], b"", b"{\"format\": 9}", b"\xff\xfe"] {
+            std::fs::write(dir.path().join(LEASE_KEY), junk).unwrap();
+            let e = acquire(&r, holder("a", "/s"), &s, crate::clock::now_ms)
+                .await
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("lease.json is not a walship lease"), "{e}");
+            assert_eq!(std::fs::read(dir.path().join(LEASE_KEY)).unwrap(), junk);
+        }
+        let mut l = LeaseBody {
+            format: 1,
+            holder: holder("b", "/s"),
+            epoch: "e".into(),
+            since_ms: 0,
+            renewed_ms: u64::MAX,
+            ttl_ms: u64::MAX,
+        };
+        std::fs::write(dir.path().join(LEASE_KEY), l.encode()).unwrap();
+        let e = acquire(&r, holder("a", "/s"), &s, crate::clock::now_ms)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("being written by another walship"), "{e}");
+        l.renewed_ms = 0;
+        std::fs::write(dir.path().join(LEASE_KEY), l.encode()).unwrap();
+        assert!(
+            acquire(&r, holder("a", "/s"), &s, crate::clock::now_ms)
+                .await
+                .is_err()
+        );
     }
 }

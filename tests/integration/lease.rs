@@ -194,6 +194,31 @@ fn rolling_deploy_s3() {
     rolling_deploy(backend, dir.path());
 }
 
+/// A walship with a 2 s lease that waits for the path (its own spool): it must take over
+/// the expired lease of the one before and begin a new generation.
+fn take_over(db: &Path, backend: &Backend, spool: &str, log: &Path) -> Replicator {
+    let rep = Replicator::start(
+        db,
+        backend,
+        &[
+            "--lease-ttl",
+            "2s",
+            "--lease-wait",
+            "30s",
+            "--spool-dir",
+            spool,
+        ],
+        log,
+    );
+    assert!(
+        wait_log(&rep, "took over an expired lease", Duration::from_secs(20)),
+        "{}",
+        rep.log_text()
+    );
+    assert!(wait_log(&rep, "new generation", Duration::from_secs(10)));
+    rep
+}
+
 /// Every object name of the replica.
 fn names(backend: &Backend) -> Vec<String> {
     list_objects(backend).into_keys().collect()
@@ -238,29 +263,11 @@ fn lost_lease(backend: Backend, dir: &Path) {
     std::thread::sleep(Duration::from_secs(2));
     unsafe { libc::kill(a.pid(), libc::SIGSTOP) };
     let stopped_at = Instant::now();
-    let b = Replicator::start(
-        &db,
-        &backend,
-        &[
-            "--lease-ttl",
-            "2s",
-            "--lease-wait",
-            "30s",
-            "--spool-dir",
-            &sb,
-        ],
-        &dir.join("b.log"),
-    );
-    assert!(
-        wait_log(&b, "took over an expired lease", Duration::from_secs(20)),
-        "{}",
-        b.log_text()
-    );
+    let b = take_over(&db, &backend, &sb, &dir.join("b.log"));
     assert!(
         stopped_at.elapsed() >= Duration::from_secs(2),
         "taken before expiry"
     );
-    assert!(wait_log(&b, "new generation", Duration::from_secs(10)));
     std::thread::sleep(Duration::from_secs(2));
     let before = names(&backend);
     unsafe { libc::kill(a.pid(), libc::SIGCONT) };
@@ -315,25 +322,7 @@ fn lost_lease(backend: Backend, dir: &Path) {
         "{e}"
     );
     // ... and takes over after expiry with --lease-wait.
-    let c = Replicator::start(
-        &db,
-        &backend,
-        &[
-            "--lease-ttl",
-            "2s",
-            "--lease-wait",
-            "30s",
-            "--spool-dir",
-            &sc,
-        ],
-        &dir.join("c.log"),
-    );
-    assert!(
-        wait_log(&c, "took over an expired lease", Duration::from_secs(20)),
-        "{}",
-        c.log_text()
-    );
-    assert!(wait_log(&c, "new generation", Duration::from_secs(10)));
+    let c = take_over(&db, &backend, &sc, &dir.join("c.log"));
     std::thread::sleep(Duration::from_secs(1));
     // c is SIGKILLed and restarted on its own spool: the lease is its own, at once.
     c.kill();
