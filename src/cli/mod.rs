@@ -136,6 +136,16 @@ pub fn resolve_source(
     config_path: Option<&Path>,
     flags: &ReplicaFlags,
 ) -> Result<(ReplicaConfig, Option<PathBuf>)> {
+    let (r, db) = resolve_db(source, config_path, flags)?;
+    Ok((r, db.map(|d| d.path)))
+}
+
+/// `resolve_source`, with the whole configured database when SOURCE names one.
+pub fn resolve_db(
+    source: &str,
+    config_path: Option<&Path>,
+    flags: &ReplicaFlags,
+) -> Result<(ReplicaConfig, Option<config::DbConfig>)> {
     if source.contains("://") {
         return Ok((flags.replica(source)?, None));
     }
@@ -160,7 +170,7 @@ pub fn resolve_source(
     cfg.dbs
         .into_iter()
         .find(|d| canonical(&d.path) == want)
-        .map(|d| (d.replica, Some(d.path)))
+        .map(|d| (d.replica.clone(), Some(d)))
         .ok_or_else(|| {
             Error::Config(format!(
                 "database {source} is not listed in {}",

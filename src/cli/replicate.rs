@@ -75,6 +75,11 @@ pub struct ReplicateArgs {
     /// another walship may take the path over (default 30s).
     #[arg(long)]
     pub lease_ttl: Option<String>,
+    /// When a database's history differs from the one its replica path holds (another
+    /// database, or this one's spool lost while its WAL was reset), start a new history
+    /// there instead of refusing; nothing already on the path is touched.
+    #[arg(long)]
+    pub force_new_history: bool,
     #[command(flatten)]
     pub replica: ReplicaFlags,
 }
@@ -166,6 +171,7 @@ impl ReplicateArgs {
         if let Some(s) = &self.lease_ttl {
             cfg.lease_ttl = config::parse_lease_ttl("--lease-ttl", s)?;
         }
+        cfg.force_new_history |= self.force_new_history;
         Ok(cfg)
     }
 }
@@ -194,6 +200,7 @@ fn single(db: &Path, replica: config::ReplicaConfig) -> Config {
         shutdown_timeout: config::DEFAULT_SHUTDOWN_TIMEOUT,
         lease_wait: None,
         lease_ttl: crate::storage::lease::DEFAULT_TTL,
+        force_new_history: false,
         log_json: false,
         log_level: None,
     }

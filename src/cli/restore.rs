@@ -2,7 +2,7 @@
 //! printed plan (`--dry-run`), and the init-container guards (`--if-db-not-exists`,
 //! `--if-replica-exists`; semantics in init/README.md).
 
-use super::{ReplicaFlags, resolve_source};
+use super::{ReplicaFlags, resolve_db};
 use crate::error::{Error, Result};
 use crate::restore::plan::{self, Plan, Stop, Target};
 use crate::restore::when::{format_ms, parse_time};
@@ -108,11 +108,17 @@ const REPLAN_ATTEMPTS: u32 = 3;
 
 pub async fn run(args: RestoreArgs) -> Result<()> {
     let started = Instant::now();
-    let (rcfg, db_path) = resolve_source(&args.source, args.config.as_deref(), &args.replica)?;
-    let output =
-        args.output.clone().or(db_path).ok_or_else(|| {
-            Error::Usage("give -o OUTPUT when restoring from a replica URL".into())
-        })?;
+    let (rcfg, db) = resolve_db(&args.source, args.config.as_deref(), &args.replica)?;
+    let output = args
+        .output
+        .clone()
+        .or(db.as_ref().map(|d| d.path.clone()))
+        .ok_or_else(|| Error::Usage("give -o OUTPUT when restoring from a replica URL".into()))?;
+    // Where a walship replicating the output will keep its spool (and the history id).
+    let spool_dir = match &db {
+        Some(d) if args.output.is_none() => d.spool_dir.clone(),
+        _ => crate::config::default_spool_dir(&output),
+    };
     let generation = super::parse_generation(args.generation.as_deref())?;
     let target = match (&args.timestamp, args.txid) {
         (Some(t), _) => Target::Time(parse_time(t, crate::clock::now_ms()).map_err(Error::Usage)?),
@@ -144,6 +150,7 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
     // A plan is made from one LIST; if an object it names disappears before it is read
     // (retention or `cleanup` removed it meanwhile), plan again from a fresh LIST.
     let mut attempt = 1;
+    let mut history;
     let report = loop {
         let objects = replica.list(layout::GENERATIONS).await?;
         let mut gens = plan::group(&objects);
@@ -190,6 +197,7 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
                 output.display()
             )));
         }
+        history = history_of(&replica, &plan.generation).await?;
         let result = restore::restore_plan(
             &replica,
             plan,
@@ -212,6 +220,9 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
             r => break r?,
         }
     };
+    if let Some(id) = &history {
+        crate::replicate::history::keep(&output, &spool_dir, id)?;
+    }
     tracing::info!(
         generation = %report.plan.generation,
         txid = report.txid,
@@ -237,6 +248,21 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&s).expect("serialises"));
     }
     Ok(())
+}
+
+/// The history id of the generation restored from. The restored database continues that
+/// history: after the restore the id goes into the spool directory, so that walship
+/// replicating it to the same path does not refuse it as another database (docs/LEASE.md).
+async fn history_of(
+    replica: &Replica,
+    generation: &GenerationId,
+) -> Result<Option<crate::replicate::history::HistoryId>> {
+    let key = layout::format_manifest(generation);
+    let m = crate::format::manifest::check(&replica.get(&key).await?)
+        .map_err(|why| Error::corrupt(&key, why))?;
+    Ok(m.history
+        .as_deref()
+        .and_then(crate::replicate::history::HistoryId::parse))
 }
 
 fn mb(b: u64) -> String {

@@ -133,6 +133,10 @@ pub struct Config {
     /// `None`: a replica path held by another walship is refused at once.
     pub lease_wait: Option<Duration>,
     pub lease_ttl: Duration,
+    /// `--force-new-history`: a database whose history differs from its replica path's
+    /// starts a new history there instead of being refused (only a flag: a setting left in
+    /// a config would hide the next mistake).
+    pub force_new_history: bool,
     pub log_json: bool,
     pub log_level: Option<String>,
 }
@@ -481,6 +485,7 @@ fn resolve(raw: RawConfig) -> Result<Config> {
             Some(s) => parse_lease_ttl("lease-ttl", s)?,
             None => crate::storage::lease::DEFAULT_TTL,
         },
+        force_new_history: false,
         log_json: raw
             .logging
             .as_ref()

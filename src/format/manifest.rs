@@ -29,6 +29,10 @@ pub struct Manifest {
     /// restore to a time up to then is that state exactly (docs/CAPTURE.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_unchanged: Option<Unchanged>,
+    /// The database's history id (`replicate::history`): generations with different ids
+    /// are different databases. Absent in manifests written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +96,7 @@ mod tests {
             reason: "first start".into(),
             continues_parent_at: Some(7),
             parent_unchanged: None,
+            history: None,
         }
     }
 

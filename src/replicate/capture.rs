@@ -12,10 +12,11 @@ use super::tracker::{ResetPolicy, Scan, Tracker, verify_position};
 use super::watch::WalWatch;
 use crate::error::Result;
 use crate::format::snapshot::SnapshotMeta;
-use crate::sqlite::db::LiveDb;
+use crate::sqlite::db::{DbFiles, LiveDb};
 use crate::sqlite::shm::{self, ShmHeader};
-use crate::sqlite::wal::WalPosition;
+use crate::sqlite::wal::{WalHeader, WalPosition};
 use crate::storage::layout::GenerationId;
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -133,6 +134,7 @@ pub struct Capture {
     /// Why the next generation starts, and which one it follows.
     next_reason: String,
     parent: Option<GenerationId>,
+    history: Option<super::history::HistoryId>,
     /// The parent's last txid and until when nothing was seen to follow it, for the next
     /// generation's manifest (restore between the two is exact up to then).
     parent_watched: Option<(u64, u64)>,
@@ -182,6 +184,7 @@ impl Capture {
             snapshot: None,
             next_reason: "first start".into(),
             parent: None,
+            history: None,
             parent_watched: None,
             last_scan: now,
             last_write_scan: now,
@@ -258,24 +261,11 @@ impl Capture {
         }
         if let Some(rp) = resume {
             let files = self.db.files();
-            let hdr = Tracker::read_header(&files.wal).map_err(|e| self.io(e))?;
-            let index = match hdr {
-                Some(hdr) => verify_position(&files.wal, &hdr, &rp.pos)
-                    .map_err(|e| self.io(e))?
-                    .map(|i| (hdr, i)),
-                None => None,
-            };
             // Reset while walship was down, right after what it had shipped: the database
             // holds exactly that state and the new WAL continues it. The tracker starts at
             // the old position and steps over that one reset, as it does for a reset it
             // sees live (segments span resets).
-            let reset_after = match (&index, hdr) {
-                (None, Some(hdr)) => {
-                    super::tracker::reset_right_after(&files.wal, &hdr, &rp.pos, rp.page_size)
-                        .map_err(|e| self.io(e))?
-                }
-                _ => false,
-            };
+            let found = continuity(&files, &rp).map_err(|e| self.io(e))?;
             let mut t = Tracker::new(
                 rp.pos,
                 rp.txid,
@@ -284,16 +274,16 @@ impl Capture {
                 rp.last_commit_ms,
             );
             t.tx_limit = self.tx_limit;
-            let how = match index {
-                Some((hdr, index)) => {
+            let how = match found {
+                Continuity::Holds(hdr, index) => {
                     t.set_index(hdr, index);
                     Some("")
                 }
-                None if reset_after => {
+                Continuity::ResetRightAfter => {
                     t.reset_policy = ResetPolicy::Once;
                     Some(": the WAL was reset right after its last transaction")
                 }
-                None => None,
+                Continuity::No => None,
             };
             match how {
                 Some(how) => {
@@ -319,6 +309,18 @@ impl Capture {
             }
         }
         self.start_generation()
+    }
+
+    /// The history id the generations this run begins carry in their manifest.
+    pub fn set_history(&mut self, id: super::history::HistoryId) {
+        self.history = Some(id);
+    }
+
+    /// Begin a new history (`--force-new-history`): a generation with no parent.
+    pub fn begin_new_history(&mut self, reason: String) {
+        self.parent = None;
+        self.parent_watched = None;
+        self.next_reason = reason;
     }
 
     /// Begin a new generation after `parent` for `reason` instead of resuming it.
@@ -1286,6 +1288,7 @@ impl Capture {
                         crate::format::manifest::Unchanged { txid, until_ms }
                     }),
                 },
+                history: self.history.as_ref().map(|h| h.to_string()),
             }),
             meta,
             files,
@@ -1347,6 +1350,31 @@ impl Capture {
 }
 
 /// Page size and page count from the database header (count 0 when unknown).
+/// How the WAL on disk relates to a resume point.
+pub enum Continuity {
+    /// It still holds the history up to the point (with its frames' page index).
+    Holds(WalHeader, HashMap<u32, u32>),
+    /// It was reset once, right after the point (`tracker::reset_right_after`).
+    ResetRightAfter,
+    /// Neither: the generation cannot go on from this WAL.
+    No,
+}
+
+pub fn continuity(files: &DbFiles, rp: &ResumePoint) -> std::io::Result<Continuity> {
+    let Some(hdr) = Tracker::read_header(&files.wal)? else {
+        return Ok(Continuity::No);
+    };
+    if let Some(index) = verify_position(&files.wal, &hdr, &rp.pos)? {
+        return Ok(Continuity::Holds(hdr, index));
+    }
+    Ok(
+        match super::tracker::reset_right_after(&files.wal, &hdr, &rp.pos, rp.page_size)? {
+            true => Continuity::ResetRightAfter,
+            false => Continuity::No,
+        },
+    )
+}
+
 fn read_db_header(db: &std::fs::File) -> std::io::Result<(Option<u32>, u32)> {
     let mut h = [0u8; 100];
     let len = db.metadata()?.len();

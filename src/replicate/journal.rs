@@ -329,7 +329,7 @@ pub(super) fn open_rw(path: &Path) -> Result<File> {
         .map_err(|e| Error::io(path, e))
 }
 
-fn random_u64() -> u64 {
+pub(super) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(std::process::id());

@@ -4,6 +4,7 @@
 //! missing; shutdown ships everything committed, within a deadline.
 
 pub mod capture;
+pub mod history;
 pub mod journal;
 pub mod snapshot;
 pub mod spool;
@@ -224,7 +225,7 @@ pub async fn run(
     refuse_if_any(problems)?;
     let mut spool_locks = Vec::new();
     for db in &cfg.dbs {
-        spool_locks.push(lock_spool(&db.spool_dir)?);
+        spool_locks.push(lock_spool(&db.spool_dir, cfg.lease_wait).await?);
     }
     let settings = lease::Settings {
         ttl: cfg.lease_ttl,
@@ -252,6 +253,7 @@ pub async fn run(
             metrics.clone(),
             stop_rx.clone(),
             (h, &settings, lost.clone()),
+            cfg.force_new_history,
         )
         .await?;
         running.push(r);
@@ -384,14 +386,27 @@ async fn lease_loop(
 /// Lock `dir` (created if missing) for this process: a second walship on this host with
 /// the same spool directory is refused by name, and a lease left by an earlier process of
 /// this spool is known to be that dead process's.
-fn lock_spool(dir: &std::path::Path) -> Result<std::fs::File> {
+/// With `wait` (`--lease-wait`) it waits that long for the other to exit: a rolling
+/// deploy's two pods on one node share the volume, and so the spool.
+async fn lock_spool(dir: &std::path::Path, wait: Option<Duration>) -> Result<std::fs::File> {
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let path = dir.join("walship.lock");
     let mut f = journal::open_rw(&path)?;
+    let until = wait.map(|w| Instant::now() + w);
+    let mut said = false;
     // SAFETY: a valid open descriptor; the lock lasts while `f` is open.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if until.is_some_and(|u| Instant::now() < u) {
+            if !said {
+                tracing::info!(spool = %dir.display(),
+                    "spool directory in use by another walship on this host: waiting for it to exit (--lease-wait)");
+                said = true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
         let mut pid = String::new();
         let _ = f.read_to_string(&mut pid);
         return Err(Error::Refused(format!(
@@ -414,6 +429,7 @@ async fn start_db(
     metrics: Arc<Metrics>,
     stop: tokio::sync::watch::Receiver<Option<Instant>>,
     (held, settings, lost): (lease::Held, &lease::Settings, Arc<tokio::sync::Notify>),
+    force_new_history: bool,
 ) -> Result<(Running, LeaseTask)> {
     let label = db.path.display().to_string();
     let lock_after = crate::clock::process_start().elapsed();
@@ -445,7 +461,8 @@ async fn start_db(
     let (mut journal, journaled) = journal::Journal::open(&db.spool_dir, db.journal_fsync)?;
     let (spool, mut leftovers) = Spool::open(&db.spool_dir)?;
     let spool = Arc::new(spool.with_fsync(db.journal_fsync));
-    let mut resume = find_resume_point(&replica, &leftovers).await?;
+    let gens = list_generations(&replica).await?;
+    let mut resume = find_resume_point(&replica, &gens, &leftovers).await?;
     // What a killed run had read but not cut yet: the same generation's next segment.
     if let Some(rp) = resume.as_mut()
         && let Some((entry, after)) = journal::recover(&journaled, rp, &spool)?
@@ -467,9 +484,47 @@ async fn start_db(
     journal
         .clear(state.spool_room())
         .map_err(|e| Error::io(journal.path(), e))?;
+    // Is this the database whose history the path holds (docs/LEASE.md)?
+    let on_path = path_history(&replica, &gens).await?;
+    let continues = match resume.as_ref() {
+        Some(rp) if live.is_reading() => !matches!(
+            capture::continuity(&live.files(), rp).map_err(|e| Error::io(&db.path, e))?,
+            capture::Continuity::No
+        ),
+        _ => false,
+    };
+    let decision = history::decide(
+        &state.label,
+        &db.spool_dir,
+        history::read_local(&db.path, &db.spool_dir)?,
+        on_path.as_ref(),
+        continues,
+        force_new_history,
+    );
+    let (history_id, new_history) = match decision {
+        history::Decision::Continue { id, .. } => {
+            history::keep(&db.path, &db.spool_dir, &id)?;
+            (id, false)
+        }
+        history::Decision::NewHistory(id) => {
+            let p = on_path.as_ref().expect("a history to leave");
+            tracing::warn!(db = %state.label, history = %id,
+                "--force-new-history: starting a new history on a path that holds {}'s (history {}, generation {})",
+                p.database, p.history.as_ref().map(|h| h.to_string()).unwrap_or_default(), p.generation);
+            history::keep(&db.path, &db.spool_dir, &id)?;
+            resume = None;
+            (id, true)
+        }
+        history::Decision::Refuse(why) => {
+            if let Err(e) = lease::release(&replica, &held).await {
+                tracing::warn!(db = %state.label, "could not release the lease: {e}; it expires by itself");
+            }
+            return Err(Error::Refused(format!("{}: {why}", replica.url())));
+        }
+    };
     // Another walship's lease expired: it may be paused, not dead, and still write to its
     // generation. A new generation keeps whatever it writes out of this one's history.
-    let fenced_from = match (&held.taken, resume.as_ref()) {
+    let fenced_from = match (&held.taken, resume.as_ref().filter(|_| !new_history)) {
         (lease::Taken::Expired(who), Some(rp)) => Some((rp.generation.clone(), who.clone())),
         _ => None,
     };
@@ -489,6 +544,10 @@ async fn start_db(
             snapshot_wal_ratio: db.snapshot_wal_ratio,
         },
     );
+    capture.set_history(history_id);
+    if new_history {
+        capture.begin_new_history("a new history (--force-new-history)".into());
+    }
     if let Some((parent, who)) = fenced_from {
         capture.begin_after(
             parent,
@@ -702,16 +761,10 @@ fn spawn_validator(
 /// last segment (or at its snapshot), or further along if the spool holds later segments.
 async fn find_resume_point(
     replica: &Replica,
+    gens: &[GenerationId],
     spooled: &[spool::SpoolEntry],
 ) -> Result<Option<ResumePoint>> {
-    let mut gens: Vec<GenerationId> = replica
-        .list_dirs(layout::GENERATIONS)
-        .await?
-        .iter()
-        .filter_map(|g| GenerationId::parse(g))
-        .collect();
-    gens.sort();
-    let Some(generation) = gens.pop() else {
+    let Some(generation) = gens.last().cloned() else {
         return Ok(None);
     };
     let objects = replica
@@ -763,6 +816,41 @@ async fn find_resume_point(
         last_commit_ms: m.commit_ms,
         watched_until_ms: None,
     }))
+}
+
+/// The path's generations, oldest first.
+async fn list_generations(replica: &Replica) -> Result<Vec<GenerationId>> {
+    let mut gens: Vec<GenerationId> = replica
+        .list_dirs(layout::GENERATIONS)
+        .await?
+        .iter()
+        .filter_map(|g| GenerationId::parse(g))
+        .collect();
+    gens.sort();
+    Ok(gens)
+}
+
+/// The history the path's newest SQLite generation with a readable manifest names (a
+/// manifest still being uploaded, or damaged, is passed over for the one before it).
+async fn path_history(replica: &Replica, gens: &[GenerationId]) -> Result<Option<history::OnPath>> {
+    for g in gens.iter().rev().take(4) {
+        let bytes = match replica.get(&layout::format_manifest(g)).await {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        };
+        let Ok(m) = crate::format::manifest::check(&bytes) else {
+            continue;
+        };
+        return Ok(Some(history::OnPath {
+            generation: g.to_string(),
+            history: m.history.as_deref().and_then(history::HistoryId::parse),
+            database: m.database,
+            host: m.host,
+            created: m.created,
+        }));
+    }
+    Ok(None)
 }
 
 fn resume_from_segment(generation: GenerationId, m: &SegmentMeta) -> ResumePoint {

@@ -401,3 +401,115 @@ fn lost_lease_s3_without_conditional_writes() {
     let dir = scratch();
     lost_lease(backend, dir.path());
 }
+
+/// One committed row, as the application would write it.
+fn insert(db: &Path, k: &str) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c.execute(
+        "INSERT INTO items(k, v, n) VALUES (?1, randomblob(200), 1)",
+        [k],
+    )
+    .unwrap();
+}
+
+/// Replicate `db` until it has begun or resumed, commit one more row, SIGTERM (which ships
+/// everything); the log.
+fn replicate_once(db: &Path, backend: &Backend, extra: &[&str], log: &Path) -> String {
+    let r = Replicator::start(db, backend, extra, log);
+    assert!(
+        wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
+            replicating(&r)
+        }),
+        "{}",
+        r.log_text()
+    );
+    insert(db, "more");
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    assert!(r.terminate(Duration::from_secs(60)).success(), "{}", text());
+    text()
+}
+
+fn newest_equals(backend: &Backend, dir: &Path, name: &str, source: &Path) {
+    let out = dir.join(name);
+    assert_success(&restore(backend, &out), &format!("restore ({name})"));
+    assert_eq!(dump(&out), dump(source), "{name}: newest state");
+}
+
+fn objects_but_the_lease(backend: &Backend) -> std::collections::BTreeMap<String, u64> {
+    let mut o = list_objects(backend);
+    o.retain(|k, _| !k.ends_with("lease.json"));
+    o
+}
+
+/// Two databases on one replica path (a copy-pasted manifest): the second is refused,
+/// naming both, and writes nothing; the first goes on; a copy restored from the path
+/// continues its history; --force-new-history starts a new one deliberately, after which
+/// the first database is the one refused.
+fn different_database(backend: Backend, dir: &Path) {
+    let [a, b, c] = ["a", "b", "c"].map(|d| {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+        dir.join(d).join("app.db")
+    });
+    create_db(&a);
+    insert(&a, "a1");
+    replicate_once(&a, &backend, &[], &dir.join("a1.log"));
+    newest_equals(&backend, dir, "r1.db", &a);
+
+    create_db(&b);
+    insert(&b, "b1");
+    let before = objects_but_the_lease(&backend);
+    let mut rb = Replicator::start(&b, &backend, &[], &dir.join("b1.log"));
+    let st = rb.wait_exit(Duration::from_secs(30));
+    let log = rb.log_text();
+    assert_eq!(st.code(), Some(2), "{log}");
+    for want in [
+        a.display().to_string(),
+        b.display().to_string(),
+        "another database's history".into(),
+        "--force-new-history".into(),
+    ] {
+        assert!(log.contains(&want), "{want:?} not in: {log}");
+    }
+    assert_eq!(
+        objects_but_the_lease(&backend),
+        before,
+        "the refused walship wrote"
+    );
+
+    let log = replicate_once(&a, &backend, &[], &dir.join("a2.log"));
+    assert!(log.contains("resuming generation"), "{log}");
+    newest_equals(&backend, dir, "r2.db", &a);
+
+    // Restored from the path (its spool beside it gets the history id): not refused.
+    assert_success(&restore(&backend, &c), "restore to c");
+    insert(&c, "c1");
+    replicate_once(&c, &backend, &[], &dir.join("c1.log"));
+    newest_equals(&backend, dir, "r3.db", &c);
+
+    let log = replicate_once(&b, &backend, &["--force-new-history"], &dir.join("b2.log"));
+    assert!(log.contains("a new history (--force-new-history)"), "{log}");
+    newest_equals(&backend, dir, "r4.db", &b);
+    let mut ra = Replicator::start(&a, &backend, &[], &dir.join("a3.log"));
+    let st = ra.wait_exit(Duration::from_secs(30));
+    let log = ra.log_text();
+    assert_eq!(st.code(), Some(2), "{log}");
+    assert!(log.contains(&b.display().to_string()), "{log}");
+    newest_equals(&backend, dir, "r5.db", &b);
+}
+
+#[test]
+fn a_different_database_on_the_path_is_refused_file() {
+    let dir = scratch();
+    let backend = Backend::file(&dir.path().join("replica"));
+    different_database(backend, dir.path());
+}
+
+#[test]
+fn a_different_database_on_the_path_is_refused_s3() {
+    let Some(backend) = Backend::s3("lease-identity") else {
+        return;
+    };
+    let dir = scratch();
+    different_database(backend, dir.path());
+}
