@@ -104,56 +104,97 @@ pub async fn read_history(
         .map_err(|r| Error::corrupt(&key, r))
 }
 
-/// How long an upload claim keeps others off a WAL file: far longer than one upload takes,
-/// so an older claim was left by a process that died and is taken over.
+/// Where a claim's owner holds no lock the filesystem can report (no `flock` there), a
+/// claim this old was left by a process that died and is taken over.
 const CLAIM_FRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An upload of one WAL file in progress (`archived/<name>.uploading`), so that the sidecar
 /// and `wal-push` do not upload the same file at once: under a burst the archiver asks for
 /// the very file the sidecar is sending, and two uploads cost the loser a GET to compare.
-/// Only an economy: never-overwrite puts keep two uploads correct. Removed on drop.
-pub struct Claim(Option<PathBuf>);
+/// Only an economy: never-overwrite puts keep two uploads correct. Its owner holds an
+/// exclusive `flock` on it for as long as it uploads, so a claim whose owner died (killed
+/// mid-upload) is known at once, in any container sharing the volume, and taken over.
+/// Removed on drop.
+pub struct Claim(Option<(PathBuf, std::fs::File)>);
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        if let Some(p) = &self.0 {
+        if let Some((p, _)) = &self.0 {
             let _ = std::fs::remove_file(p);
         }
     }
 }
 
-/// Claim WAL file `name` for upload: `None` while another process holds a fresh claim. A
+fn flock_nb(f: &std::fs::File, op: libc::c_int) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor.
+    match unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Claim WAL file `name` for upload: `None` while a live process holds the claim. A
 /// directory where claims cannot be made gives an empty claim (upload without one).
 pub fn claim(dir: &Path, name: &str) -> Option<Claim> {
     let p = dir.join(format!("{name}.uploading"));
     let _ = std::fs::create_dir_all(dir);
-    for _ in 0..2 {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&p)
-        {
-            Ok(_) => return Some(Claim(Some(p))),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let fresh = std::fs::metadata(&p)
-                    .and_then(|m| m.modified())
-                    .is_ok_and(|t| t.elapsed().unwrap_or_default() < CLAIM_FRESH);
-                if fresh {
-                    return None;
-                }
-                let _ = std::fs::remove_file(&p);
-            }
-            Err(_) => return Some(Claim(None)),
-        }
+    // Locked before it appears under the claim's name (a hard link), so no one ever sees
+    // a claim without its owner's lock.
+    // The sidecar and wal-push run in different containers, where pids can coincide.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(".{name}.uploading.{}.{nanos}", std::process::id()));
+    let Ok(f) = std::fs::File::create(&tmp) else {
+        return Some(Claim(None));
+    };
+    if flock_nb(&f, libc::LOCK_EX).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return Some(Claim(None));
     }
-    None
+    let got = (|| {
+        for _ in 0..2 {
+            match std::fs::hard_link(&tmp, &p) {
+                Ok(()) => return Some(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if claimed_path(&p) {
+                        return Some(false);
+                    }
+                    let _ = std::fs::remove_file(&p);
+                }
+                Err(_) => return None,
+            }
+        }
+        Some(false)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    match got {
+        Some(true) => Some(Claim(Some((p, f)))),
+        Some(false) => None,
+        None => Some(Claim(None)),
+    }
 }
 
-/// Whether another process holds a fresh claim on `name`.
+/// Whether a live process holds the claim at `p`: its owner's lock, or (where locks
+/// cannot be tested) a recent claim.
+fn claimed_path(p: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(p) else {
+        return false;
+    };
+    match flock_nb(&f, libc::LOCK_SH) {
+        Ok(()) => false,
+        Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => true,
+        Err(_) => f
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() < CLAIM_FRESH),
+    }
+}
+
+/// Whether a live process holds the claim on `name`.
 fn claimed(dir: &Path, name: &str) -> bool {
-    std::fs::metadata(dir.join(format!("{name}.uploading")))
-        .and_then(|m| m.modified())
-        .is_ok_and(|t| t.elapsed().unwrap_or_default() < CLAIM_FRESH)
+    claimed_path(&dir.join(format!("{name}.uploading")))
 }
 
 /// Note that WAL file `name`, with exactly these bytes, is in the replica.
@@ -442,7 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn one_upload_claim_at_a_time_and_stale_ones_are_taken_over() {
+    fn one_upload_claim_at_a_time_and_a_dead_owners_is_taken_over_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let n = "000000010000000000000003";
         let c = claim(dir.path(), n).expect("first claim");
@@ -450,18 +491,16 @@ mod tests {
         assert!(claim(dir.path(), "000000010000000000000004").is_some());
         drop(c);
         assert!(!claimed(dir.path(), n));
-        // Left by a process that died a minute ago: taken over.
-        let c = claim(dir.path(), n).unwrap();
+        // Left a moment ago by a process killed mid-upload: the file is there, its owner's
+        // lock went with the process. Taken over at once.
         let p = dir.path().join(format!("{n}.uploading"));
-        std::mem::forget(c);
-        std::fs::File::options()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
-            .unwrap();
+        std::fs::write(&p, b"4242").unwrap();
         assert!(!claimed(dir.path(), n));
-        assert!(claim(dir.path(), n).is_some());
+        let c = claim(dir.path(), n).expect("a dead owner's claim is taken over");
+        assert!(claimed(dir.path(), n));
+        drop(c);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
