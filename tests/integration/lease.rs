@@ -513,3 +513,52 @@ fn a_different_database_on_the_path_is_refused_s3() {
     let dir = scratch();
     different_database(backend, dir.path());
 }
+
+/// A rolling deploy's two pods on one node share the volume, so the spool: with
+/// --lease-wait the new walship waits for the old one to exit instead of being refused.
+#[test]
+fn a_shared_spool_is_waited_for_with_lease_wait() {
+    let dir = scratch();
+    let backend = Backend::file(&dir.path().join("replica"));
+    let db = dir.path().join("app.db");
+    create_db(&db);
+    insert(&db, "first");
+    let old = Replicator::start(&db, &backend, &[], &dir.path().join("old.log"));
+    assert!(
+        wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
+            replicating(&old)
+        }),
+        "{}",
+        old.log_text()
+    );
+    let mut refused = Replicator::start(&db, &backend, &[], &dir.path().join("refused.log"));
+    let st = refused.wait_exit(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(2), "{}", refused.log_text());
+    assert!(refused.log_text().contains("is in use by another walship"));
+    let new = Replicator::start(
+        &db,
+        &backend,
+        &["--lease-wait", "60s"],
+        &dir.path().join("new.log"),
+    );
+    assert!(wait_log(
+        &new,
+        "waiting for it to exit",
+        Duration::from_secs(20)
+    ));
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!replicating(&new), "{}", new.log_text());
+    insert(&db, "second");
+    assert!(old.terminate(Duration::from_secs(60)).success());
+    assert!(
+        wait_for(Duration::from_secs(30), Duration::from_millis(50), || {
+            replicating(&new)
+        }),
+        "{}",
+        new.log_text()
+    );
+    insert(&db, "third");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(new.terminate(Duration::from_secs(60)).success());
+    newest_equals(&backend, dir.path(), "r.db", &db);
+}
