@@ -76,6 +76,13 @@ pub fn check(b: &[u8]) -> Result<Manifest, String> {
     if !(512..=65536).contains(&m.page_size) || !m.page_size.is_power_of_two() {
         return Err(format!("manifest has an invalid page size {}", m.page_size));
     }
+    if let Some(h) = &m.history
+        && !(h.len() == 32 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    {
+        return Err(format!(
+            "manifest has an invalid history id {h:?} (32 lowercase hex digits)"
+        ));
+    }
     Ok(m)
 }
 
@@ -117,6 +124,15 @@ mod tests {
             let e = check(b).unwrap_err();
             assert!(e.contains(want), "{e}");
         }
+        let mut m = sample();
+        m.history = Some("not-an-id".into());
+        assert!(
+            check(&serde_json::to_vec(&m).unwrap())
+                .unwrap_err()
+                .contains("invalid history id")
+        );
+        m.history = Some("0123456789abcdef0123456789abcdef".into());
+        assert!(check(&serde_json::to_vec(&m).unwrap()).is_ok());
         let mut m = sample();
         m.engine = "postgres".into();
         assert!(

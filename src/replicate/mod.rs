@@ -486,8 +486,12 @@ async fn start_db(
         .map_err(|e| Error::io(journal.path(), e))?;
     // Is this the database whose history the path holds (docs/LEASE.md)?
     let on_path = path_history(&replica, &gens).await?;
+    let local = history::read_local(&db.path, &db.spool_dir)?;
+    // The WAL's proof is read only when the id alone cannot decide (capture reads it
+    // again to resume; this is the rare case).
+    let needs_proof = local.is_none() && on_path.as_ref().is_some_and(|p| p.history.is_some());
     let continues = match resume.as_ref() {
-        Some(rp) if live.is_reading() => !matches!(
+        Some(rp) if needs_proof && live.is_reading() => !matches!(
             capture::continuity(&live.files(), rp).map_err(|e| Error::io(&db.path, e))?,
             capture::Continuity::No
         ),
@@ -496,7 +500,7 @@ async fn start_db(
     let decision = history::decide(
         &state.label,
         &db.spool_dir,
-        history::read_local(&db.path, &db.spool_dir)?,
+        local,
         on_path.as_ref(),
         continues,
         force_new_history,
