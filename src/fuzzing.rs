@@ -253,6 +253,7 @@ pub fn planner(data: &[u8]) {
         listing.push(Listed {
             name,
             size: n(2) % 1000,
+            modified_ms: n(4) % 10_000,
         });
     }
     let mut gens = plan::group(&listing);

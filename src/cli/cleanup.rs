@@ -94,6 +94,7 @@ fn discover(objects: Vec<Listed>) -> BTreeMap<String, Vec<Listed>> {
             dbs.entry(parts[..i].join("/")).or_default().push(Listed {
                 name: parts[i..].join("/"),
                 size: o.size,
+                modified_ms: o.modified_ms,
             });
         }
     }

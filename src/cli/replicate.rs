@@ -77,7 +77,9 @@ pub struct ReplicateArgs {
     pub lease_ttl: Option<String>,
     /// When a database's history differs from the one its replica path holds (another
     /// database, or this one's spool lost while its WAL was reset), start a new history
-    /// there instead of refusing; nothing already on the path is touched.
+    /// there instead of refusing; nothing already on the path is touched. For a
+    /// PostgreSQL cluster refused because the path belongs to another cluster, hand the
+    /// path (`cluster.json`) to this one.
     #[arg(long)]
     pub force_new_history: bool,
     #[command(flatten)]
@@ -265,15 +267,43 @@ pub async fn run(
     let metrics = Arc::new(Metrics::default());
     // PostgreSQL clusters: look-ahead archiving and base backups beside the server.
     let pg_replicas = crate::postgres::sidecar::preflight(&pg).await?;
+    // One writer per replica path, and one cluster (docs/LEASE.md, docs/POSTGRES.md).
+    let settings = crate::storage::lease::Settings {
+        ttl: cfg.lease_ttl,
+        wait: cfg.lease_wait,
+    };
+    let mut pg_taken = Vec::new();
+    for (db, replica) in pg.iter().zip(&pg_replicas) {
+        pg_taken.push(
+            crate::postgres::sidecar::take_path(db, replica, &settings, cfg.force_new_history)
+                .await?,
+        );
+    }
     let (pg_stop, pg_rx) = tokio::sync::watch::channel(false);
+    let pg_lost = Arc::new(tokio::sync::Notify::new());
     let mut pg_states = Vec::new();
     let mut pg_tasks = Vec::new();
-    for (db, replica) in pg.into_iter().zip(pg_replicas) {
+    let mut pg_leases = Vec::new();
+    let mut pg_locks = Vec::new();
+    for ((db, replica), (lock, held)) in pg.into_iter().zip(pg_replicas).zip(pg_taken) {
         let state = Arc::new(crate::postgres::sidecar::PgState {
             label: db.path.display().to_string(),
             ..Default::default()
         });
         pg_states.push(state.clone());
+        pg_locks.push(lock);
+        let lease_stop = Arc::new(tokio::sync::Notify::new());
+        pg_leases.push((
+            lease_stop.clone(),
+            tokio::spawn(crate::postgres::sidecar::lease_loop(
+                replica.clone(),
+                (held, settings.renew_every()),
+                metrics.clone(),
+                state.clone(),
+                lease_stop,
+                pg_lost.clone(),
+            )),
+        ));
         tracing::info!(pgdata = %db.path.display(), replica = replica.url(), "PostgreSQL sidecar");
         pg_tasks.push(tokio::spawn(crate::postgres::sidecar::run(
             db,
@@ -297,7 +327,10 @@ pub async fn run(
             });
             crate::metrics::spawn_endpoint(listener, metrics.clone(), health, http_rx);
         }
-        shutdown.await;
+        tokio::select! {
+            _ = shutdown => {}
+            _ = pg_lost.notified() => tracing::error!("shutting down: a replica path's lease was lost"),
+        }
         let _ = http_stop.send(true);
         None
     } else {
@@ -315,6 +348,22 @@ pub async fn run(
                 break;
             }
         }
+    }
+    // Shipped what it could: the paths are given up for the next holder.
+    let mut lost_why = Vec::new();
+    for (stop, task) in pg_leases {
+        stop.notify_one();
+        if let Ok(Err(why)) = task.await {
+            lost_why.push(why);
+        }
+    }
+    drop(pg_locks);
+    if !lost_why.is_empty() {
+        return Err(Error::Refused(format!(
+            "{}; the sidecar wrote nothing more there (wal-push still archives each file \
+             once, never overwriting)",
+            lost_why.join("; ")
+        )));
     }
     let Some(outcome) = outcome else {
         tracing::info!("PostgreSQL sidecar stopped");
@@ -353,6 +402,13 @@ impl crate::metrics::Health for PgHealth {
     fn refresh(&self) {}
 
     fn healthy(&self) -> std::result::Result<(), String> {
+        if let Some(why) = self
+            .dbs
+            .iter()
+            .find_map(|s| s.lease_lost.lock().unwrap().clone())
+        {
+            return Err(why);
+        }
         crate::metrics::failing_too_long(
             self.dbs
                 .iter()

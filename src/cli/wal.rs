@@ -168,6 +168,40 @@ pub async fn backup(args: PgBackupArgs) -> Result<()> {
     Ok(())
 }
 
+/// The cluster `pg-restore` restores: `--generation`; else the configured cluster's (its
+/// data directory, when it is not the target and can be read); else the one the path
+/// names; else `None` (the newest with a backup, for paths older than `cluster.json`).
+async fn which_cluster(
+    args: &PgRestoreArgs,
+    replica: &Replica,
+) -> Result<Option<crate::storage::layout::GenerationId>> {
+    use crate::storage::layout::GenerationId;
+    if let Some(g) = &args.generation {
+        return GenerationId::parse(g).map(Some).ok_or_else(|| {
+            Error::Usage(format!(
+                "--generation {g:?} is not a generation id (20 hex digits, as `walship \
+                 generations` lists them)"
+            ))
+        });
+    }
+    let configured = args.pg.pgdata.clone().or_else(|| {
+        args.pg
+            .replica_url
+            .is_none()
+            .then(|| args.pg.db(&args.target).ok().map(|d| d.path))
+            .flatten()
+    });
+    if let Some(p) = configured
+        && p.canonicalize().ok() != args.target.canonicalize().ok()
+        && let Ok(id) = crate::postgres::control::system_identifier(&p)
+    {
+        return Ok(Some(crate::postgres::control::generation_of(id)));
+    }
+    Ok(crate::postgres::identity::read(replica)
+        .await?
+        .and_then(|(c, _)| c.generation_id()))
+}
+
 #[derive(Debug, Args)]
 pub struct PgRestoreArgs {
     /// The data directory to restore into (absent or empty).
@@ -188,6 +222,11 @@ pub struct PgRestoreArgs {
     /// one; in Kubernetes, where the init container copied it for the server).
     #[arg(long)]
     pub walship_path: Option<PathBuf>,
+    /// Restore this cluster's generation (as `walship generations` lists it). Default: the
+    /// configured cluster's, when its data directory is readable, else the one the
+    /// replica path names (`cluster.json`), else the newest cluster with a backup.
+    #[arg(long)]
+    pub generation: Option<String>,
 }
 
 pub async fn restore(args: PgRestoreArgs) -> Result<()> {
@@ -198,6 +237,7 @@ pub async fn restore(args: PgRestoreArgs) -> Result<()> {
     }
     let rcfg = args.pg.replica(&args.target)?;
     let replica = Replica::open(&rcfg, false)?;
+    let generation = which_cluster(&args, &replica).await?;
     if args.if_replica_exists {
         let listing = replica.list(crate::storage::layout::GENERATIONS).await?;
         if pgr::catalog(&listing).backups.is_empty() {
@@ -250,6 +290,7 @@ pub async fn restore(args: PgRestoreArgs) -> Result<()> {
         &pgr::Options {
             target_ms,
             restore_command: cmd,
+            generation,
         },
     )
     .await?;

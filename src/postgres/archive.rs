@@ -265,8 +265,19 @@ pub async fn push(
         None => None,
     };
     let raw = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    let generation = generation_of(system_identifier(pgdata)?);
-    push_bytes(&open()?, &generation, &name, &raw).await
+    let sysid = system_identifier(pgdata)?;
+    let generation = generation_of(sysid);
+    let replica = open()?;
+    // One cluster per path: checked against `cluster.json`, at most every few minutes
+    // per spool (the spool keeps the answer).
+    let spool = markers.and_then(Path::parent);
+    if !spool.is_some_and(|s| super::identity::recently_checked(s, replica.url(), &generation)) {
+        super::identity::check(&replica, pgdata, sysid, false).await?;
+        if let Some(s) = spool {
+            super::identity::note_checked(s, &replica, &generation);
+        }
+    }
+    push_bytes(&replica, &generation, &name, &raw).await
 }
 
 /// Upload WAL file `name` of cluster `generation`, never overwriting.

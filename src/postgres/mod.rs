@@ -6,6 +6,7 @@
 pub mod archive;
 pub mod backup;
 pub mod control;
+pub mod identity;
 pub mod restore;
 pub mod sidecar;
 pub mod walname;

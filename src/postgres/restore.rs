@@ -21,6 +21,8 @@ pub struct Options {
     pub target_ms: Option<u64>,
     /// The `restore_command` written into the restored cluster's configuration.
     pub restore_command: String,
+    /// Restore this cluster's generation only (`None`: the newest cluster with a backup).
+    pub generation: Option<GenerationId>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -70,6 +72,45 @@ pub fn catalog(listing: &[crate::storage::Listed]) -> Catalog {
 /// newest cluster that has one (a cluster that replaced another here holds no instant
 /// before its creation; retention keeps the older one's backups for such instants).
 pub fn choose(c: &Catalog, target_ms: Option<u64>) -> Result<(GenerationId, BackupName), String> {
+    choose_in(c, None, target_ms)
+}
+
+/// `choose` within one cluster's generation when `only` names it (the configured
+/// cluster's, `--generation`, or the path's `cluster.json`): never another cluster's.
+pub fn choose_in(
+    c: &Catalog,
+    only: Option<&GenerationId>,
+    target_ms: Option<u64>,
+) -> Result<(GenerationId, BackupName), String> {
+    if let Some(g) = only {
+        let Some(list) = c.backups.get(g) else {
+            let others: Vec<&str> = c.backups.keys().map(|k| k.as_str()).collect();
+            return Err(format!(
+                "generation {g} (the cluster to restore) has no base backup here{}",
+                if others.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; other clusters' generations with backups: {} (choose one with \
+                         --generation)",
+                        others.join(", ")
+                    )
+                }
+            ));
+        };
+        return list
+            .iter()
+            .rev()
+            .find(|b| target_ms.is_none_or(|t| b.start_ms <= t))
+            .map(|b| (g.clone(), *b))
+            .ok_or_else(|| {
+                format!(
+                    "the oldest base backup started at {}, after the target: this replica \
+                     cannot restore generation {g} earlier",
+                    crate::clock::rfc3339(list.first().map_or(0, |b| b.start_ms))
+                )
+            });
+    }
     if c.backups.is_empty() {
         return Err(
             "no base backup in this replica: run `walship pg-backup` (or let the \
@@ -296,10 +337,13 @@ pub async fn restore(replica: &Replica, pgdata: &Path, opts: &Options) -> Result
     }
     let listing = replica.list(layout::GENERATIONS).await?;
     let cat = catalog(&listing);
-    let (generation, newest) = choose(&cat, opts.target_ms).map_err(|reason| Error::Replica {
-        replica: replica.url().to_string(),
-        reason,
-    })?;
+    let (generation, newest) =
+        choose_in(&cat, opts.generation.as_ref(), opts.target_ms).map_err(|reason| {
+            Error::Replica {
+                replica: replica.url().to_string(),
+                reason,
+            }
+        })?;
     let (backup, manifest) =
         on_latest_timeline(replica, &cat, &generation, newest, opts.target_ms).await?;
     // PostgreSQL fails a recovery whose target is after the archive's last transaction
@@ -696,7 +740,11 @@ mod tests {
     use crate::storage::Listed;
 
     fn l(name: String) -> Listed {
-        Listed { name, size: 1 }
+        Listed {
+            name,
+            size: 1,
+            modified_ms: 0,
+        }
     }
 
     #[test]

@@ -238,6 +238,7 @@ pub async fn run(
             pid: std::process::id(),
             database: absolute(&db.path),
             spool: absolute(&db.spool_dir),
+            generation: None,
         };
         held.push(lease::acquire(replica, me, &settings, now_ms).await?);
     }
@@ -307,7 +308,7 @@ pub async fn run(
 }
 
 /// The path as the lease names it: absolute, so that the same place is the same name.
-fn absolute(p: &std::path::Path) -> String {
+pub(crate) fn absolute(p: &std::path::Path) -> String {
     p.canonicalize()
         .unwrap_or_else(|_| p.to_path_buf())
         .display()
@@ -388,7 +389,10 @@ async fn lease_loop(
 /// this spool is known to be that dead process's.
 /// With `wait` (`--lease-wait`) it waits that long for the other to exit: a rolling
 /// deploy's two pods on one node share the volume, and so the spool.
-async fn lock_spool(dir: &std::path::Path, wait: Option<Duration>) -> Result<std::fs::File> {
+pub(crate) async fn lock_spool(
+    dir: &std::path::Path,
+    wait: Option<Duration>,
+) -> Result<std::fs::File> {
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

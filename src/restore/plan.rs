@@ -688,6 +688,7 @@ pub(crate) mod fixtures {
                 },
             ),
             size: 100,
+            modified_ms: ms,
         }
     }
 
@@ -703,6 +704,7 @@ pub(crate) mod fixtures {
                 },
             ),
             size: 10,
+            modified_ms: tb,
         }
     }
 
@@ -728,6 +730,7 @@ pub(crate) mod fixtures {
         Listed {
             name: layout::format_manifest(g_id),
             size: 1,
+            modified_ms: 0,
         }
     }
 }

@@ -51,6 +51,13 @@ pub async fn apply(
         None => replica.list(layout::GENERATIONS).await?,
     };
     let histories = histories(replica, &listing).await?;
+    // A PostgreSQL path names its cluster (`cluster.json`) and its sidecar's lease names
+    // the generation it writes: neither is deleted, whatever the ids' order says.
+    let path_live = match live {
+        None if has_pg(&listing) => path_live(replica, now_ms).await?,
+        _ => None,
+    };
+    let live = live.or(path_live.as_ref());
     let plan = plan::plan_with(&listing, policy, now_ms, live, &histories).map_err(|reason| {
         Error::Replica {
             replica: replica.url().to_string(),
@@ -129,6 +136,26 @@ fn still_listed<'a>(deleted: &[&plan::Doomed], after: &'a [Listed]) -> Vec<&'a s
         .collect()
 }
 
+fn has_pg(listing: &[Listed]) -> bool {
+    listing.iter().any(|o| {
+        matches!(
+            layout::parse_object(&o.name),
+            Some(layout::ObjectName::PgWal(..) | layout::ObjectName::PgBackup(..))
+        )
+    })
+}
+
+/// The generation a PostgreSQL path says is live: its `cluster.json`'s, else a current
+/// lease's.
+async fn path_live(replica: &Replica, now_ms: u64) -> Result<Option<GenerationId>> {
+    if let Some((c, _)) = crate::postgres::identity::read(replica).await? {
+        return Ok(c.generation_id());
+    }
+    Ok(crate::storage::lease::live_generation(replica, now_ms)
+        .await?
+        .and_then(|g| GenerationId::parse(&g)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +174,7 @@ mod tests {
                 .map(|n| Listed {
                     name: n.to_string(),
                     size: 1,
+                    modified_ms: 0,
                 })
                 .collect()
         };

@@ -53,6 +53,7 @@ pub fn parse_history(text: &str) -> Result<Vec<(u32, u64)>, String> {
 struct Obj {
     key: String,
     size: u64,
+    modified_ms: u64,
 }
 
 #[derive(Default)]
@@ -207,6 +208,7 @@ fn group(listing: &[Listed]) -> BTreeMap<GenerationId, PgGen> {
         let obj = || Obj {
             key: o.name.clone(),
             size: o.size,
+            modified_ms: o.modified_ms,
         };
         match layout::parse_object(&o.name) {
             Some(ObjectName::PgBackup(g, b, f)) => {
@@ -246,10 +248,14 @@ pub(super) fn plan(
     // None for one kept whole; an empty set means deleted whole.
     let mut kept: BTreeMap<GenerationId, (Option<HashSet<BackupName>>, String)> = BTreeMap::new();
     for (id, g) in &gens {
+        // A cluster's last write is its newest object, WAL included (WAL names carry no
+        // time): judged by backups alone, a cluster that archives but was backed up long
+        // ago looked old, and a newer, idle cluster's window deleted it whole.
         let activity = g
             .backups
             .keys()
             .map(|b| b.start_ms)
+            .chain(g.objects().map(|o| o.modified_ms))
             .max()
             .unwrap_or(0)
             .max(id.created_ms());
@@ -269,11 +275,25 @@ pub(super) fn plan(
             match &anchor {
                 Some((a, _)) if id < a && live_now => (
                     None,
-                    "older than the window but backed up recently (live)".into(),
+                    format!(
+                        "an older cluster, but written to recently (live; last write {})",
+                        crate::clock::rfc3339(activity)
+                    ),
+                ),
+                // Its last write is inside the window: instants of it are still to be kept.
+                Some((a, _)) if id < a && activity >= window_start_ms => (
+                    None,
+                    format!(
+                        "an older cluster written to inside the window (last write {})",
+                        crate::clock::rfc3339(activity)
+                    ),
                 ),
                 Some((a, _)) if id < a => (
                     Some(HashSet::new()),
-                    "an older cluster: every instant is before the window".into(),
+                    format!(
+                        "an older cluster: its last write ({}) is before the window",
+                        crate::clock::rfc3339(activity)
+                    ),
                 ),
                 Some((a, ab)) if id == a => (
                     Some(
@@ -431,7 +451,11 @@ mod tests {
     const MB16: u64 = 16 << 20;
 
     fn obj(name: String, size: u64) -> Listed {
-        Listed { name, size }
+        Listed {
+            name,
+            size,
+            modified_ms: 0,
+        }
     }
 
     fn wal(id: &GenerationId, f: WalFile) -> Listed {
@@ -715,6 +739,55 @@ mod tests {
         // And so is the one the calling sidecar writes.
         let p = plan(&l, &policy(40), 100 * H, Some(&a)).unwrap();
         assert!(p.generations[0].delete.is_empty());
+    }
+
+    /// Two clusters on one path, the older one (by initdb) the one still archiving: its
+    /// newest object, not its backups or initdb time, says it is live, however stale its
+    /// only backup and however short the window.
+    #[test]
+    fn an_older_cluster_still_archiving_is_kept_whole() {
+        let (a, b) = (g(H), g(20 * H));
+        let mut l = cluster(&a);
+        let mut fresh = segs(&a, 1, 40, 41);
+        for o in &mut fresh {
+            o.modified_ms = 100 * H - 5_000; // archived seconds ago
+        }
+        l.extend(fresh);
+        l.extend(segs(&b, 1, 2, 5));
+        l.extend(backup(&b, 1, 2, 52 * H, true));
+        let window = Policy::new(Duration::from_secs(60));
+        let p = plan(&l, &window, 100 * H, None).unwrap();
+        assert_eq!(
+            p.generations[0].action,
+            Action::Keep,
+            "{}",
+            p.generations[0].why
+        );
+        assert!(
+            p.generations[0].why.contains("written to recently"),
+            "{}",
+            p.generations[0].why
+        );
+        // Written inside a long window but not within the live grace: kept too.
+        let p = plan(&l, &policy(2), 100 * H + H, None).unwrap();
+        assert!(
+            p.generations[0].delete.is_empty(),
+            "{}",
+            p.generations[0].why
+        );
+        assert!(
+            p.generations[0].why.contains("inside the window"),
+            "{}",
+            p.generations[0].why
+        );
+        // Once its last write is before the window, it goes, and the reason says why.
+        let p = plan(&l, &policy(2), 103 * H, None).unwrap();
+        assert_eq!(p.generations[0].action, Action::Delete);
+        assert!(
+            p.generations[0].why.contains("last write"),
+            "{}",
+            p.generations[0].why
+        );
     }
 
     #[test]

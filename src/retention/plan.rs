@@ -681,10 +681,12 @@ mod tests {
         l.push(Listed {
             name: "generations/abc/whatever".into(),
             size: 5,
+            modified_ms: 0,
         });
         l.push(Listed {
             name: "notes.txt".into(),
             size: 5,
+            modified_ms: 0,
         });
         let p = plan(&l, &Policy::new(hours(40)), 100 * H, None).unwrap();
         assert_eq!(p.foreign_objects, 2);
@@ -692,6 +694,7 @@ mod tests {
         l.push(Listed {
             name: format!("generations/{}/wal/x.seg", g(30 * H)),
             size: 5,
+            modified_ms: 0,
         });
         let e = plan(&l, &Policy::new(hours(40)), 100 * H, None).unwrap_err();
         assert!(e.contains("wal/x.seg") && e.contains("refusing"), "{e}");

@@ -24,6 +24,10 @@ pub struct Holder {
     pub pid: u32,
     pub database: String,
     pub spool: String,
+    /// The generation it writes, where that is fixed (a PostgreSQL cluster's): cleanup
+    /// elsewhere never deletes it while the lease is current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
 }
 
 impl Holder {
@@ -265,6 +269,17 @@ pub async fn renew(
     }
 }
 
+/// The generation a current lease (renewed within twice its TTL, by the store's clock
+/// as the holder stamped it) says is being written, if it names one.
+pub async fn live_generation(replica: &Replica, now_ms: u64) -> Result<Option<String>> {
+    Ok(replica
+        .get_versioned(LEASE_KEY)
+        .await?
+        .and_then(|(b, _)| parse(&b))
+        .filter(|l| now_ms.saturating_sub(l.renewed_ms) <= l.ttl_ms.saturating_mul(2))
+        .and_then(|l| l.holder.generation))
+}
+
 /// Give the lease up, if it is still ours.
 pub async fn release(replica: &Replica, held: &Held) -> Result<()> {
     if let Some((_, v)) = replica.get_versioned(LEASE_KEY).await?
@@ -293,6 +308,7 @@ mod tests {
             pid: 7,
             database: "/d/app.db".into(),
             spool: spool.into(),
+            generation: None,
         }
     }
 

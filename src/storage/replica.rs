@@ -45,6 +45,9 @@ pub enum PutOutcome {
 pub struct Listed {
     pub name: String,
     pub size: u64,
+    /// When the store last wrote it (Unix ms): how retention and restore tell a live
+    /// PostgreSQL cluster from an old one, whose WAL names carry no time.
+    pub modified_ms: u64,
 }
 
 pub struct Replica {
@@ -437,6 +440,7 @@ impl Replica {
             .map(|m| Listed {
                 name: self.rel(m.location.as_ref()).to_string(),
                 size: m.size,
+                modified_ms: m.last_modified.timestamp_millis().max(0) as u64,
             })
             .collect())
     }

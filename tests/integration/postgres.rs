@@ -710,7 +710,7 @@ fn timeline_switch(mut pg: Pg, b: &Backend) {
     // not an hour after the last.
     let cfg = sidecar_config(&promoted, b, "walship-promoted", "");
     let log_path = promoted.root.join("sidecar-promoted.log");
-    let mut sidecar = start_sidecar(&promoted, b, &cfg, &log_path);
+    let mut sidecar = start_sidecar(&promoted, b, &cfg, &log_path, &[]);
     let on_tl2 = wait_for(Duration::from_secs(60), Duration::from_millis(500), || {
         let o = walship_in(&pg, &["backups", "--json", &b.url], b);
         serde_json::from_slice::<serde_json::Value>(&o.stdout).is_ok_and(|l| {
@@ -961,6 +961,31 @@ impl AsPostgres {
     }
 }
 
+impl AsPostgres {
+    /// SIGKILL walship (and runuser around it).
+    fn kill(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", &self.cmdline_tag])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let t = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                t.elapsed() < within,
+                "walship did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 impl Drop for AsPostgres {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
@@ -1002,18 +1027,17 @@ fn sidecar_config(pg: &Pg, b: &Backend, name: &str, addr: &str) -> PathBuf {
     cfg
 }
 
-/// `walship replicate --config cfg` as the `postgres` user, its log in `log_path`.
-fn start_sidecar(pg: &Pg, b: &Backend, cfg: &Path, log_path: &Path) -> AsPostgres {
+/// `walship replicate --config cfg` (and `extra`) as the `postgres` user, its log in
+/// `log_path`.
+fn start_sidecar(pg: &Pg, b: &Backend, cfg: &Path, log_path: &Path, extra: &[&str]) -> AsPostgres {
     let log = std::fs::File::create(log_path).unwrap();
-    let child = as_postgres(
-        &pg.walship,
-        &["replicate", "--config", cfg.to_str().unwrap()],
-        &b.env,
-    )
-    .env("RUST_LOG", "walship=debug")
-    .stderr(log)
-    .spawn()
-    .unwrap();
+    let mut args = vec!["replicate", "--config", cfg.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let child = as_postgres(&pg.walship, &args, &b.env)
+        .env("RUST_LOG", "walship=debug")
+        .stderr(log)
+        .spawn()
+        .unwrap();
     AsPostgres {
         child,
         cmdline_tag: cfg.display().to_string(),
@@ -1046,7 +1070,7 @@ fn pg_sidecar(mut pg: Pg, b: &Backend) {
     pg.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
     insert_batch(&pg, 1);
     let log_path = pg.root.join("sidecar.log");
-    let mut sidecar = start_sidecar(&pg, b, &cfg, &log_path);
+    let mut sidecar = start_sidecar(&pg, b, &cfg, &log_path, &[]);
     let sidecar_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let backed_up = wait_for(Duration::from_secs(60), Duration::from_millis(200), || {
         list_objects(b)
@@ -1304,6 +1328,15 @@ fn postgres_cleanup(mut pg: Pg, b: &Backend) {
         .to_string();
     let mut pg2 = Pg::init("postgres_cleanup (second cluster)").unwrap();
     start_archiving(&mut pg2, b);
+    // The path is the first cluster's (cluster.json): handed over on purpose.
+    let cfg2 = sidecar_config(&pg2, b, "walship", &format!("127.0.0.1:{}", free_port()));
+    let log2 = pg2.root.join("sidecar.log");
+    let mut sc = start_sidecar(&pg2, b, &cfg2, &log2, &["--force-new-history"]);
+    let handed = wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
+        std::fs::read_to_string(&log2).is_ok_and(|l| l.contains("now belongs to this cluster"))
+    });
+    assert!(handed, "{}", std::fs::read_to_string(&log2).unwrap());
+    assert!(sc.terminate().success());
     pg2.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
     insert_batch(&pg2, 7);
     pg_backup(&pg2, b);
@@ -1334,7 +1367,13 @@ fn postgres_cleanup(mut pg: Pg, b: &Backend) {
     assert!(left.keys().any(|k| k.contains("/basebackups/")), "{left:?}");
     assert_eq!(restore_and_hash(&pg2, b, "second-cluster", None), h8);
     // A damaged timeline history: cleanup fails naming it and deletes nothing.
-    let new_generation = left.keys().next().unwrap().split('/').nth(1).unwrap();
+    let new_generation = left
+        .keys()
+        .find(|k| k.starts_with("generations/"))
+        .unwrap()
+        .split('/')
+        .nth(1)
+        .unwrap();
     let bad = format!("generations/{new_generation}/pgwal/00000009.history");
     put_object(b, &bad, b"not a walship object");
     let before = list_objects(b);
@@ -1558,4 +1597,244 @@ fn damaged_middle_segment_s3() {
     };
     let b = s3.backend("pgdamage");
     damaged_middle_segment(pg, &b, Some(&mut s3));
+}
+
+/// `pg-restore` into a sibling with these arguments after the target (the backend's
+/// flags follow), started, recovered, and `TABLE_HASH` answered.
+fn restore_with_args(pg: &Pg, b: &Backend, name: &str, args: &[&str]) -> String {
+    let mut r = pg.sibling(name);
+    let mut argv = vec!["pg-restore", r.pgdata.to_str().unwrap()];
+    argv.extend_from_slice(args);
+    let o = walship_in(pg, &argv, b);
+    assert_success(&o, &format!("pg-restore {name}"));
+    eprintln!(
+        "pg-restore {name}: {}",
+        String::from_utf8_lossy(&o.stdout).trim()
+    );
+    r.start(&[("archive_mode", "off".into())], &b.env);
+    let done = wait_for(Duration::from_secs(90), Duration::from_millis(250), || {
+        r.psql("SELECT pg_is_in_recovery()") == "f"
+    });
+    assert!(done, "{name}: recovery did not finish:\n{}", r.log());
+    let h = r.psql(TABLE_HASH);
+    r.stop();
+    h
+}
+
+fn generation_of_cluster(pg: &Pg) -> (u64, String) {
+    let id = walship::postgres::control::system_identifier(&pg.pgdata).unwrap();
+    (
+        id,
+        walship::postgres::control::generation_of(id).to_string(),
+    )
+}
+
+/// Two clusters, one replica path. The first to archive names the path (`cluster.json`);
+/// a second one's `wal-push` and sidecar are refused, naming both system identifiers,
+/// and write nothing. Handed over with `--force-new-history`, the path holds both: then
+/// `pg-restore` restores the configured cluster (not the one initdb'd later), the path's
+/// cluster without a config, either by `--generation`; `cleanup` keeps the older cluster,
+/// still archiving, whole.
+fn two_clusters_on_one_path(mut a: Pg, b: &Backend) {
+    let (a_id, a_gen) = generation_of_cluster(&a);
+    start_archiving(&mut a, b);
+    a.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
+    insert_batch(&a, 1);
+    pg_backup(&a, b);
+    let rec: serde_json::Value = serde_json::from_slice(&get_object(b, "cluster.json")).unwrap();
+    assert_eq!(rec["system_identifier"], a_id.to_string(), "{rec}");
+    std::thread::sleep(Duration::from_millis(1100)); // a later initdb second
+    let mut c = Pg::init("two_clusters_second").unwrap();
+    let (c_id, c_gen) = generation_of_cluster(&c);
+    assert_ne!(a_gen, c_gen);
+    let c_objects = |b: &Backend| {
+        list_objects(b)
+            .into_keys()
+            .filter(|k| k.contains(&c_gen))
+            .count()
+    };
+    // The second cluster's archive_command is refused, naming both.
+    let o = walship_in(
+        &c,
+        &["wal-push", "pg_wal/000000010000000000000001", &b.url],
+        b,
+    );
+    assert!(!o.status.success(), "a second cluster's wal-push succeeded");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&a_id.to_string())
+            && err.contains(&c_id.to_string())
+            && err.contains("--force-new-history"),
+        "{err}"
+    );
+    // So is its sidecar: exit 2, naming both, nothing written.
+    c.start(
+        &[
+            ("archive_mode", "on".into()),
+            (
+                "archive_command",
+                format!(
+                    "{} wal-push %p {} {}",
+                    c.walship.display(),
+                    b.url,
+                    b.flags.join(" ")
+                ),
+            ),
+            ("wal_level", "replica".into()),
+        ],
+        &b.env,
+    );
+    c.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
+    insert_batch(&c, 7);
+    let cfg_c = sidecar_config(&c, b, "walship", &format!("127.0.0.1:{}", free_port()));
+    let log_c = c.root.join("sidecar.log");
+    let mut sc = start_sidecar(&c, b, &cfg_c, &log_c, &[]);
+    let status = sc.wait_exit(Duration::from_secs(30));
+    let text = std::fs::read_to_string(&log_c).unwrap();
+    assert_eq!(status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("belongs to another PostgreSQL cluster")
+            && text.contains(&a_id.to_string())
+            && text.contains(&c_id.to_string()),
+        "{text}"
+    );
+    assert_eq!(c_objects(b), 0, "the refused cluster wrote objects");
+    // Handed over on purpose: the sidecar takes its base backup, its archiver works.
+    let mut sc = start_sidecar(&c, b, &cfg_c, &log_c, &["--force-new-history"]);
+    let backed_up = wait_for(Duration::from_secs(90), Duration::from_millis(300), || {
+        list_objects(b)
+            .keys()
+            .any(|k| k.contains(&c_gen) && k.ends_with("manifest.json"))
+    });
+    assert!(backed_up, "{}", std::fs::read_to_string(&log_c).unwrap());
+    wait_archived(&c);
+    let hc = table_hash(&c);
+    assert!(sc.terminate().success());
+    let rec: serde_json::Value = serde_json::from_slice(&get_object(b, "cluster.json")).unwrap();
+    assert_eq!(rec["system_identifier"], c_id.to_string(), "{rec}");
+    // The first cluster goes on archiving (its spool checked the path minutes ago).
+    insert_batch(&a, 2);
+    wait_archived(&a);
+    let ha = table_hash(&a);
+    assert_ne!(ha, hc);
+    // The configured cluster is restored, not the newest-created one.
+    let cfg_a = sidecar_config(&a, b, "a", &format!("127.0.0.1:{}", free_port()));
+    assert_eq!(
+        restore_with_args(&a, b, "by_config", &["--config", cfg_a.to_str().unwrap()]),
+        ha
+    );
+    assert_eq!(restore_with_args(&a, b, "by_path", &[&b.url]), hc);
+    assert_eq!(
+        restore_with_args(&a, b, "by_generation", &[&b.url, "--generation", &a_gen]),
+        ha
+    );
+    // Cleanup with a one-second window keeps the cluster still archiving whole.
+    let before: Vec<String> = list_objects(b)
+        .into_keys()
+        .filter(|k| k.contains(&a_gen))
+        .collect();
+    let rep = pg_cleanup(&a, b, "1s");
+    let after: Vec<String> = list_objects(b)
+        .into_keys()
+        .filter(|k| k.contains(&a_gen))
+        .collect();
+    assert_eq!(before, after, "{rep}");
+    assert!(rep.to_string().contains("written to recently"), "{rep}");
+    assert!(c_objects(b) > 0);
+}
+
+#[test]
+fn two_clusters_on_one_path_file() {
+    let Some(pg) = Pg::init("two_clusters_on_one_path_file") else {
+        return;
+    };
+    // Both clusters' users must write it: a directory outside either cluster's.
+    let dir = tempfile::Builder::new()
+        .prefix("walship-pg-shared-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    chown_to_postgres(dir.path());
+    two_clusters_on_one_path(pg, &Backend::file(dir.path()));
+}
+
+#[test]
+fn two_clusters_on_one_path_s3() {
+    let Some(pg) = Pg::init("two_clusters_on_one_path_s3") else {
+        return;
+    };
+    let Some(b) = Backend::s3("two_clusters_on_one_path_s3") else {
+        return;
+    };
+    two_clusters_on_one_path(pg, &b);
+}
+
+/// A sidecar SIGKILLed while it uploads a segment (the store stopped mid-request) leaves
+/// its claim; restarted, it takes the claim over at once (the dead owner holds no lock)
+/// and archives the segment, instead of waiting 30 s for the claim to go stale.
+#[test]
+fn pg_sidecar_killed_mid_upload_resumes_at_once() {
+    let Some(mut pg) = Pg::init("pg_sidecar_killed_mid_upload_resumes_at_once") else {
+        return;
+    };
+    let Some(s3) = PrivateS3::start("pg_sidecar_killed_mid_upload_resumes_at_once") else {
+        return;
+    };
+    let b = s3.backend(&unique());
+    // Only the sidecar archives: the archiver's command fails.
+    pg.start(
+        &[
+            ("archive_mode", "on".into()),
+            ("archive_command", "false".into()),
+            ("wal_level", "replica".into()),
+        ],
+        &b.env,
+    );
+    let cfg = pg.root.join("walship.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - path: {}\n    type: postgres\n    replica:\n      url: {}\n      endpoint: {}\n",
+            pg.pgdata.display(),
+            b.url,
+            b.flags[1]
+        ),
+    )
+    .unwrap();
+    chown_to_postgres(&cfg);
+    let log = pg.root.join("sidecar.log");
+    let mut sc = start_sidecar(&pg, &b, &cfg, &log, &[]);
+    let started = wait_for(Duration::from_secs(30), Duration::from_millis(100), || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("PostgreSQL sidecar"))
+    });
+    assert!(started, "{}", std::fs::read_to_string(&log).unwrap());
+    pg.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
+    s3.pause();
+    insert_batch(&pg, 1);
+    let seg = pg.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    let claim = pg
+        .root
+        .join(format!(".data-walship/archived/{seg}.uploading"));
+    let claimed = wait_for(Duration::from_secs(20), Duration::from_millis(50), || {
+        claim.exists()
+    });
+    assert!(claimed, "{}", std::fs::read_to_string(&log).unwrap());
+    sc.kill();
+    assert!(claim.exists(), "the killed sidecar's claim is gone");
+    s3.resume_paused();
+    let restarted = Instant::now();
+    let _sc = start_sidecar(&pg, &b, &cfg, &log, &[]);
+    let note = pg.root.join(format!(".data-walship/archived/{seg}"));
+    let done = wait_for(Duration::from_secs(60), Duration::from_millis(100), || {
+        note.exists()
+    });
+    let took = restarted.elapsed();
+    assert!(done, "{}", std::fs::read_to_string(&log).unwrap());
+    eprintln!("segment {seg} archived {took:?} after the restart");
+    assert!(
+        took < Duration::from_secs(15),
+        "the restarted sidecar waited {took:?} for its own dead claim"
+    );
+    let key = format!("generations/{}/pgwal/{seg}", generation_of_cluster(&pg).1);
+    assert!(list_objects(&b).contains_key(&key), "{key} not archived");
 }

@@ -512,6 +512,19 @@ impl PrivateS3 {
         }
     }
 
+    /// SIGSTOP the server: requests hang mid-way, as with a store that stalls.
+    pub fn pause(&self) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
+        }
+    }
+
+    pub fn resume_paused(&self) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+        }
+    }
+
     pub fn backend(&self, prefix: &str) -> Backend {
         Backend::s3_at(&self.endpoint, PRIVATE_BUCKET, prefix)
     }
