@@ -171,10 +171,14 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
             );
             return Ok(());
         }
+        let by_identity = match (&generation, &db) {
+            (None, Some(d)) => configured_history_generation(&replica, d, &gens).await?,
+            _ => None,
+        };
         let plan = restore::plan_checked(
             &replica,
             &mut gens,
-            generation.as_ref(),
+            generation.as_ref().or(by_identity.as_ref()),
             target,
             args.allow_older,
         )
@@ -248,6 +252,36 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&s).expect("serialises"));
     }
     Ok(())
+}
+
+/// For a configured database whose history id is known here (on its file or in its
+/// spool): the newest generation of that history, when it is not the newest generation of
+/// the path (a path handed to another database with `--force-new-history`). `None`: the
+/// newest generation, as without a config. Reads manifests newest first until one matches.
+async fn configured_history_generation(
+    replica: &Replica,
+    db: &crate::config::DbConfig,
+    gens: &std::collections::BTreeMap<GenerationId, crate::restore::plan::Generation>,
+) -> Result<Option<GenerationId>> {
+    let Some(mine) = crate::replicate::history::read_local(&db.path, &db.spool_dir)
+        .ok()
+        .flatten()
+    else {
+        return Ok(None);
+    };
+    for (i, g) in gens.keys().rev().enumerate() {
+        // A generation without a readable manifest is the planner's to judge.
+        if let Ok(Some(h)) = history_of(replica, g).await
+            && h == mine
+        {
+            if i > 0 {
+                tracing::info!(generation = %g, history = %mine,
+                    "restoring the configured database's history, not the path's newest generation");
+            }
+            return Ok((i > 0).then(|| g.clone()));
+        }
+    }
+    Ok(None)
 }
 
 /// The history id of the generation restored from. The restored database continues that

@@ -58,18 +58,32 @@ impl PgArgs {
     /// The replica, and the spool directory where the sidecar leaves its notes (beside the
     /// data directory unless the config says otherwise).
     fn replica_and_spool(&self, pgdata: &Path) -> Result<(ReplicaConfig, PathBuf)> {
+        self.replica_spool_ttl(pgdata).map(|(r, s, _)| (r, s))
+    }
+
+    /// `replica_and_spool`, and the lease TTL (the config's, else the default).
+    fn replica_spool_ttl(
+        &self,
+        pgdata: &Path,
+    ) -> Result<(ReplicaConfig, PathBuf, std::time::Duration)> {
         if let Some(url) = &self.replica_url {
             return Ok((
                 self.replica.replica(url)?,
                 config::default_spool_dir(pgdata),
+                crate::storage::lease::DEFAULT_TTL,
             ));
         }
-        let db = self.db(pgdata)?;
-        Ok((db.replica, db.spool_dir))
+        let (db, ttl) = self.db_and_ttl(pgdata)?;
+        Ok((db.replica, db.spool_dir, ttl))
     }
 
     /// The config's entry for this cluster.
     fn db(&self, pgdata: &Path) -> Result<config::DbConfig> {
+        self.db_and_ttl(pgdata).map(|(d, _)| d)
+    }
+
+    /// The config's entry for this cluster, and the config's lease TTL.
+    fn db_and_ttl(&self, pgdata: &Path) -> Result<(config::DbConfig, std::time::Duration)> {
         let path = self
             .config
             .clone()
@@ -87,23 +101,26 @@ impl PgArgs {
             .iter()
             .find(|d| d.path.canonicalize().is_ok_and(|p| p == want))
             .or(if pg.len() == 1 { pg.first() } else { None });
-        matching.cloned().ok_or_else(|| {
-            Error::Config(format!(
-                "{} has no `type: postgres` database with path {} (and no replica URL was \
+        matching
+            .cloned()
+            .map(|d| (d, cfg.lease_ttl))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "{} has no `type: postgres` database with path {} (and no replica URL was \
                  given)",
-                path.display(),
-                pgdata.display()
-            ))
-        })
+                    path.display(),
+                    pgdata.display()
+                ))
+            })
     }
 }
 
 pub async fn push(args: WalPushArgs) -> Result<()> {
     let pgdata = args.pg.pgdata()?;
-    let (rcfg, spool) = args.pg.replica_and_spool(&pgdata)?;
+    let (rcfg, spool, ttl) = args.pg.replica_spool_ttl(&pgdata)?;
     let markers = archive::marker_dir(&spool);
     let open = || Replica::open(&rcfg, false);
-    let outcome = archive::push(open, &pgdata, &args.wal_path, Some(&markers)).await?;
+    let outcome = archive::push(open, &pgdata, &args.wal_path, Some(&markers), ttl).await?;
     tracing::info!(file = %args.wal_path.display(), ?outcome, "archived");
     Ok(())
 }

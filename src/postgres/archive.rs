@@ -233,7 +233,8 @@ fn marker_matches(dir: &Path, name: &str, path: &Path) -> bool {
     n == size && note == marker_line(size, h.finalize())
 }
 
-/// Archive the WAL file at `wal_path` (as `%p`: relative to `pgdata`). With `markers`,
+/// Archive the WAL file at `wal_path` (as `%p`: relative to `pgdata`). With `markers`
+/// (in the spool), the path's cluster and lease are checked (`identity`, `pushlease`), and
 /// a file the sidecar has already archived is answered from its note, without a request;
 /// `open` (the replica) is only called when a request is needed: building a store client
 /// (TLS roots read from disk) costs more CPU than checking a note.
@@ -242,6 +243,7 @@ pub async fn push(
     pgdata: &Path,
     wal_path: &Path,
     markers: Option<&Path>,
+    lease_ttl: std::time::Duration,
 ) -> Result<Pushed> {
     let file_name = wal_path
         .file_name()
@@ -276,6 +278,10 @@ pub async fn push(
         if let Some(s) = spool {
             super::identity::note_checked(s, &replica, &generation);
         }
+    }
+    // One writer per path: the lease, held by this spool's sidecar or taken here.
+    if let Some(s) = spool {
+        super::pushlease::cover(&replica, pgdata, s, &generation, lease_ttl).await?;
     }
     push_bytes(&replica, &generation, &name, &raw).await
 }

@@ -166,6 +166,16 @@ pub async fn check(
     })
 }
 
+/// `check` without writing: a path `cluster.json` names as another cluster's is refused,
+/// before a lease is even asked for (the refusal naming both clusters is the useful one).
+pub async fn refuse_other(replica: &Replica, pgdata: &Path, system_identifier: u64) -> Result<()> {
+    let me = PathCluster::new(system_identifier, pgdata);
+    match read(replica).await? {
+        Some((c, _)) if c.generation != me.generation => Err(refusal(replica, &c.describe(), &me)),
+        _ => Ok(()),
+    }
+}
+
 fn refusal(replica: &Replica, theirs: &str, me: &PathCluster) -> Error {
     Error::Refused(format!(
         "replica {} belongs to another PostgreSQL cluster: {theirs}; this is system \

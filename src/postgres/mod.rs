@@ -7,6 +7,7 @@ pub mod archive;
 pub mod backup;
 pub mod control;
 pub mod identity;
+pub mod pushlease;
 pub mod restore;
 pub mod sidecar;
 pub mod walname;

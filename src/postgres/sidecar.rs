@@ -268,6 +268,9 @@ pub async fn take_path(
     let lock = crate::replicate::lock_spool(&db.spool_dir, settings.wait).await?;
     let sysid = system_identifier(&db.path)?;
     let generation = generation_of(sysid);
+    if !force_new_history {
+        identity::refuse_other(replica, &db.path, sysid).await?;
+    }
     let me = lease::Holder {
         host: crate::replicate::snapshot::hostname(),
         pid: std::process::id(),

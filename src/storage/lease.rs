@@ -31,7 +31,7 @@ pub struct Holder {
 }
 
 impl Holder {
-    fn same_place(&self, o: &Holder) -> bool {
+    pub fn same_place(&self, o: &Holder) -> bool {
         (&self.host, &self.spool) == (&o.host, &o.spool)
     }
 }
@@ -272,12 +272,18 @@ pub async fn renew(
 /// The generation a current lease (renewed within twice its TTL, by the store's clock
 /// as the holder stamped it) says is being written, if it names one.
 pub async fn live_generation(replica: &Replica, now_ms: u64) -> Result<Option<String>> {
+    Ok(read(replica)
+        .await?
+        .filter(|l| now_ms.saturating_sub(l.renewed_ms) <= l.ttl_ms.saturating_mul(2))
+        .and_then(|l| l.holder.generation))
+}
+
+/// The lease as it stands (`None`: no lease, or not one this version reads).
+pub async fn read(replica: &Replica) -> Result<Option<LeaseBody>> {
     Ok(replica
         .get_versioned(LEASE_KEY)
         .await?
-        .and_then(|(b, _)| parse(&b))
-        .filter(|l| now_ms.saturating_sub(l.renewed_ms) <= l.ttl_ms.saturating_mul(2))
-        .and_then(|l| l.holder.generation))
+        .and_then(|(b, _)| parse(&b)))
 }
 
 /// Give the lease up, if it is still ours.

@@ -496,6 +496,41 @@ fn different_database(backend: Backend, dir: &Path) {
     assert_eq!(st.code(), Some(2), "{log}");
     assert!(log.contains(&b.display().to_string()), "{log}");
     newest_equals(&backend, dir, "r5.db", &b);
+    // Restored through the first database's config, the path gives back that database's
+    // history (continued by its restored copy), not the newest generation, b's.
+    let cfg = dir.join("a.yml");
+    let endpoint = backend
+        .flags
+        .get(1)
+        .map_or(String::new(), |e| format!("\n      endpoint: {e}"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - path: {}\n    replica:\n      url: {}{endpoint}\n",
+            a.display(),
+            backend.url
+        ),
+    )
+    .unwrap();
+    let out = dir.join("r6.db");
+    let o = walship(
+        &[
+            "restore",
+            "--config",
+            cfg.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            a.to_str().unwrap(),
+        ],
+        // (the config has the endpoint; the credentials come from the environment)
+        Some(&Backend {
+            flags: vec![],
+            ..backend.clone()
+        }),
+    );
+    assert_success(&o, "restore a's history through its config");
+    assert_eq!(dump(&out), dump(&c), "the configured database's history");
+    assert_ne!(dump(&out), dump(&b));
 }
 
 #[test]
