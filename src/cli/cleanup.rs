@@ -234,7 +234,7 @@ pub async fn run(args: CleanupArgs) -> Result<()> {
             report.list_requests,
             report.delete_requests,
             if report.get_requests > 0 {
-                format!(", {} GET (timeline histories)", report.get_requests)
+                format!(", {} GET", report.get_requests)
             } else {
                 String::new()
             }

@@ -355,6 +355,13 @@ async fn lease_loop(
                 return Ok(());
             }
         }
+        // The lease names the generation written now: cleanup elsewhere keeps it.
+        held.body.holder.generation = state
+            .generation
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|g| g.to_string());
         let why = match lease::renew(&replica, &mut held, now_ms()).await {
             Ok(()) => {
                 renewal("ok");

@@ -24,7 +24,8 @@ pub struct Outcome {
     /// DELETE requests (batches of up to 1,000 keys on S3).
     pub list_requests: u64,
     pub delete_requests: u64,
-    /// GETs: the timeline history files of PostgreSQL clusters (none for SQLite).
+    /// GETs: the lease, and for PostgreSQL clusters `cluster.json` and the timeline
+    /// history files.
     pub get_requests: u64,
 }
 
@@ -51,11 +52,11 @@ pub async fn apply(
         None => replica.list(layout::GENERATIONS).await?,
     };
     let histories = histories(replica, &listing).await?;
-    // A PostgreSQL path names its cluster (`cluster.json`) and its sidecar's lease names
-    // the generation it writes: neither is deleted, whatever the ids' order says.
+    // A current lease names the generation its holder writes, and a PostgreSQL path names
+    // its cluster (`cluster.json`): neither is deleted, whatever the ids' order says.
     let path_live = match live {
-        None if has_pg(&listing) => path_live(replica, now_ms).await?,
-        _ => None,
+        None => path_live(replica, has_pg(&listing), now_ms).await?,
+        Some(_) => None,
     };
     let live = live.or(path_live.as_ref());
     let plan = plan::plan_with(&listing, policy, now_ms, live, &histories).map_err(|reason| {
@@ -145,10 +146,10 @@ fn has_pg(listing: &[Listed]) -> bool {
     })
 }
 
-/// The generation a PostgreSQL path says is live: its `cluster.json`'s, else a current
-/// lease's.
-async fn path_live(replica: &Replica, now_ms: u64) -> Result<Option<GenerationId>> {
-    if let Some((c, _)) = crate::postgres::identity::read(replica).await? {
+/// The generation a path says is live: a PostgreSQL path's `cluster.json`'s, else a
+/// current lease's.
+async fn path_live(replica: &Replica, pg: bool, now_ms: u64) -> Result<Option<GenerationId>> {
+    if pg && let Some((c, _)) = crate::postgres::identity::read(replica).await? {
         return Ok(c.generation_id());
     }
     Ok(crate::storage::lease::live_generation(replica, now_ms)
@@ -181,5 +182,80 @@ mod tests {
         let after = listed(&["generations/x/wal/b", "generations/x/wal/c"]);
         assert_eq!(still_listed(&[&a, &b], &after), vec!["generations/x/wal/b"]);
         assert!(still_listed(&[&a], &after).is_empty());
+    }
+
+    /// `cleanup` (no caller generation) reads the path's lease: the generation its holder
+    /// writes is kept whole, even one that would otherwise go (no snapshot yet, older than
+    /// the live grace, not the newest).
+    #[tokio::test]
+    async fn the_generation_a_current_lease_names_is_kept() {
+        use crate::config::{Location, ReplicaConfig};
+        use crate::storage::layout::{SegmentName, SnapshotName};
+        use crate::storage::lease;
+        let dir = tempfile::tempdir().unwrap();
+        let r = Replica::open(
+            &ReplicaConfig::from_location(Location::File {
+                dir: dir.path().to_path_buf(),
+            }),
+            true,
+        )
+        .unwrap();
+        const H: u64 = 3_600_000;
+        let now = crate::clock::now_ms();
+        let (old, new) = (
+            GenerationId::new(now - 50 * H, 1),
+            GenerationId::new(now - 40 * H, 2),
+        );
+        let put = |k: String| {
+            let p = dir.path().join(k);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"x").unwrap();
+        };
+        put(layout::format_segment(
+            &old,
+            &SegmentName {
+                first_txid: 1,
+                last_txid: 2,
+                first_commit_ms: now - 50 * H,
+                last_commit_ms: now - 50 * H,
+            },
+        ));
+        put(layout::format_snapshot(
+            &new,
+            &SnapshotName {
+                txid: 5,
+                commit_ms: now - 40 * H,
+            },
+        ));
+        put(layout::format_manifest(&new));
+        let policy = Policy::new(std::time::Duration::from_secs(3600));
+        let gone = |o: &Outcome| {
+            o.plan
+                .deletions()
+                .iter()
+                .any(|d| d.key.contains(old.as_str()))
+        };
+        let o = apply(&r, &policy, now, None, true, None).await.unwrap();
+        assert!(gone(&o), "without a lease the old generation goes");
+        let held = lease::acquire(
+            &r,
+            lease::Holder {
+                host: "h".into(),
+                pid: 1,
+                database: "/d/app.db".into(),
+                spool: "/s".into(),
+                generation: Some(old.to_string()),
+            },
+            &lease::Settings {
+                ttl: std::time::Duration::from_secs(30),
+                wait: None,
+            },
+            crate::clock::now_ms,
+        )
+        .await
+        .unwrap();
+        let o = apply(&r, &policy, now, None, true, None).await.unwrap();
+        assert!(!gone(&o), "the lease's generation was planned away");
+        lease::release(&r, &held).await.unwrap();
     }
 }
