@@ -238,6 +238,24 @@ pub trait Health: Send + Sync + 'static {
     fn healthy(&self) -> Result<(), String>;
 }
 
+/// Several engines' health as one: unhealthy when any part is, naming each reason.
+pub struct AllOf(pub Vec<Arc<dyn Health>>);
+
+impl Health for AllOf {
+    fn refresh(&self) {
+        self.0.iter().for_each(|h| h.refresh());
+    }
+
+    fn healthy(&self) -> Result<(), String> {
+        let why: Vec<String> = self.0.iter().filter_map(|h| h.healthy().err()).collect();
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(why.join("; "))
+        }
+    }
+}
+
 /// The `/healthz` rule: unhealthy when any database (label, Unix ms since which it has
 /// been failing, 0 when it is not) has been failing for longer than `limit`; the reason
 /// names each, as "<label>: <what> for <n>s".

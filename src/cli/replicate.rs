@@ -313,6 +313,22 @@ pub async fn run(
             pg_rx.clone(),
         )));
     }
+    // One health view over both engines, and one shutdown: the signal (or a lost lease)
+    // stops the PostgreSQL sidecars at once, beside the SQLite ones, and starts the one
+    // deadline they all share.
+    let health = Arc::new(PgHealth {
+        dbs: pg_states,
+        unhealthy_after: cfg.unhealthy_after,
+    });
+    let signalled = std::sync::Mutex::new(None::<tokio::time::Instant>);
+    let shutdown = async {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = pg_lost.notified() => tracing::error!("shutting down: a replica path's lease was lost"),
+        }
+        *signalled.lock().unwrap() = Some(tokio::time::Instant::now());
+        let _ = pg_stop.send(true);
+    };
     let outcome = if sqlite.is_empty() {
         if pg_tasks.is_empty() {
             return Err(Error::Config(
@@ -321,24 +337,22 @@ pub async fn run(
         }
         let (http_stop, http_rx) = tokio::sync::watch::channel(false);
         if let Some(listener) = listener {
-            let health = Arc::new(PgHealth {
-                dbs: pg_states,
-                unhealthy_after: cfg.unhealthy_after,
-            });
             crate::metrics::spawn_endpoint(listener, metrics.clone(), health, http_rx);
         }
-        tokio::select! {
-            _ = shutdown => {}
-            _ = pg_lost.notified() => tracing::error!("shutting down: a replica path's lease was lost"),
-        }
+        shutdown.await;
         let _ = http_stop.send(true);
         None
     } else {
         cfg.dbs = sqlite;
-        Some(crate::replicate::run(cfg.clone(), metrics, listener, shutdown).await?)
+        let extra = (!pg_tasks.is_empty()).then_some(health as Arc<dyn crate::metrics::Health>);
+        Some(crate::replicate::run(cfg.clone(), metrics, listener, extra, shutdown).await?)
     };
     let _ = pg_stop.send(true);
-    let deadline = tokio::time::sleep(cfg.shutdown_timeout);
+    let since = signalled
+        .lock()
+        .unwrap()
+        .unwrap_or_else(tokio::time::Instant::now);
+    let deadline = tokio::time::sleep_until(since + cfg.shutdown_timeout);
     tokio::pin!(deadline);
     for t in pg_tasks {
         tokio::select! {
@@ -351,9 +365,9 @@ pub async fn run(
     }
     // Shipped what it could: the paths are given up for the next holder.
     let mut lost_why = Vec::new();
+    let until = (since + cfg.shutdown_timeout).into_std();
     for (stop, task) in pg_leases {
-        stop.notify_one();
-        if let Ok(Err(why)) = task.await {
+        if let Some(Err(why)) = crate::replicate::end_lease_task(stop, task, until).await {
             lost_why.push(why);
         }
     }

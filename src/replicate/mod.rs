@@ -205,6 +205,7 @@ pub async fn run(
     cfg: Config,
     metrics: Arc<Metrics>,
     listener: Option<tokio::net::TcpListener>,
+    other_health: Option<Arc<dyn Health>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<Outcome> {
     let opened = preflight(&cfg).await?;
@@ -262,11 +263,16 @@ pub async fn run(
     }
     let (http_stop, http_rx) = tokio::sync::watch::channel(false);
     if let Some(listener) = listener {
-        let health = Arc::new(HealthView {
+        let mine: Arc<dyn Health> = Arc::new(HealthView {
             dbs: running.iter().map(|r| r.state.clone()).collect(),
             unhealthy_after: cfg.unhealthy_after,
             progress: running.iter().map(|_| Default::default()).collect(),
         });
+        // A config with PostgreSQL clusters too: one view, unhealthy when either is.
+        let health = match other_health {
+            Some(o) => Arc::new(crate::metrics::AllOf(vec![mine, o])),
+            None => mine,
+        };
         crate::metrics::spawn_endpoint(listener, metrics.clone(), health, http_rx);
     }
     tokio::select! {
@@ -289,8 +295,7 @@ pub async fn run(
     // Everything is shipped (or left in the spool): give the paths up for the next holder.
     let mut lost_why = Vec::new();
     for l in leases {
-        l.stop.notify_one();
-        if let Ok(Err(why)) = l.task.await {
+        if let Some(Err(why)) = end_lease_task(l.stop, l.task, deadline).await {
             lost_why.push(why);
         }
     }
@@ -305,6 +310,32 @@ pub async fn run(
         left_behind: left,
         incomplete,
     })
+}
+
+/// Stop a lease task (it releases the lease) and wait for it until `deadline`, but at
+/// least a moment: a stalled store must not stretch shutdown past `shutdown-timeout` (a
+/// lease not released expires by itself). `None`: given up on.
+pub(crate) async fn end_lease_task(
+    stop: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<std::result::Result<(), String>>,
+    deadline: Instant,
+) -> Option<std::result::Result<(), String>> {
+    stop.notify_one();
+    let wait = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_millis(100));
+    let abort = task.abort_handle();
+    match tokio::time::timeout(wait, task).await {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(_)) => None,
+        Err(_) => {
+            abort.abort();
+            tracing::warn!(
+                "the lease was not released before the shutdown deadline; it expires by itself"
+            );
+            None
+        }
+    }
 }
 
 /// The path as the lease names it: absolute, so that the same place is the same name.

@@ -80,11 +80,25 @@ pub async fn run(
                 Job::Snapshot(s) => s.upload(&replica).await,
             }
         };
-        // A lost lease stops an upload in flight: a multipart snapshot dropped unfinished
-        // leaves nothing visible.
+        // A lost lease, or the shutdown deadline, stops an upload in flight (a store that
+        // stalls must not hold shutdown for the request timeout): a multipart snapshot
+        // dropped unfinished leaves nothing visible, and the job stays in the spool.
+        let deadline_passes = async {
+            loop {
+                let d = *stop.borrow();
+                if let Some(d) = d {
+                    tokio::time::sleep_until(d.into()).await;
+                    return;
+                }
+                if stop.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
         let result = tokio::select! {
             r = upload => r,
             _ = state.lease_lost.notified() => return state.queue_len(),
+            _ = deadline_passes => return state.queue_len(),
         };
         match result {
             Ok(bytes) => {

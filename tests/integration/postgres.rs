@@ -1838,3 +1838,104 @@ fn pg_sidecar_killed_mid_upload_resumes_at_once() {
     let key = format!("generations/{}/pgwal/{seg}", generation_of_cluster(&pg).1);
     assert!(list_objects(&b).contains_key(&key), "{key} not archived");
 }
+
+/// One sidecar for a SQLite database and a PostgreSQL cluster (one config): `/healthz`
+/// covers both engines (503 once the cluster's replica is down, though SQLite's is fine),
+/// and SIGTERM with both replicas stalled exits within one `shutdown-timeout`, not one per
+/// engine.
+#[test]
+fn one_sidecar_for_both_engines() {
+    let Some(mut pg) = Pg::init("one_sidecar_for_both_engines") else {
+        return;
+    };
+    let (Some(s3_sqlite), Some(mut s3_pg)) = (
+        PrivateS3::start("one_sidecar_for_both_engines"),
+        PrivateS3::start("one_sidecar_for_both_engines"),
+    ) else {
+        return;
+    };
+    let (b_sqlite, b_pg) = (s3_sqlite.backend("lite"), s3_pg.backend("pg"));
+    // Only the sidecar archives: the archiver's command fails.
+    pg.start(
+        &[
+            ("archive_mode", "on".into()),
+            ("archive_command", "false".into()),
+            ("wal_level", "replica".into()),
+        ],
+        &b_pg.env,
+    );
+    let db = pg.root.join("app.db");
+    create_db(&db);
+    chown_to_postgres(&db);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let cfg = pg.root.join("both.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "addr: {addr}\nunhealthy-after: 3s\nshutdown-timeout: 4s\ndbs:\n  - path: {}\n    replica:\n      url: {}\n      endpoint: {}\n  - path: {}\n    type: postgres\n    replica:\n      url: {}\n      endpoint: {}\n",
+            db.display(),
+            b_sqlite.url,
+            s3_sqlite.endpoint,
+            pg.pgdata.display(),
+            b_pg.url,
+            s3_pg.endpoint,
+        ),
+    )
+    .unwrap();
+    chown_to_postgres(&cfg);
+    let log = pg.root.join("both.log");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut sc = start_sidecar(&pg, &b_pg, &cfg, &log, &[]);
+    let up = wait_for(Duration::from_secs(30), Duration::from_millis(200), || {
+        std::net::TcpStream::connect(&addr).is_ok()
+            && crate::sqlite_core::http_get(&addr, "/healthz").starts_with("HTTP/1.1 200")
+    });
+    assert!(up, "{}", text());
+    // The cluster's replica goes away: unhealthy, naming the cluster.
+    s3_pg.stop();
+    pg.psql("CREATE TABLE t(id serial PRIMARY KEY, v text)");
+    insert_batch(&pg, 1);
+    pg.psql("SELECT pg_switch_wal()");
+    let pgdata = pg.pgdata.display().to_string();
+    let unhealthy = wait_for(Duration::from_secs(90), Duration::from_millis(500), || {
+        let h = crate::sqlite_core::http_get(&addr, "/healthz");
+        h.starts_with("HTTP/1.1 503") && h.contains(&pgdata)
+    });
+    assert!(
+        unhealthy,
+        "{}\n{}",
+        crate::sqlite_core::http_get(&addr, "/healthz"),
+        text()
+    );
+    // Both replicas stalled, both engines with something to ship: one deadline.
+    s3_sqlite.pause();
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c.execute(
+        "INSERT INTO items(k, v, n) VALUES ('late', randomblob(200), 1)",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = Instant::now();
+    let status = sc.terminate();
+    let took = t.elapsed();
+    s3_sqlite.resume_paused();
+    eprintln!("both engines stalled: exited {status} {took:?} after SIGTERM");
+    assert!(
+        !status.success(),
+        "unshipped commits, yet exit 0:\n{}",
+        text()
+    );
+    assert!(
+        took < Duration::from_millis(6500),
+        "shutdown took {took:?} with a 4 s shutdown-timeout:\n{}",
+        text()
+    );
+    assert!(
+        text().contains("before the shutdown deadline"),
+        "{}",
+        text()
+    );
+}
