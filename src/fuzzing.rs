@@ -154,7 +154,7 @@ pub fn names(data: &[u8]) {
         if let Some(g) = GenerationId::parse(line) {
             let _ = crate::clock::rfc3339(g.created_ms());
         }
-        if let Some(w) = crate::postgres::walname::WalFile::parse(line) {
+        if let Some(w) = crate::pgformat::walname::WalFile::parse(line) {
             let _ = w.timeline();
         }
     }
@@ -196,7 +196,7 @@ pub fn config(data: &[u8]) {
 /// and with the first page header made to agree with the input's length and address, so
 /// the walk itself is reached.
 pub fn pg_records(data: &[u8]) {
-    use crate::postgres::walrecords::last_xact_end;
+    use crate::pgformat::walrecords::last_xact_end;
     let log = u64_at(data, 8);
     let _ = last_xact_end(data, (log >> 32) as u32, log as u32);
     if data.len() >= 40 {
@@ -210,10 +210,10 @@ pub fn pg_records(data: &[u8]) {
 
 /// Archived PostgreSQL objects: a WAL segment's container and a base backup's manifest.
 pub fn pg_objects(data: &[u8]) {
-    use crate::postgres::walname::WalFile;
+    use crate::pgformat::walname::WalFile;
     for name in ["000000010000000000000001", "00000002.history"] {
         if let Some(w) = WalFile::parse(name) {
-            let _ = crate::postgres::archive::decode(&w, data);
+            let _ = crate::format::pgwal::decode(&w, data);
         }
     }
     let _ = serde_json::from_slice::<crate::postgres::backup::BackupManifest>(data);

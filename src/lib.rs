@@ -1,6 +1,9 @@
-//! walship: continuous replication of SQLite databases to object storage, and restore.
-//! Data flows one way: `cli -> {replicate, restore} -> {sqlite, format, storage} -> error`.
+//! walship: continuous replication of SQLite databases and PostgreSQL clusters to object
+//! storage, and restore. Layers, top to bottom (checked by `layering`):
+//! `cli -> {replicate, postgres} -> {retention, restore} -> catalog -> {format, storage}
+//! -> {sqlite, pgformat} -> error`.
 
+pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -8,7 +11,11 @@ pub mod error;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
+pub mod pgformat;
+pub mod policy;
 pub mod postgres;
 pub mod replicate;
 pub mod restore;

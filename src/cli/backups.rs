@@ -4,8 +4,8 @@
 
 use super::{ReplicaFlags, open_source, print_json};
 use crate::error::{Error, Result};
+use crate::pgformat::walname::WalFile;
 use crate::postgres::backup::BackupManifest;
-use crate::postgres::walname::WalFile;
 use crate::restore::when::format_ms;
 use crate::storage::Replica;
 use crate::storage::layout::{self, BackupFile, ObjectName};

@@ -201,7 +201,7 @@ fn single(db: &Path, replica: config::ReplicaConfig) -> Config {
         unhealthy_after: config::DEFAULT_UNHEALTHY_AFTER,
         shutdown_timeout: config::DEFAULT_SHUTDOWN_TIMEOUT,
         lease_wait: None,
-        lease_ttl: crate::storage::lease::DEFAULT_TTL,
+        lease_ttl: crate::config::DEFAULT_LEASE_TTL,
         force_new_history: false,
         log_json: false,
         log_level: None,

@@ -70,7 +70,7 @@ impl PgArgs {
             return Ok((
                 self.replica.replica(url)?,
                 config::default_spool_dir(pgdata),
-                crate::storage::lease::DEFAULT_TTL,
+                crate::config::DEFAULT_LEASE_TTL,
             ));
         }
         let (db, ttl) = self.db_and_ttl(pgdata)?;
@@ -214,7 +214,7 @@ async fn which_cluster(
     {
         return Ok(Some(crate::postgres::control::generation_of(id)));
     }
-    Ok(crate::postgres::identity::read(replica)
+    Ok(crate::catalog::read_cluster(replica)
         .await?
         .and_then(|(c, _)| c.generation_id()))
 }

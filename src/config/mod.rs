@@ -27,6 +27,8 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_UNHEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// Kubernetes gives 30 s by default between SIGTERM and SIGKILL; leave a margin.
+/// A replica path's lease lives this long after its holder's last renewal (docs/LEASE.md).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(25);
 
 // ---------------------------------------------------------------- raw (as written)
@@ -117,7 +119,7 @@ pub struct RawReplica {
     pub retention: Option<String>,
     #[serde(default, deserialize_with = "number_or_text")]
     pub retention_check_interval: Option<String>,
-    pub retention_tiers: Option<crate::retention::Tiers>,
+    pub retention_tiers: Option<crate::policy::Tiers>,
     #[serde(default, deserialize_with = "number_or_text")]
     pub validation_interval: Option<String>,
 }
@@ -166,7 +168,7 @@ pub struct DbConfig {
     /// Keep point-in-time restore this far back (`None`: keep everything).
     pub retention: Option<Duration>,
     pub retention_check_interval: Duration,
-    pub retention_tiers: crate::retention::Tiers,
+    pub retention_tiers: crate::policy::Tiers,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -483,7 +485,7 @@ fn resolve(raw: RawConfig) -> Result<Config> {
         },
         lease_ttl: match &raw.lease_ttl {
             Some(s) => parse_lease_ttl("lease-ttl", s)?,
-            None => crate::storage::lease::DEFAULT_TTL,
+            None => DEFAULT_LEASE_TTL,
         },
         force_new_history: false,
         log_json: raw

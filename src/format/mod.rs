@@ -1,9 +1,10 @@
-//! Object formats: the checked, compressed container and the two things stored in it,
-//! WAL segments and snapshots. Pure byte transformations; docs/FORMAT.md is the spec.
+//! Object formats: the checked, compressed container and what is stored in it: SQLite WAL
+//! segments and snapshots, PostgreSQL WAL files. Pure byte transformations; docs/FORMAT.md is the spec.
 
 pub mod container;
 pub mod journal;
 pub mod manifest;
+pub mod pgwal;
 pub mod segment;
 pub mod snapshot;
 

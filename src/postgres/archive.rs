@@ -4,49 +4,13 @@
 //! archived is success, different content is an error.
 
 use super::control::{generation_of, system_identifier};
-use super::walname::WalFile;
 use crate::error::{Error, Result, StoreErrorKind};
-use crate::format::container::{self, Writer};
+use crate::format::pgwal::{decode, encode};
+use crate::pgformat::walname::WalFile;
 use crate::storage::layout::{self, GenerationId};
 use crate::storage::{PutOutcome, Replica};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
-
-pub const MAGIC: &[u8; 4] = b"WPGW";
-const CHUNK_RAW: usize = 1 << 20;
-
-/// The object for WAL file `name` holding `raw`; the header carries the name so a
-/// misplaced object is caught on fetch.
-pub fn encode(name: &WalFile, raw: &[u8]) -> Vec<u8> {
-    let n = name.to_string();
-    let mut fields = Vec::with_capacity(2 + n.len());
-    fields.extend_from_slice(&(n.len() as u16).to_be_bytes());
-    fields.extend_from_slice(n.as_bytes());
-    let mut out = Vec::with_capacity(raw.len() / 4 + 64);
-    let mut w = Writer::new(MAGIC, &fields, &mut out);
-    for c in raw.chunks(CHUNK_RAW) {
-        w.sparse_chunk(c, &mut out);
-    }
-    w.finish(&mut out);
-    out
-}
-
-/// The WAL file's bytes, every checksum verified and the name checked.
-pub fn decode(name: &WalFile, obj: &[u8]) -> Result<Vec<u8>, String> {
-    let (header, raw) = container::decode_all(obj, MAGIC)?;
-    let f = &header.fields;
-    let len = f
-        .get(..2)
-        .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize);
-    let stored = len.and_then(|l| f.get(2..2 + l));
-    if stored != Some(name.to_string().as_bytes()) {
-        return Err(format!(
-            "holds {:?}, not {name}",
-            String::from_utf8_lossy(stored.unwrap_or(b"?"))
-        ));
-    }
-    Ok(raw)
-}
 
 fn wal_name(s: &str) -> Result<WalFile> {
     WalFile::parse(s).ok_or_else(|| {
@@ -88,20 +52,6 @@ fn marker_text(raw: &[u8]) -> String {
 
 fn marker_line(size: u64, crc: u32) -> String {
     format!("{size} {crc:08x}\n")
-}
-
-/// Timeline `timeline`'s history file from the replica, parsed: each ancestor timeline and
-/// where the history left it.
-pub async fn read_history(
-    replica: &Replica,
-    generation: &GenerationId,
-    timeline: u32,
-) -> Result<Vec<(u32, u64)>> {
-    let f = WalFile::History { timeline };
-    let key = layout::format_pg_wal(generation, &f);
-    let raw = decode(&f, &replica.get(&key).await?).map_err(|r| Error::corrupt(&key, r))?;
-    crate::retention::pgplan::parse_history(&String::from_utf8_lossy(&raw))
-        .map_err(|r| Error::corrupt(&key, r))
 }
 
 /// Where a claim's owner holds no lock the filesystem can report (no `flock` there), a

@@ -57,11 +57,7 @@ pub struct BackupManifest {
     pub bytes: u64,
 }
 
-/// `X/Y` (pg_lsn's text form) as a 64-bit position.
-pub fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
+use crate::pgformat::lsn::parse_lsn;
 
 /// Connection settings: a URL, or the standard PG* variables (libpq's defaults otherwise).
 pub fn connection(url: Option<&str>) -> Result<tokio_postgres::Config> {

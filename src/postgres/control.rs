@@ -1,7 +1,8 @@
-//! Reading `global/pg_control`: the cluster's system identifier, which names its
-//! generation. Only the fixed prefix of `ControlFileData` is read.
+//! The cluster's system identifier, read from `global/pg_control` (parsed by
+//! `pgformat::control`), and the generation it names.
 
 use crate::error::{Error, Result};
+use crate::pgformat::control::parse_system_identifier;
 use crate::storage::layout::GenerationId;
 use std::path::Path;
 
@@ -20,23 +21,6 @@ pub fn system_identifier(pgdata: &Path) -> Result<u64> {
         path: path.clone(),
         reason,
     })
-}
-
-/// `system_identifier` (u64) then `pg_control_version` (u32), in the server's byte order.
-pub fn parse_system_identifier(b: &[u8]) -> Result<u64, String> {
-    if b.len() < 12 {
-        return Err("too short to be pg_control".into());
-    }
-    let id = u64::from_le_bytes(b[..8].try_into().unwrap());
-    let version = u32::from_le_bytes(b[8..12].try_into().unwrap());
-    // 1300 is PostgreSQL 13-16's control file version; accept the plausible range only,
-    // so that a file from elsewhere (or big-endian) is not taken for a cluster.
-    if !(900..=2000).contains(&version) {
-        return Err(format!(
-            "pg_control_version {version} is not one walship knows: not a pg_control file?"
-        ));
-    }
-    Ok(id)
 }
 
 /// The generation of a cluster: its system identifier rewritten as a generation id,

@@ -1,106 +1,36 @@
 //! Which PostgreSQL cluster a replica path belongs to: the object `cluster.json` at the
-//! path's root names it (system identifier, generation, data directory, host), written
+//! path's root (`catalog::PathCluster`) names it (system identifier, generation, data directory, host), written
 //! once by the first cluster to archive there. Every writer checks it before writing, and
 //! a different cluster is refused, naming both; `--force-new-history` hands the path over.
 //! Never deletes anything, and knows nothing of WAL contents (docs/POSTGRES.md,
 //! "One cluster per path").
 
 use super::control::generation_of;
+use crate::catalog::{CLUSTER_KEY, PathCluster, newest_writer, read_cluster as read};
 use crate::error::{Error, Result};
-use crate::storage::layout::{self, GenerationId, ObjectName};
+use crate::storage::layout::{self, GenerationId};
 use crate::storage::{Replica, Swap};
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-pub const CLUSTER_KEY: &str = "cluster.json";
 /// How long a `wal-push` trusts the spool's note that the path was found to be this
 /// cluster's: a GET every few minutes instead of one per WAL file.
 const CHECKED_FOR: Duration = Duration::from_secs(300);
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PathCluster {
-    pub format: u32,
-    /// Decimal, as `pg_controldata` prints it.
-    pub system_identifier: String,
-    pub generation: String,
-    pub pgdata: String,
-    pub host: String,
-    pub since_ms: u64,
-}
-
-impl PathCluster {
-    pub fn new(system_identifier: u64, pgdata: &Path) -> PathCluster {
-        PathCluster {
-            format: 1,
-            system_identifier: system_identifier.to_string(),
-            generation: generation_of(system_identifier).to_string(),
-            pgdata: pgdata
-                .canonicalize()
-                .unwrap_or_else(|_| pgdata.to_path_buf())
-                .display()
-                .to_string(),
-            host: crate::replicate::snapshot::hostname(),
-            since_ms: crate::clock::now_ms(),
-        }
+/// This cluster's record, as it would be written.
+pub fn record(system_identifier: u64, pgdata: &Path) -> PathCluster {
+    PathCluster {
+        format: 1,
+        system_identifier: system_identifier.to_string(),
+        generation: generation_of(system_identifier).to_string(),
+        pgdata: pgdata
+            .canonicalize()
+            .unwrap_or_else(|_| pgdata.to_path_buf())
+            .display()
+            .to_string(),
+        host: crate::replicate::snapshot::hostname(),
+        since_ms: crate::clock::now_ms(),
     }
-
-    pub fn generation_id(&self) -> Option<GenerationId> {
-        GenerationId::parse(&self.generation)
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "system identifier {} (generation {}, data directory {} on host {}, since {})",
-            self.system_identifier,
-            self.generation,
-            self.pgdata,
-            self.host,
-            crate::clock::rfc3339(self.since_ms)
-        )
-    }
-}
-
-/// Parse `cluster.json`; `None` for anything this version does not read.
-pub fn parse(b: &[u8]) -> Option<PathCluster> {
-    serde_json::from_slice::<PathCluster>(b)
-        .ok()
-        .filter(|c| c.format == 1 && c.generation_id().is_some())
-}
-
-/// The path's cluster as `cluster.json` names it (`None`: no such object), with its
-/// version. Junk is refused by name, never overwritten.
-pub async fn read(replica: &Replica) -> Result<Option<(PathCluster, String)>> {
-    match replica.get_versioned(CLUSTER_KEY).await? {
-        None => Ok(None),
-        Some((b, v)) => match parse(&b) {
-            Some(c) => Ok(Some((c, v))),
-            None => Err(Error::Refused(format!(
-                "replica {}: {CLUSTER_KEY} is not a cluster record this walship reads; \
-                 remove it only if you know which cluster this path belongs to",
-                replica.url()
-            ))),
-        },
-    }
-}
-
-/// For a path written before `cluster.json` existed: the cluster whose newest object is
-/// the newest (the one still archiving), or `None` for a path without PostgreSQL objects.
-pub fn newest_writer(listing: &[crate::storage::Listed]) -> Option<GenerationId> {
-    let mut newest: BTreeMap<GenerationId, u64> = BTreeMap::new();
-    for o in listing {
-        if let Some(ObjectName::PgWal(g, _) | ObjectName::PgBackup(g, _, _)) =
-            layout::parse_object(&o.name)
-        {
-            let e = newest.entry(g).or_default();
-            *e = (*e).max(o.modified_ms);
-        }
-    }
-    newest
-        .into_iter()
-        .max_by_key(|(g, ms)| (*ms, g.clone()))
-        .map(|(g, _)| g)
 }
 
 /// Make sure the path is this cluster's before anything of it is written: `cluster.json`
@@ -113,7 +43,7 @@ pub async fn check(
     system_identifier: u64,
     force: bool,
 ) -> Result<PathCluster> {
-    let me = PathCluster::new(system_identifier, pgdata);
+    let me = record(system_identifier, pgdata);
     for _ in 0..3 {
         let (current, version) = match read(replica).await? {
             Some((c, v)) => (Some(c), Some(v)),
@@ -169,7 +99,7 @@ pub async fn check(
 /// `check` without writing: a path `cluster.json` names as another cluster's is refused,
 /// before a lease is even asked for (the refusal naming both clusters is the useful one).
 pub async fn refuse_other(replica: &Replica, pgdata: &Path, system_identifier: u64) -> Result<()> {
-    let me = PathCluster::new(system_identifier, pgdata);
+    let me = record(system_identifier, pgdata);
     match read(replica).await? {
         Some((c, _)) if c.generation != me.generation => Err(refusal(replica, &c.describe(), &me)),
         _ => Ok(()),

@@ -10,5 +10,3 @@ pub mod identity;
 pub mod pushlease;
 pub mod restore;
 pub mod sidecar;
-pub mod walname;
-pub mod walrecords;

@@ -4,10 +4,10 @@
 //! the target and renamed into place, so a crash leaves no half-restored data directory.
 
 use super::backup::BackupManifest;
-use super::walname::WalFile;
-use super::walrecords::LastXact;
 use crate::error::{Error, Result};
 use crate::format::container;
+use crate::pgformat::walname::WalFile;
+use crate::pgformat::walrecords::LastXact;
 use crate::storage::Replica;
 use crate::storage::layout::{self, BackupFile, BackupName, GenerationId, ObjectName};
 use std::collections::BTreeMap;
@@ -279,7 +279,7 @@ async fn on_latest_timeline(
         .and_then(|t| t.iter().max().copied())
         .unwrap_or(1);
     let ancestry = if latest > 1 {
-        super::archive::read_history(replica, generation, latest).await?
+        crate::catalog::read_history(replica, generation, latest).await?
     } else {
         Vec::new()
     };
@@ -293,7 +293,7 @@ async fn on_latest_timeline(
         let mkey = format!("{}/manifest.json", layout::format_backup_dir(generation, b));
         let m: BackupManifest = serde_json::from_slice(&replica.get(&mkey).await?)
             .map_err(|e| Error::corrupt(&mkey, e.to_string()))?;
-        let stop = super::backup::parse_lsn(&m.stop_lsn)
+        let stop = crate::pgformat::lsn::parse_lsn(&m.stop_lsn)
             .ok_or_else(|| Error::corrupt(&mkey, format!("stop LSN {:?}", m.stop_lsn)))?;
         if on_lineage(m.timeline, stop, latest, &ancestry) {
             if !skipped.is_empty() {
@@ -536,7 +536,7 @@ async fn check_wal(
         .max()
         .unwrap_or(1);
     let ancestry = if latest > first.timeline() {
-        super::archive::read_history(replica, generation, latest).await?
+        crate::catalog::read_history(replica, generation, latest).await?
     } else {
         Vec::new()
     };
@@ -557,7 +557,7 @@ async fn check_wal(
             r => r?,
         };
         let n = obj.len() as u64;
-        let raw = tokio::task::spawn_blocking(move || super::archive::decode(&f, &obj))
+        let raw = tokio::task::spawn_blocking(move || crate::format::pgwal::decode(&f, &obj))
             .await
             .expect("decode task")
             .map_err(|r| Error::corrupt(&key, r))?;
@@ -661,7 +661,7 @@ async fn check_wal(
         checked.last = f.to_string();
         prev = *f;
         if let (Some(t), WalFile::Segment { log, seg, .. }) = (target_ms, *f)
-            && let LastXact::At(ms) = super::walrecords::last_xact_end(&raw, log, seg)
+            && let LastXact::At(ms) = crate::pgformat::walrecords::last_xact_end(&raw, log, seg)
             && ms >= t
         {
             break; // recovery stops in this segment
@@ -699,12 +699,12 @@ pub async fn last_archived_xact_ms(
         .take(LAST_XACT_SEGMENTS)
     {
         let key = layout::format_pg_wal(generation, f);
-        let raw = super::archive::decode(f, &replica.get(&key).await?)
+        let raw = crate::format::pgwal::decode(f, &replica.get(&key).await?)
             .map_err(|r| Error::corrupt(&key, r))?;
         let WalFile::Segment { log, seg, .. } = *f else {
             continue;
         };
-        let found = super::walrecords::last_xact_end(&raw, log, seg);
+        let found = crate::pgformat::walrecords::last_xact_end(&raw, log, seg);
         tracing::debug!(file = %f, ?found, "last transaction end");
         match found {
             LastXact::At(ms) => return Ok(Some(ms)),

@@ -5,7 +5,7 @@ pub mod pgplan;
 pub mod plan;
 
 use crate::error::{Error, Result};
-use crate::postgres::walname::WalFile;
+use crate::pgformat::walname::WalFile;
 use crate::storage::layout::{self, GenerationId};
 use crate::storage::{Listed, Replica};
 pub use plan::{Policy, RetentionPlan, Tiers};
@@ -121,7 +121,7 @@ async fn histories(replica: &Replica, listing: &[Listed]) -> Result<pgplan::Hist
     let parsed = futures::future::try_join_all(
         wanted
             .iter()
-            .map(|(g, t)| crate::postgres::archive::read_history(replica, g, *t)),
+            .map(|(g, t)| crate::catalog::read_history(replica, g, *t)),
     )
     .await?;
     Ok(wanted.into_iter().zip(parsed).collect())
@@ -149,7 +149,7 @@ fn has_pg(listing: &[Listed]) -> bool {
 /// The generation a path says is live: a PostgreSQL path's `cluster.json`'s, else a
 /// current lease's.
 async fn path_live(replica: &Replica, pg: bool, now_ms: u64) -> Result<Option<GenerationId>> {
-    if pg && let Some((c, _)) = crate::postgres::identity::read(replica).await? {
+    if pg && let Some((c, _)) = crate::catalog::read_cluster(replica).await? {
         return Ok(c.generation_id());
     }
     Ok(crate::storage::lease::live_generation(replica, now_ms)

@@ -18,7 +18,7 @@
 //!   newer ones are kept whole.
 
 use super::plan::{Action, Doomed, GenerationPlan, Phase, Policy, tier_rescue};
-use crate::postgres::walname::WalFile;
+use crate::pgformat::walname::WalFile;
 use crate::storage::Listed;
 use crate::storage::layout::{self, BackupFile, BackupName, GenerationId, ObjectName};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -26,29 +26,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// Parsed timeline history files: for (generation, timeline), each ancestor timeline and
 /// the position where the history switched away from it.
 pub type Histories = HashMap<(GenerationId, u32), Vec<(u32, u64)>>;
-
-/// A timeline history file's lines (`<parent tli>\t<switch lsn>\t<reason>`); comments and
-/// blank lines skipped.
-pub fn parse_history(text: &str) -> Result<Vec<(u32, u64)>, String> {
-    let mut out = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut f = line.split_whitespace();
-        let tli = f.next().and_then(|t| t.parse().ok());
-        let lsn = f.next().and_then(crate::postgres::backup::parse_lsn);
-        match (tli, lsn) {
-            (Some(t), Some(l)) => out.push((t, l)),
-            _ => {
-                return Err(format!(
-                    "history line {line:?} is not `<timeline> <lsn> ...`"
-                ));
-            }
-        }
-    }
-    Ok(out)
-}
 
 struct Obj {
     key: String,
@@ -570,16 +547,6 @@ mod tests {
         l.extend(backup(id, 1, 10, 30 * H, true));
         l.extend(backup(id, 1, 20, 50 * H, true));
         l
-    }
-
-    #[test]
-    fn history_files_parse() {
-        let h = "1\t0/3000000\tno recovery target specified\n\n# c\n2\t1/A0\tbefore 2026-11-21\n";
-        assert_eq!(
-            parse_history(h).unwrap(),
-            vec![(1, 0x300_0000), (2, (1 << 32) | 0xA0)]
-        );
-        assert!(parse_history("x y").unwrap_err().contains("x y"));
     }
 
     #[test]

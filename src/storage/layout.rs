@@ -73,7 +73,7 @@ pub enum ObjectName {
     Snapshot(GenerationId, SnapshotName),
     Segment(GenerationId, SegmentName),
     /// A PostgreSQL WAL file (segment, history, partial, backup label) of a cluster.
-    PgWal(GenerationId, crate::postgres::walname::WalFile),
+    PgWal(GenerationId, crate::pgformat::walname::WalFile),
     /// A file of a PostgreSQL base backup.
     PgBackup(GenerationId, BackupName, BackupFile),
 }
@@ -127,7 +127,7 @@ pub fn format_pg_backups_dir(g: &GenerationId) -> String {
     format!("{GENERATIONS}/{g}/basebackups")
 }
 
-pub fn format_pg_wal(g: &GenerationId, f: &crate::postgres::walname::WalFile) -> String {
+pub fn format_pg_wal(g: &GenerationId, f: &crate::pgformat::walname::WalFile) -> String {
     format!("{GENERATIONS}/{g}/pgwal/{f}")
 }
 
@@ -195,7 +195,7 @@ pub fn parse_object(rel: &str) -> Option<ObjectName> {
     if let Some(file) = rest.strip_prefix("pgwal/") {
         return Some(ObjectName::PgWal(
             g,
-            crate::postgres::walname::WalFile::parse(file)?,
+            crate::pgformat::walname::WalFile::parse(file)?,
         ));
     }
     if let Some(file) = rest.strip_prefix("wal/") {
@@ -273,7 +273,7 @@ mod tests {
     #[test]
     fn pg_wal_round_trip() {
         let g = GenerationId::new(5, 6);
-        let f = crate::postgres::walname::WalFile::parse("00000002.history").unwrap();
+        let f = crate::pgformat::walname::WalFile::parse("00000002.history").unwrap();
         assert_eq!(
             parse_object(&format_pg_wal(&g, &f)),
             Some(ObjectName::PgWal(g, f))

@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
 pub const LEASE_KEY: &str = "lease.json";
-pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// On a store that ignores conditional writes, how long a lease write is left to settle
 /// before it is read back: a second writer's write within it is seen.
 const SETTLE: Duration = Duration::from_millis(500);
