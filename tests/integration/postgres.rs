@@ -1769,6 +1769,21 @@ fn two_clusters_on_one_path_s3() {
     two_clusters_on_one_path(pg, &b);
 }
 
+/// The same on a store that ignores conditional writes (Garage): `cluster.json` is
+/// written with walship's check-write-read-back fallback.
+#[test]
+fn two_clusters_on_one_path_s3_without_conditional_writes() {
+    let Some(pg) = Pg::init("two_clusters_on_one_path_s3_without_conditional_writes") else {
+        return;
+    };
+    let Some(mut b) = Backend::s3("two_clusters_garage") else {
+        return;
+    };
+    b.env
+        .push(("WALSHIP_ASSUME_NO_CONDITIONAL_WRITES".into(), "1".into()));
+    two_clusters_on_one_path(pg, &b);
+}
+
 /// A sidecar SIGKILLed while it uploads a segment (the store stopped mid-request) leaves
 /// its claim; restarted, it takes the claim over at once (the dead owner holds no lock)
 /// and archives the segment, instead of waiting 30 s for the claim to go stale.
