@@ -74,7 +74,12 @@ fn edges() -> BTreeMap<String, BTreeSet<String>> {
                 stack.push(p);
                 continue;
             }
-            if p.extension().is_none_or(|x| x != "rs") {
+            // Test-only modules (`mod tests;`, fixtures) are not layers.
+            let file = p.file_name().unwrap().to_string_lossy();
+            if p.extension().is_none_or(|x| x != "rs")
+                || file == "tests.rs"
+                || file == "fixtures.rs"
+            {
                 continue;
             }
             let rel = p
