@@ -367,7 +367,7 @@ pub async fn run(
     let mut lost_why = Vec::new();
     let until = (since + cfg.shutdown_timeout).into_std();
     for (stop, task) in pg_leases {
-        if let Some(Err(why)) = crate::replicate::end_lease_task(stop, task, until).await {
+        if let Some(Err(why)) = crate::replicate::holding::end_lease_task(stop, task, until).await {
             lost_why.push(why);
         }
     }

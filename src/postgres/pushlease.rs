@@ -50,8 +50,8 @@ pub async fn cover(
     let me = lease::Holder {
         host: crate::replicate::snapshot::hostname(),
         pid: std::process::id(),
-        database: crate::replicate::absolute(pgdata),
-        spool: crate::replicate::absolute(spool),
+        database: crate::replicate::holding::absolute(pgdata),
+        spool: crate::replicate::holding::absolute(spool),
         generation: Some(generation.to_string()),
     };
     let now = crate::clock::now_ms();

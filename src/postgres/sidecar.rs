@@ -265,7 +265,7 @@ pub async fn take_path(
     settings: &lease::Settings,
     force_new_history: bool,
 ) -> Result<(std::fs::File, lease::Held)> {
-    let lock = crate::replicate::lock_spool(&db.spool_dir, settings.wait).await?;
+    let lock = crate::replicate::holding::lock_spool(&db.spool_dir, settings.wait).await?;
     let sysid = system_identifier(&db.path)?;
     let generation = generation_of(sysid);
     if !force_new_history {
@@ -274,8 +274,8 @@ pub async fn take_path(
     let me = lease::Holder {
         host: crate::replicate::snapshot::hostname(),
         pid: std::process::id(),
-        database: crate::replicate::absolute(&db.path),
-        spool: crate::replicate::absolute(&db.spool_dir),
+        database: crate::replicate::holding::absolute(&db.path),
+        spool: crate::replicate::holding::absolute(&db.spool_dir),
         generation: Some(generation.to_string()),
     };
     let held = lease::acquire(replica, me, settings, crate::clock::now_ms).await?;
@@ -367,7 +367,14 @@ async fn retention_loop(
         }
         // Read each time: a restored cluster keeps its identifier, a new one does not.
         let live = system_identifier(&pgdata).ok().map(generation_of);
-        crate::replicate::retention_round(&replica, &policy, live.as_ref(), &metrics, &label).await;
+        crate::replicate::background::retention_round(
+            &replica,
+            &policy,
+            live.as_ref(),
+            &metrics,
+            &label,
+        )
+        .await;
     }
 }
 
