@@ -2,6 +2,16 @@
 //! keys of a `litestream.yml` accepted), `${VAR}` interpolation (pure, see `interp`), and
 //! the validated `Config` the rest of walship uses. Defaults are the `DEFAULT_*` consts.
 
+mod location;
+pub use location::{Location, ReplicaConfig, parse_location};
+
+mod values;
+use values::number_or_text;
+pub use values::{
+    parse_duration, parse_lease_ttl, parse_listen_addr, parse_positive_duration, parse_size,
+    parse_spool_limit,
+};
+
 pub mod interp;
 
 use crate::error::{Error, Result};
@@ -177,211 +187,11 @@ pub enum DbKind {
     Postgres,
 }
 
-/// Where a replica lives. `prefix` never starts or ends with `/`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Location {
-    S3 { bucket: String, prefix: String },
-    Gcs { bucket: String, prefix: String },
-    Azure { container: String, prefix: String },
-    File { dir: PathBuf },
-}
-
-#[derive(Debug, Clone)]
-pub struct ReplicaConfig {
-    pub location: Location,
-    pub endpoint: Option<String>,
-    pub region: Option<String>,
-    pub force_path_style: Option<bool>,
-    pub skip_verify: bool,
-    /// Credentials named in the config as `${VAR}` references, already expanded.
-    pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-}
-
-impl ReplicaConfig {
-    pub fn from_location(location: Location) -> Self {
-        ReplicaConfig {
-            location,
-            endpoint: None,
-            region: None,
-            force_path_style: None,
-            skip_verify: false,
-            access_key_id: None,
-            secret_access_key: None,
-        }
-    }
-
-    /// The same store, rooted at `sub` below this root (prefix mode of `cleanup`).
-    pub fn below(&self, sub: &str) -> ReplicaConfig {
-        let sub = sub.trim_matches('/');
-        let join = |p: &str| match (p.is_empty(), sub.is_empty()) {
-            (_, true) => p.to_string(),
-            (true, false) => sub.to_string(),
-            (false, false) => format!("{p}/{sub}"),
-        };
-        let location = match &self.location {
-            Location::S3 { bucket, prefix } => Location::S3 {
-                bucket: bucket.clone(),
-                prefix: join(prefix),
-            },
-            Location::Gcs { bucket, prefix } => Location::Gcs {
-                bucket: bucket.clone(),
-                prefix: join(prefix),
-            },
-            Location::Azure { container, prefix } => Location::Azure {
-                container: container.clone(),
-                prefix: join(prefix),
-            },
-            Location::File { dir } => Location::File { dir: dir.join(sub) },
-        };
-        ReplicaConfig {
-            location,
-            ..self.clone()
-        }
-    }
-
-    /// The replica as a URL, for messages and metrics labels.
-    pub fn url(&self) -> String {
-        match &self.location {
-            Location::S3 { bucket, prefix } => join_url("s3", bucket, prefix),
-            Location::Gcs { bucket, prefix } => join_url("gs", bucket, prefix),
-            Location::Azure { container, prefix } => join_url("az", container, prefix),
-            Location::File { dir } => format!("file://{}", dir.display()),
-        }
-    }
-}
-
-fn join_url(scheme: &str, bucket: &str, prefix: &str) -> String {
-    if prefix.is_empty() {
-        format!("{scheme}://{bucket}")
-    } else {
-        format!("{scheme}://{bucket}/{prefix}")
-    }
-}
-
-/// Parse a replica URL (`s3://bucket/prefix`, `gs://…`, `az://…`, `file:///dir`, or a
-/// plain directory path).
-pub fn parse_location(s: &str) -> Result<Location> {
-    let bad = |why: &str| Error::Config(format!("replica URL {s:?}: {why}"));
-    let Some((scheme, rest)) = s.split_once("://") else {
-        if s.is_empty() {
-            return Err(bad("empty"));
-        }
-        return Ok(Location::File { dir: s.into() });
-    };
-    let split = |rest: &str| -> Result<(String, String)> {
-        let (b, p) = rest.split_once('/').unwrap_or((rest, ""));
-        if b.is_empty() {
-            return Err(bad("no bucket"));
-        }
-        Ok((b.to_string(), p.trim_matches('/').to_string()))
-    };
-    match scheme {
-        "s3" | "s3a" => split(rest).map(|(bucket, prefix)| Location::S3 { bucket, prefix }),
-        "gs" | "gcs" => split(rest).map(|(bucket, prefix)| Location::Gcs { bucket, prefix }),
-        "az" | "abs" | "azure" => {
-            split(rest).map(|(container, prefix)| Location::Azure { container, prefix })
-        }
-        "file" => {
-            if rest.is_empty() {
-                return Err(bad("no path"));
-            }
-            Ok(Location::File { dir: rest.into() })
-        }
-        other => Err(bad(&format!(
-            "unsupported scheme {other:?} (use s3://, gs://, az:// or file://)"
-        ))),
-    }
-}
-
-/// Durations and sizes as YAML writes them: `retention: 0` and `spool-limit: 1000000` are
-/// numbers to YAML, not strings; both are read as their text and parsed like strings.
-fn number_or_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum Scalar {
-        Text(String),
-        Int(i64),
-        Float(f64),
-    }
-    Ok(
-        <Option<Scalar> as serde::Deserialize>::deserialize(d)?.map(|v| match v {
-            Scalar::Text(s) => s,
-            Scalar::Int(n) => n.to_string(),
-            Scalar::Float(x) => x.to_string(),
-        }),
-    )
-}
-
 /// Longest duration any setting takes: beyond it deadlines overflow the clock.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// Smallest spool that holds a segment of ordinary transactions (segments are cut at a
 /// quarter of the limit, see `replicate::capture`).
 pub const MIN_SPOOL_LIMIT: u64 = 1_000_000;
-
-pub fn parse_duration(key: &str, s: &str) -> Result<Duration> {
-    let d = humantime::parse_duration(s.trim()).map_err(|e| {
-        Error::Config(format!(
-            "{key}: {s:?} is not a duration ({e}); use e.g. 10s, 1h, 168h"
-        ))
-    })?;
-    if d > MAX_DURATION {
-        return Err(Error::Config(format!(
-            "{key}: {s:?} is too long (at most 100 years)"
-        )));
-    }
-    Ok(d)
-}
-
-/// A duration that must be above zero (a zero one would make the setting meaningless).
-pub fn parse_positive_duration(key: &str, s: &str) -> Result<Duration> {
-    let d = parse_duration(key, s)?;
-    if d.is_zero() {
-        return Err(Error::Config(format!("{key} must be above zero")));
-    }
-    Ok(d)
-}
-
-/// `spool-limit`: a size of at least `MIN_SPOOL_LIMIT`; with less nothing could ever be
-/// queued for upload.
-pub fn parse_spool_limit(key: &str, s: &str) -> Result<u64> {
-    let n = parse_size(key, s)?;
-    if n < MIN_SPOOL_LIMIT {
-        return Err(Error::Config(format!(
-            "{key}: {s:?} is too small: the spool must hold at least 1MB, or nothing can be \
-             queued for upload"
-        )));
-    }
-    Ok(n)
-}
-
-/// Sizes like `256MiB`, `1GB`, `512M`, or a plain byte count.
-pub fn parse_size(key: &str, s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        _ => 0,
-    };
-    match num.parse::<u64>() {
-        Ok(n) if mult > 0 => n.checked_mul(mult).ok_or_else(|| {
-            Error::Config(format!("{key}: {s:?} is too large (it overflows 64 bits)"))
-        }),
-        Err(e) if mult > 0 && *e.kind() == std::num::IntErrorKind::PosOverflow => Err(
-            Error::Config(format!("{key}: {s:?} is too large (it overflows 64 bits)")),
-        ),
-        _ => Err(Error::Config(format!(
-            "{key}: {s:?} is not a size; use e.g. 256MiB or 1GB"
-        ))),
-    }
-}
 
 /// Read, interpolate and validate a config file.
 pub fn load(path: &Path) -> Result<Config> {
@@ -495,28 +305,6 @@ fn resolve(raw: RawConfig) -> Result<Config> {
             .is_some_and(|t| t.eq_ignore_ascii_case("json")),
         log_level: raw.logging.as_ref().and_then(|l| l.level.clone()),
     })
-}
-
-/// A lease TTL: at least a second (renewals come every sixth of it).
-pub fn parse_lease_ttl(what: &str, s: &str) -> Result<Duration> {
-    let d = parse_positive_duration(what, s)?;
-    if d < Duration::from_secs(1) {
-        return Err(Error::Config(format!(
-            "{what}: {s} is too short for a lease (at least 1s; the default is 30s)"
-        )));
-    }
-    Ok(d)
-}
-
-/// `:9090` and `0.0.0.0:9090` (Litestream style) as well as full socket addresses.
-pub fn parse_listen_addr(s: &str) -> Result<SocketAddr> {
-    let full = if s.starts_with(':') {
-        format!("0.0.0.0{s}")
-    } else {
-        s.to_string()
-    };
-    full.parse()
-        .map_err(|_| Error::Config(format!("addr: {s:?} is not a listen address like :9090")))
 }
 
 fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {

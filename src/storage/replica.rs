@@ -3,6 +3,12 @@
 //! request counters for metrics, and errors that name the bucket, credential or
 //! permission that is missing.
 
+mod local;
+use local::{local_swap, local_version};
+
+mod errors;
+pub use errors::store_error;
+
 use super::credentials;
 use crate::config::{Location, ReplicaConfig};
 use crate::error::{Error, Result, StoreErrorKind};
@@ -552,45 +558,6 @@ impl Replica {
     }
 }
 
-fn local_version(b: &[u8]) -> String {
-    format!("{:08x}-{}", crc32fast::hash(b), b.len())
-}
-
-/// file:// compare-and-swap: under an exclusive lock on `<rel>.lock`, compare the file's
-/// version, then write a temporary file and rename it over (readers never see a part).
-fn local_swap(
-    dir: &std::path::Path,
-    rel: &str,
-    bytes: &[u8],
-    expect: Option<String>,
-) -> Result<Swap> {
-    use std::os::fd::AsRawFd;
-    let path = dir.join(rel);
-    let lock_path = dir.join(format!("{rel}.lock"));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| Error::io(&lock_path, e))?;
-    // SAFETY: a valid open descriptor; the lock ends when `lock` is closed.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(Error::io(&lock_path, std::io::Error::last_os_error()));
-    }
-    let now = match std::fs::read(&path) {
-        Ok(b) => Some(local_version(&b)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Error::io(&path, e)),
-    };
-    if now != expect {
-        return Ok(Swap::Conflict);
-    }
-    let tmp = dir.join(format!("{rel}.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
-    Ok(Swap::Done(local_version(bytes)))
-}
-
 /// A streamed multipart upload; dropping it without `finish` leaves nothing visible.
 pub struct Upload<'a> {
     replica: &'a Replica,
@@ -625,100 +592,4 @@ impl Upload<'_> {
             let _ = w.abort().await;
         }
     }
-}
-
-/// Map an object_store error to one that says what to fix.
-pub fn store_error(url: &str, what: String, e: object_store::Error) -> Error {
-    let text = error_chain(&e);
-    let (kind, message) = match &e {
-        object_store::Error::NotFound { .. } if text.contains("NoSuchBucket") => (
-            StoreErrorKind::NotFound,
-            format!("the bucket does not exist (NoSuchBucket): {text}"),
-        ),
-        object_store::Error::NotFound { .. } => (StoreErrorKind::NotFound, text),
-        object_store::Error::AlreadyExists { .. } => (StoreErrorKind::AlreadyExists, text),
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. }
-            if text.contains("InvalidAccessKeyId")
-                || text.contains("SignatureDoesNotMatch")
-                || text.contains("AccessDenied") =>
-        {
-            (
-                StoreErrorKind::Unauthenticated,
-                format!(
-                    "the credentials were refused; check AWS_ACCESS_KEY_ID and \
-                     AWS_SECRET_ACCESS_KEY: {text}"
-                ),
-            )
-        }
-        object_store::Error::PermissionDenied { .. } => (
-            StoreErrorKind::PermissionDenied,
-            format!("permission denied: {text}"),
-        ),
-        object_store::Error::Unauthenticated { .. } => (
-            StoreErrorKind::Unauthenticated,
-            format!("not authenticated: {text}"),
-        ),
-        _ if text.contains("NoSuchBucket") => (
-            StoreErrorKind::NotFound,
-            format!("the bucket does not exist (NoSuchBucket): {text}"),
-        ),
-        _ if text.contains("InvalidAccessKeyId") || text.contains("SignatureDoesNotMatch") => (
-            StoreErrorKind::Unauthenticated,
-            format!(
-                "the credentials were refused; check AWS_ACCESS_KEY_ID and \
-                 AWS_SECRET_ACCESS_KEY: {text}"
-            ),
-        ),
-        _ if text.contains("credential") || text.contains("169.254.") => (
-            StoreErrorKind::Unauthenticated,
-            format!(
-                "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or \
-                 AWS_SHARED_CREDENTIALS_FILE/AWS_PROFILE, or AWS_WEB_IDENTITY_TOKEN_FILE \
-                 with AWS_ROLE_ARN): {text}"
-            ),
-        ),
-        _ if is_unreachable(&text) => (
-            StoreErrorKind::Unreachable,
-            format!("endpoint unreachable: {text}"),
-        ),
-        _ => (StoreErrorKind::Other, text),
-    };
-    Error::Store {
-        replica: url.to_string(),
-        what,
-        message,
-        kind,
-    }
-}
-
-fn is_unreachable(text: &str) -> bool {
-    let t = text.to_ascii_lowercase();
-    [
-        "connection refused",
-        "error sending request",
-        "dns error",
-        "failed to lookup",
-        "timed out",
-        "connection reset",
-        "tcp connect",
-        "connect error",
-        "client error (connect)",
-    ]
-    .iter()
-    .any(|p| t.contains(p))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = inner.source();
-    }
-    s
 }

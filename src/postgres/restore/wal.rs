@@ -1,0 +1,244 @@
+//! What recovery will read, checked before a restore hands over: every WAL segment from the
+//! backup's start to the target (or the archive's end) is archived and decodes; and the
+//! time of the archive's last transaction. Reads the replica only.
+
+use super::*;
+
+/// The WAL `check_wal` read.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct WalChecked {
+    pub segments: usize,
+    pub bytes: u64,
+    pub first: String,
+    pub last: String,
+}
+
+/// The segment the backup's WAL starts in, from its label's `START WAL LOCATION: … (file
+/// <name>)` line.
+pub(super) fn start_file(label: &str) -> Option<WalFile> {
+    let line = label
+        .lines()
+        .find(|l| l.starts_with("START WAL LOCATION:"))?;
+    let name = line.split("(file ").nth(1)?.split(')').next()?;
+    match WalFile::parse(name)? {
+        f @ WalFile::Segment { .. } => Some(f),
+        _ => None,
+    }
+}
+
+/// Before anything is handed to PostgreSQL: every WAL segment recovery will read, from
+/// the backup's start along the latest timeline's line to the target (or the archive's
+/// end), is archived, and each decodes (CRC, its own name inside). A gap or a damaged
+/// object is refused by name: recovery would end there and promote without the rest.
+pub(super) async fn check_wal(
+    replica: &Replica,
+    listing: &[crate::storage::Listed],
+    generation: &GenerationId,
+    manifest: &BackupManifest,
+    target_ms: Option<u64>,
+) -> Result<WalChecked> {
+    use futures::StreamExt;
+    let refuse = |reason: String| Error::Replica {
+        replica: replica.url().to_string(),
+        reason,
+    };
+    let first = start_file(&manifest.backup_label)
+        .ok_or_else(|| refuse("the backup's label names no START WAL LOCATION file".to_string()))?;
+    let mut archived: BTreeMap<u32, std::collections::BTreeSet<(u32, u32)>> = BTreeMap::new();
+    for o in listing {
+        if let Some(ObjectName::PgWal(g, WalFile::Segment { timeline, log, seg })) =
+            layout::parse_object(&o.name)
+            && &g == generation
+        {
+            archived.entry(timeline).or_default().insert((log, seg));
+        }
+    }
+    // The latest timeline, as recovery (`recovery_target_timeline = 'latest'`) finds it.
+    let latest = listing
+        .iter()
+        .filter_map(|o| match layout::parse_object(&o.name) {
+            Some(ObjectName::PgWal(g, f)) if &g == generation => Some(f.timeline()),
+            _ => None,
+        })
+        .chain([first.timeline()])
+        .max()
+        .unwrap_or(1);
+    let ancestry = if latest > first.timeline() {
+        crate::catalog::read_history(replica, generation, latest).await?
+    } else {
+        Vec::new()
+    };
+    // The segment size, from the start segment's own page header.
+    let fetch = |f: WalFile| async move {
+        let key = layout::format_pg_wal(generation, &f);
+        let obj = crate::restore::get_retrying(replica, &key, None).await;
+        let obj = match obj {
+            Err(e) if e.is_not_found() => {
+                return Err(Error::Replica {
+                    replica: replica.url().to_string(),
+                    reason: format!(
+                        "WAL segment {f} ({key}) is listed but cannot be read: deleted \
+                         meanwhile?"
+                    ),
+                });
+            }
+            r => r?,
+        };
+        let n = obj.len() as u64;
+        let raw = tokio::task::spawn_blocking(move || crate::format::pgwal::decode(&f, &obj))
+            .await
+            .expect("decode task")
+            .map_err(|r| Error::corrupt(&key, r))?;
+        Ok::<_, Error>((f, n, raw))
+    };
+    let WalFile::Segment { log, seg, .. } = first else {
+        unreachable!("start_file returns segments")
+    };
+    if !archived
+        .get(&first.timeline())
+        .is_some_and(|s| s.contains(&(log, seg)))
+    {
+        return Err(refuse(format!(
+            "WAL segment {first} ({}), where the base backup's recovery starts, is not \
+             archived. Nothing was restored",
+            layout::format_pg_wal(generation, &first)
+        )));
+    }
+    // Read once: its page header gives the segment size, and it is the first checked.
+    let mut head = Some(fetch(first).await?);
+    let seg_size = head
+        .as_ref()
+        .and_then(|(_, _, raw)| raw.get(32..36))
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        .filter(|s| s.is_power_of_two() && (1 << 20..=1 << 30).contains(s))
+        .ok_or_else(|| {
+            Error::corrupt(
+                layout::format_pg_wal(generation, &first),
+                "no valid WAL segment size in its first page header",
+            )
+        })? as u64;
+    let per_log = (1u64 << 32) / seg_size;
+    let abs = |log: u32, seg: u32| log as u64 * per_log + seg as u64;
+    // The line recovery follows: the backup's timeline and each later one of the latest
+    // timeline's history, each from where the previous one left (segment numbers).
+    let mut line: Vec<(u32, u64)> = vec![(first.timeline(), abs(log, seg))];
+    for (i, &(tli, switch)) in ancestry.iter().enumerate() {
+        if tli >= first.timeline() {
+            let child = ancestry.get(i + 1).map_or(latest, |&(t, _)| t);
+            line.push((child, switch / seg_size));
+        }
+    }
+    let mut expected: Vec<WalFile> = Vec::new();
+    for (i, &(tli, from)) in line.iter().enumerate() {
+        let to = match line.get(i + 1) {
+            Some(&(_, next_from)) => next_from.saturating_sub(1),
+            None => archived
+                .get(&tli)
+                .and_then(|s| s.iter().next_back())
+                .map_or(0, |&(l, s)| abs(l, s)),
+        };
+        if from <= to {
+            expected.extend((from..=to).map(|n| WalFile::Segment {
+                timeline: tli,
+                log: (n / per_log) as u32,
+                seg: (n % per_log) as u32,
+            }));
+        }
+    }
+    let mut checked = WalChecked {
+        segments: 0,
+        bytes: 0,
+        first: first.to_string(),
+        last: first.to_string(),
+    };
+    let mut prev = first;
+    let archived = &archived;
+    let mut reads = futures::stream::iter(expected.iter().filter(|f| **f != first).map(|f| {
+        let f = *f;
+        async move {
+            let WalFile::Segment { timeline, log, seg } = f else {
+                unreachable!()
+            };
+            if !archived
+                .get(&timeline)
+                .is_some_and(|s| s.contains(&(log, seg)))
+            {
+                return Ok(None);
+            }
+            fetch(f).await.map(Some)
+        }
+    }))
+    .buffered(4);
+    for f in &expected {
+        let got = match head.take_if(|(h, _, _)| h == f) {
+            Some(h) => Some(h),
+            None => reads.next().await.expect("one result per file")?,
+        };
+        let Some((_, n, raw)) = got else {
+            let upto = expected.last().expect("non-empty");
+            return Err(refuse(format!(
+                "WAL segment {f} ({}) is missing from the archive: recovery from the base \
+                 backup (WAL from {first}) needs every segment to {upto}, and would stop \
+                 after {prev} and promote without the transactions after it. Nothing was \
+                 restored",
+                layout::format_pg_wal(generation, f)
+            )));
+        };
+        checked.segments += 1;
+        checked.bytes += n;
+        checked.last = f.to_string();
+        prev = *f;
+        if let (Some(t), WalFile::Segment { log, seg, .. }) = (target_ms, *f)
+            && let LastXact::At(ms) = crate::pgformat::walrecords::last_xact_end(&raw, log, seg)
+            && ms >= t
+        {
+            break; // recovery stops in this segment
+        }
+    }
+    Ok(checked)
+}
+
+/// Archived segments read, newest first, looking for the last transaction end.
+pub(super) const LAST_XACT_SEGMENTS: usize = 4;
+
+/// The time of the last commit or abort in `generation`'s archive, on its newest timeline
+/// with segments: read from its newest segments, newest first. `None` when that cannot be
+/// told for sure (then the target is left to PostgreSQL).
+pub async fn last_archived_xact_ms(
+    replica: &Replica,
+    listing: &[crate::storage::Listed],
+    generation: &GenerationId,
+) -> Result<Option<u64>> {
+    let mut segs: Vec<WalFile> = listing
+        .iter()
+        .filter_map(|o| match layout::parse_object(&o.name) {
+            Some(ObjectName::PgWal(g, f @ WalFile::Segment { .. })) if &g == generation => Some(f),
+            _ => None,
+        })
+        .collect();
+    segs.sort();
+    let Some(newest_tl) = segs.last().map(WalFile::timeline) else {
+        return Ok(None);
+    };
+    for f in segs
+        .iter()
+        .rev()
+        .filter(|f| f.timeline() == newest_tl)
+        .take(LAST_XACT_SEGMENTS)
+    {
+        let key = layout::format_pg_wal(generation, f);
+        let raw = crate::format::pgwal::decode(f, &replica.get(&key).await?)
+            .map_err(|r| Error::corrupt(&key, r))?;
+        let WalFile::Segment { log, seg, .. } = *f else {
+            continue;
+        };
+        let found = crate::pgformat::walrecords::last_xact_end(&raw, log, seg);
+        tracing::debug!(file = %f, ?found, "last transaction end");
+        match found {
+            LastXact::At(ms) => return Ok(Some(ms)),
+            LastXact::NoneHere => continue,
+            LastXact::Unknown => return Ok(None),
+        }
+    }
+    Ok(None)
+}
