@@ -45,25 +45,46 @@ pub(super) struct LeaseTask {
     pub(super) task: tokio::task::JoinHandle<std::result::Result<(), String>>,
 }
 
-/// Renew the lease every `renew_every`; on loss, fence this database's writes (the
-/// uploader stops, even mid-upload) and tell `run` to shut down.
-pub(super) async fn lease_loop(
+/// What keeping a lease does beside renewing it, for either engine: the generation to
+/// name in it, what a renewal proves, and how to fence on loss.
+pub(crate) struct Keeping<G, R, F> {
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub label: String,
+    /// The generation written now (cleanup elsewhere keeps it), if it is known.
+    pub generation: G,
+    /// Called after each renewal that the store answered.
+    pub renewed: R,
+    /// Called once with the reason when the lease is lost.
+    pub fence: F,
+}
+
+/// Renew the lease every `every` until `stop` (then release it); on loss, fence (the
+/// uploader or sidecar stops writing there), tell the caller through `lost` and return
+/// why.
+pub(crate) async fn keep_lease<G, R, F>(
     replica: Arc<Replica>,
-    mut held: lease::Held,
-    every: Duration,
-    ttl: Duration,
-    state: Arc<DbState>,
+    (mut held, every): (lease::Held, Duration),
+    k: Keeping<G, R, F>,
     stop: Arc<tokio::sync::Notify>,
     lost: Arc<tokio::sync::Notify>,
-) -> std::result::Result<(), String> {
-    let label = state.db_label();
-    state.metrics.lease_held.get_or_create(&label).set(1);
+) -> std::result::Result<(), String>
+where
+    G: Fn() -> Option<String>,
+    R: Fn(&lease::Held),
+    F: Fn(&str),
+{
+    let label = DbLabel {
+        db: k.label.clone(),
+    };
+    k.metrics.lease_held.get_or_create(&label).set(1);
+    if matches!(held.taken, lease::Taken::Expired(_)) {
+        k.metrics.lease_takeovers.get_or_create(&label).inc();
+    }
     let renewal = |kind: &str| {
-        state
-            .metrics
+        k.metrics
             .lease_renewals
             .get_or_create(&crate::metrics::KindLabel {
-                db: state.label.clone(),
+                db: k.label.clone(),
                 kind: kind.into(),
             })
             .inc();
@@ -73,22 +94,16 @@ pub(super) async fn lease_loop(
             _ = tokio::time::sleep(every) => {}
             _ = stop.notified() => {
                 if let Err(e) = lease::release(&replica, &held).await {
-                    tracing::warn!(db = %state.label, "could not release the lease: {e}; it expires by itself");
+                    tracing::warn!(db = %k.label, "could not release the lease: {e}; it expires by itself");
                 }
                 return Ok(());
             }
         }
-        // The lease names the generation written now: cleanup elsewhere keeps it.
-        held.body.holder.generation = state
-            .generation
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|g| g.to_string());
+        held.body.holder.generation = (k.generation)().or(held.body.holder.generation.take());
         let why = match lease::renew(&replica, &mut held, now_ms()).await {
             Ok(()) => {
                 renewal("ok");
-                state.lease.lock().unwrap().good = Some((held.good_at, ttl));
+                (k.renewed)(&held);
                 continue;
             }
             Err(lease::RenewError::Store(e)) => {
@@ -96,22 +111,52 @@ pub(super) async fn lease_loop(
                 // of the TTL after the last renewal) until a renewal answers, and that
                 // compare-and-swap tells whether someone took the path meanwhile.
                 renewal("failed");
-                tracing::warn!(db = %state.label, "lease renewal failed: {e}; retrying");
+                tracing::warn!(db = %k.label, "lease renewal failed: {e}; retrying");
                 continue;
             }
             Err(lease::RenewError::Lost(who)) => {
                 format!("the lease of replica {} was lost: {who}", replica.url())
             }
         };
-        tracing::error!(db = %state.label, epoch = %held.body.epoch,
+        tracing::error!(db = %k.label, epoch = %held.body.epoch,
             "{why}: this walship stops writing there; what it has not shipped stays in its spool");
-        state.metrics.lease_held.get_or_create(&label).set(0);
-        state.metrics.error(&state.label, "lease_lost");
-        state.lease.lock().unwrap().lost = Some(why.clone());
-        state.lease_lost.notify_one();
+        k.metrics.lease_held.get_or_create(&label).set(0);
+        k.metrics.error(&k.label, "lease_lost");
+        (k.fence)(&why);
         lost.notify_one();
         return Err(why);
     }
+}
+
+/// The SQLite sidecar's lease: named with the generation capture writes; a renewal opens
+/// the write gate for another TTL; a loss fences the uploader, even mid-upload.
+pub(super) async fn lease_loop(
+    replica: Arc<Replica>,
+    held: lease::Held,
+    every: Duration,
+    ttl: Duration,
+    state: Arc<DbState>,
+    stop: Arc<tokio::sync::Notify>,
+    lost: Arc<tokio::sync::Notify>,
+) -> std::result::Result<(), String> {
+    let k = Keeping {
+        metrics: state.metrics.clone(),
+        label: state.label.clone(),
+        generation: || {
+            state
+                .generation
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|g| g.to_string())
+        },
+        renewed: |h: &lease::Held| state.lease.lock().unwrap().good = Some((h.good_at, ttl)),
+        fence: |why: &str| {
+            state.lease.lock().unwrap().lost = Some(why.to_string());
+            state.lease_lost.notify_one();
+        },
+    };
+    keep_lease(replica, (held, every), k, stop, lost).await
 }
 
 /// Lock `dir` (created if missing) for this process: a second walship on this host with

@@ -349,11 +349,6 @@ async fn start_db(
         lease::Taken::Expired(who) => {
             tracing::warn!(db = %state.label, replica = %replica.url(),
                 "took over an expired lease from {who}");
-            state
-                .metrics
-                .lease_takeovers
-                .get_or_create(&state.db_label())
-                .inc();
         }
     }
     let (mut journal, journaled) = journal::Journal::open(&db.spool_dir, db.journal_fsync)?;

@@ -499,10 +499,7 @@ fn different_database(backend: Backend, dir: &Path) {
     // Restored through the first database's config, the path gives back that database's
     // history (continued by its restored copy), not the newest generation, b's.
     let cfg = dir.join("a.yml");
-    let endpoint = backend
-        .flags
-        .get(1)
-        .map_or(String::new(), |e| format!("\n      endpoint: {e}"));
+    let endpoint = endpoint_yaml(&backend);
     std::fs::write(
         &cfg,
         format!(

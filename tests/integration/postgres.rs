@@ -423,31 +423,13 @@ fn restore_and_query(
     timestamp: Option<u64>,
     sql: &str,
 ) -> String {
-    let mut r = pg.sibling(name);
-    let mut args = vec![
-        "pg-restore".to_string(),
-        r.pgdata.to_str().unwrap().into(),
-        b.url.clone(),
-    ];
+    let mut args = vec![b.url.clone()];
     if let Some(t) = timestamp {
         args.push("--timestamp".into());
         args.push(walship::restore::when::format_ms(t));
     }
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let o = walship_in(pg, &argv, b);
-    assert_success(&o, &format!("pg-restore {name}"));
-    eprintln!(
-        "pg-restore {name}: {}",
-        String::from_utf8_lossy(&o.stdout).trim()
-    );
-    r.start(&[("archive_mode", "off".into())], &b.env);
-    let done = wait_for(Duration::from_secs(90), Duration::from_millis(250), || {
-        r.psql("SELECT pg_is_in_recovery()") == "f"
-    });
-    assert!(done, "{name}: recovery did not finish:\n{}", r.log());
-    let h = r.psql(sql);
-    r.stop();
-    h
+    restore_with_args_query(pg, b, name, &argv, sql)
 }
 
 /// A base backup through the server, run as the cluster's own user (which can read its
@@ -1009,10 +991,7 @@ impl Drop for AsPostgres {
 /// an hour, a day's retention checked every second.
 fn sidecar_config(pg: &Pg, b: &Backend, name: &str, addr: &str) -> PathBuf {
     let cfg = pg.root.join(format!("{name}.yml"));
-    let endpoint = b
-        .flags
-        .get(1)
-        .map_or(String::new(), |e| format!("\n      endpoint: {e}"));
+    let endpoint = endpoint_yaml(b);
     std::fs::write(
         &cfg,
         format!(
@@ -1599,9 +1578,26 @@ fn damaged_middle_segment_s3() {
     damaged_middle_segment(pg, &b, Some(&mut s3));
 }
 
+/// Start `pg` with archiving on but its command failing: only a sidecar archives.
+fn start_without_archiver(pg: &mut Pg, env: &[(String, String)]) {
+    pg.start(
+        &[
+            ("archive_mode", "on".into()),
+            ("archive_command", "false".into()),
+            ("wal_level", "replica".into()),
+        ],
+        env,
+    );
+}
+
 /// `pg-restore` into a sibling with these arguments after the target (the backend's
 /// flags follow), started, recovered, and `TABLE_HASH` answered.
 fn restore_with_args(pg: &Pg, b: &Backend, name: &str, args: &[&str]) -> String {
+    restore_with_args_query(pg, b, name, args, TABLE_HASH)
+}
+
+/// `restore_with_args` answering `sql`.
+fn restore_with_args_query(pg: &Pg, b: &Backend, name: &str, args: &[&str], sql: &str) -> String {
     let mut r = pg.sibling(name);
     let mut argv = vec!["pg-restore", r.pgdata.to_str().unwrap()];
     argv.extend_from_slice(args);
@@ -1616,7 +1612,7 @@ fn restore_with_args(pg: &Pg, b: &Backend, name: &str, args: &[&str]) -> String 
         r.psql("SELECT pg_is_in_recovery()") == "f"
     });
     assert!(done, "{name}: recovery did not finish:\n{}", r.log());
-    let h = r.psql(TABLE_HASH);
+    let h = r.psql(sql);
     r.stop();
     h
 }
@@ -1796,15 +1792,7 @@ fn pg_sidecar_killed_mid_upload_resumes_at_once() {
         return;
     };
     let b = s3.backend(&unique());
-    // Only the sidecar archives: the archiver's command fails.
-    pg.start(
-        &[
-            ("archive_mode", "on".into()),
-            ("archive_command", "false".into()),
-            ("wal_level", "replica".into()),
-        ],
-        &b.env,
-    );
+    start_without_archiver(&mut pg, &b.env);
     let cfg = pg.root.join("walship.yml");
     std::fs::write(
         &cfg,
@@ -1870,15 +1858,7 @@ fn one_sidecar_for_both_engines() {
         return;
     };
     let (b_sqlite, b_pg) = (s3_sqlite.backend("lite"), s3_pg.backend("pg"));
-    // Only the sidecar archives: the archiver's command fails.
-    pg.start(
-        &[
-            ("archive_mode", "on".into()),
-            ("archive_command", "false".into()),
-            ("wal_level", "replica".into()),
-        ],
-        &b_pg.env,
-    );
+    start_without_archiver(&mut pg, &b_pg.env);
     let db = pg.root.join("app.db");
     create_db(&db);
     chown_to_postgres(&db);

@@ -108,6 +108,14 @@ fn s3_credentials() -> Vec<(String, String)> {
         .collect()
 }
 
+/// The `endpoint:` line of a config's `replica:` block (six spaces in), after a newline;
+/// empty for file://.
+pub fn endpoint_yaml(b: &Backend) -> String {
+    b.flags
+        .get(1)
+        .map_or(String::new(), |e| format!("\n      endpoint: {e}"))
+}
+
 pub fn unique() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

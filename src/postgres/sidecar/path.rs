@@ -41,58 +41,22 @@ pub async fn take_path(
     Ok((lock, held))
 }
 
-/// Renew the lease every `every` until `stop` (then release it); on loss, fence the
-/// sidecar (`PgState::lease_lost`) and tell the caller through `lost`.
+/// The sidecar's lease, named with its cluster's generation; a loss fences the sidecar
+/// (`PgState::lease_lost`).
 pub async fn lease_loop(
     replica: Arc<Replica>,
-    (mut held, every): (lease::Held, Duration),
+    held_every: (lease::Held, Duration),
     metrics: Arc<Metrics>,
     state: Arc<PgState>,
     stop: Arc<tokio::sync::Notify>,
     lost: Arc<tokio::sync::Notify>,
 ) -> std::result::Result<(), String> {
-    let label = DbLabel {
-        db: state.label.clone(),
+    let k = crate::replicate::holding::Keeping {
+        metrics,
+        label: state.label.clone(),
+        generation: || None,
+        renewed: |_: &lease::Held| {},
+        fence: |why: &str| *state.lease_lost.lock().unwrap() = Some(why.to_string()),
     };
-    metrics.lease_held.get_or_create(&label).set(1);
-    if matches!(held.taken, lease::Taken::Expired(_)) {
-        metrics.lease_takeovers.get_or_create(&label).inc();
-    }
-    let renewal = |kind: &str| {
-        metrics
-            .lease_renewals
-            .get_or_create(&crate::metrics::KindLabel {
-                db: state.label.clone(),
-                kind: kind.into(),
-            })
-            .inc();
-    };
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.notified() => {
-                if let Err(e) = lease::release(&replica, &held).await {
-                    tracing::warn!(db = %state.label, "could not release the lease: {e}; it expires by itself");
-                }
-                return Ok(());
-            }
-        }
-        match lease::renew(&replica, &mut held, crate::clock::now_ms()).await {
-            Ok(()) => renewal("ok"),
-            Err(lease::RenewError::Store(e)) => {
-                renewal("failed");
-                tracing::warn!(db = %state.label, "lease renewal failed: {e}; retrying");
-            }
-            Err(lease::RenewError::Lost(who)) => {
-                let why = format!("the lease of replica {} was lost: {who}", replica.url());
-                tracing::error!(db = %state.label, epoch = %held.body.epoch,
-                    "{why}: this sidecar stops writing there");
-                metrics.lease_held.get_or_create(&label).set(0);
-                metrics.error(&state.label, "lease_lost");
-                *state.lease_lost.lock().unwrap() = Some(why.clone());
-                lost.notify_one();
-                return Err(why);
-            }
-        }
-    }
+    crate::replicate::holding::keep_lease(replica, held_every, k, stop, lost).await
 }
