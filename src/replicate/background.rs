@@ -3,6 +3,9 @@
 
 use super::*;
 
+// Events name the parent module as their target: log lines read as they did before the
+// module was split out.
+
 /// `retention`: every `every`, plan and apply retention to this database's replica with
 /// the generation being written protected. Ends when shutdown begins.
 pub(super) async fn retention_loop(
@@ -45,7 +48,7 @@ pub async fn retention_round(
     let kind = match &result {
         Ok(o) => {
             if o.deleted_objects > 0 {
-                tracing::info!(
+                tracing::info!(target: "walship::replicate",
                     db,
                     objects = o.deleted_objects,
                     bytes = o.deleted_bytes,
@@ -64,7 +67,7 @@ pub async fn retention_round(
             "ok"
         }
         Err(e) => {
-            tracing::error!(db, "retention failed: {e}");
+            tracing::error!(target: "walship::replicate", db, "retention failed: {e}");
             metrics.error(db, "retention");
             "failed"
         }
@@ -103,7 +106,7 @@ pub(super) fn spawn_validator(
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    tracing::error!(db = %label.db, "validation disabled: {e}");
+                    tracing::error!(target: "walship::replicate", db = %label.db, "validation disabled: {e}");
                     return;
                 }
             };
@@ -129,12 +132,12 @@ pub(super) fn spawn_validator(
                     .set(now_ms() as f64 / 1000.0);
                 let kind = match &result {
                     Ok(r) => {
-                        tracing::info!(db = %label.db, generation = %r.generation, txid = r.txid,
+                        tracing::info!(target: "walship::replicate", db = %label.db, generation = %r.generation, txid = r.txid,
                             objects = r.objects, seconds = r.seconds, "validation passed");
                         "ok"
                     }
                     Err(e) => {
-                        tracing::error!(db = %label.db, "validation failed: {e}");
+                        tracing::error!(target: "walship::replicate", db = %label.db, "validation failed: {e}");
                         "failed"
                     }
                 };

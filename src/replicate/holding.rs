@@ -4,6 +4,9 @@
 
 use super::*;
 
+// Events name the parent module as their target: log lines read as they did before the
+// module was split out.
+
 /// Stop a lease task (it releases the lease) and wait for it until `deadline`, but at
 /// least a moment: a stalled store must not stretch shutdown past `shutdown-timeout` (a
 /// lease not released expires by itself). `None`: given up on.
@@ -22,7 +25,7 @@ pub(crate) async fn end_lease_task(
         Ok(Err(_)) => None,
         Err(_) => {
             abort.abort();
-            tracing::warn!(
+            tracing::warn!(target: "walship::replicate",
                 "the lease was not released before the shutdown deadline; it expires by itself"
             );
             None
@@ -94,7 +97,7 @@ where
             _ = tokio::time::sleep(every) => {}
             _ = stop.notified() => {
                 if let Err(e) = lease::release(&replica, &held).await {
-                    tracing::warn!(db = %k.label, "could not release the lease: {e}; it expires by itself");
+                    tracing::warn!(target: "walship::replicate", db = %k.label, "could not release the lease: {e}; it expires by itself");
                 }
                 return Ok(());
             }
@@ -111,14 +114,14 @@ where
                 // of the TTL after the last renewal) until a renewal answers, and that
                 // compare-and-swap tells whether someone took the path meanwhile.
                 renewal("failed");
-                tracing::warn!(db = %k.label, "lease renewal failed: {e}; retrying");
+                tracing::warn!(target: "walship::replicate", db = %k.label, "lease renewal failed: {e}; retrying");
                 continue;
             }
             Err(lease::RenewError::Lost(who)) => {
                 format!("the lease of replica {} was lost: {who}", replica.url())
             }
         };
-        tracing::error!(db = %k.label, epoch = %held.body.epoch,
+        tracing::error!(target: "walship::replicate", db = %k.label, epoch = %held.body.epoch,
             "{why}: this walship stops writing there; what it has not shipped stays in its spool");
         k.metrics.lease_held.get_or_create(&label).set(0);
         k.metrics.error(&k.label, "lease_lost");
@@ -179,7 +182,7 @@ pub(crate) async fn lock_spool(
     while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         if until.is_some_and(|u| Instant::now() < u) {
             if !said {
-                tracing::info!(spool = %dir.display(),
+                tracing::info!(target: "walship::replicate", spool = %dir.display(),
                     "spool directory in use by another walship on this host: waiting for it to exit (--lease-wait)");
                 said = true;
             }

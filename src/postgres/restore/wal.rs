@@ -4,6 +4,9 @@
 
 use super::*;
 
+// Events name the parent module as their target: log lines read as they did before the
+// module was split out.
+
 /// The WAL `check_wal` read.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WalChecked {
@@ -233,7 +236,7 @@ pub async fn last_archived_xact_ms(
             continue;
         };
         let found = crate::pgformat::walrecords::last_xact_end(&raw, log, seg);
-        tracing::debug!(file = %f, ?found, "last transaction end");
+        tracing::debug!(target: "walship::postgres::restore", file = %f, ?found, "last transaction end");
         match found {
             LastXact::At(ms) => return Ok(Some(ms)),
             LastXact::NoneHere => continue,

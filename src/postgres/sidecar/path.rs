@@ -4,6 +4,9 @@
 
 use super::*;
 
+// Events name the parent module as their target: log lines read as they did before the
+// module was split out.
+
 /// Take this cluster's spool and the lease of its replica path, then make sure the path
 /// is this cluster's (`identity::check`); on refusal the lease is given back at once.
 pub async fn take_path(
@@ -28,10 +31,14 @@ pub async fn take_path(
     let held = lease::acquire(replica, me, settings, crate::clock::now_ms).await?;
     match &held.taken {
         lease::Taken::Free => {}
-        lease::Taken::Own => tracing::info!(pgdata = %db.path.display(), replica = %replica.url(),
-            "took over the lease this spool's earlier walship left (it is no longer running)"),
-        lease::Taken::Expired(who) => tracing::warn!(pgdata = %db.path.display(),
-            replica = %replica.url(), "took over an expired lease from {who}"),
+        lease::Taken::Own => {
+            tracing::info!(target: "walship::postgres::sidecar", pgdata = %db.path.display(), replica = %replica.url(),
+            "took over the lease this spool's earlier walship left (it is no longer running)")
+        }
+        lease::Taken::Expired(who) => {
+            tracing::warn!(target: "walship::postgres::sidecar", pgdata = %db.path.display(),
+            replica = %replica.url(), "took over an expired lease from {who}")
+        }
     }
     if let Err(e) = identity::check(replica, &db.path, sysid, force_new_history).await {
         let _ = lease::release(replica, &held).await;

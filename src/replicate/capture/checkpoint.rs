@@ -5,6 +5,9 @@
 
 use super::*;
 
+// Events name the parent module as their target: log lines read as they did before the
+// module was split out.
+
 impl Capture {
     /// Keep the WAL restarting without walship checkpointing: renew the read mark as the
     /// WAL grows, so the application's own checkpoints can backfill past it; and once the
@@ -158,7 +161,7 @@ impl Capture {
                 kind: kind.into(),
             })
             .inc();
-        tracing::debug!(db = %self.state.label, kind, frames, "checkpoint");
+        tracing::debug!(target: "walship::replicate::capture", db = %self.state.label, kind, frames, "checkpoint");
         Ok(())
     }
 

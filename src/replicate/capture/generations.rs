@@ -4,6 +4,9 @@
 
 use super::*;
 
+// Events name the parent module as their target: log lines read as they did before the
+// module was split out.
+
 impl Capture {
     /// Cancel an in-flight snapshot taken within a generation (not one that starts a
     /// generation, which the generation needs). True if there was one.
@@ -11,7 +14,7 @@ impl Capture {
         match &self.snapshot {
             Some(job) if job.manifest.is_none() => {
                 if !job.cancelled.swap(true, Ordering::AcqRel) {
-                    tracing::info!(db = %self.state.label, txid = job.meta.txid,
+                    tracing::info!(target: "walship::replicate::capture", db = %self.state.label, txid = job.meta.txid,
                         "snapshot cancelled: {why}; a later one replaces it");
                 }
                 true
@@ -79,7 +82,7 @@ impl Capture {
             wal: t.hdr,
             cancelled: Default::default(),
         });
-        tracing::info!(db = %self.state.label, generation = %run.generation, txid = t.txid,
+        tracing::info!(target: "walship::replicate::capture", db = %self.state.label, generation = %run.generation, txid = t.txid,
             pages = t.db_pages, wal_bytes = self.wal_since_snapshot,
             reason, "snapshot");
         self.last_snapshot_at = Instant::now();
@@ -103,13 +106,13 @@ impl Capture {
             if run.tracker.has_pending() {
                 // The spool is full (the replica is down): within its limit there is no
                 // room for them. Their state is in the next generation's snapshot.
-                tracing::warn!(db = %self.state.label, generation = %run.generation,
+                tracing::warn!(target: "walship::replicate::capture", db = %self.state.label, generation = %run.generation,
                     first_txid = run.tracker.txid + 1 - run.tracker.pending_commit_times().len() as u64,
                     last_txid = run.tracker.txid,
                     "spool full: the last transactions of the generation are not in its \
                      segments; the next generation's snapshot holds their state");
             }
-            tracing::warn!(db = %self.state.label, generation = %run.generation,
+            tracing::warn!(target: "walship::replicate::capture", db = %self.state.label, generation = %run.generation,
                 "starting a new generation: {reason}");
             self.parent_watched = self
                 .journal
@@ -220,7 +223,7 @@ impl Capture {
         self.last_snapshot_at = Instant::now();
         self.snapshot_txid = 0;
         self.wal_since_snapshot = 0;
-        tracing::info!(db = %self.state.label, generation = %generation, pages = meta.page_count,
+        tracing::info!(target: "walship::replicate::capture", db = %self.state.label, generation = %generation, pages = meta.page_count,
             reason = %self.next_reason, "new generation");
         let job = Arc::new(job);
         self.snapshot = Some(job.clone());

@@ -4,6 +4,9 @@
 
 use super::*;
 
+// Events name the parent module as their target: log lines read as they did before the
+// module was split out.
+
 impl Capture {
     pub(super) fn tracker(&mut self) -> &mut Tracker {
         &mut self.run.as_mut().expect("running").tracker
@@ -100,7 +103,7 @@ impl Capture {
         let room = self.state.spool_room();
         if let Err(e) = self.journal.clear(room) {
             // Harmless for correctness: start-up skips journaled txids the spool has.
-            tracing::warn!(db = %self.state.label, "cannot empty the capture journal: {e}");
+            tracing::warn!(target: "walship::replicate::capture", db = %self.state.label, "cannot empty the capture journal: {e}");
         }
     }
 
@@ -138,7 +141,7 @@ impl Capture {
             mib(bytes),
             mib(self.tx_limit as u64),
         );
-        tracing::warn!(db = %self.state.label, generation = %old, tx_bytes = bytes,
+        tracing::warn!(target: "walship::replicate::capture", db = %self.state.label, generation = %old, tx_bytes = bytes,
             "large transaction: {reason}; raise spool-limit to ship transactions this size \
              as segments");
         self.state
@@ -182,7 +185,7 @@ impl Capture {
             ms: at,
         };
         if let Err(e) = self.journal.watched.write(w) {
-            tracing::debug!(db = %self.state.label, "cannot write the watch stamp: {e}");
+            tracing::debug!(target: "walship::replicate::capture", db = %self.state.label, "cannot write the watch stamp: {e}");
         }
     }
 

@@ -4,6 +4,9 @@
 
 use super::*;
 
+// Events name the parent module as their target: log lines read as they did before the
+// module was split out.
+
 impl Capture {
     /// An application checkpoint (FULL/RESTART/TRUNCATE) holds the checkpoint and writer
     /// locks and waits for walship's read lock. The WAL cannot grow meanwhile: consume it
@@ -64,7 +67,7 @@ impl Capture {
                 kind: "app_stepout".into(),
             })
             .inc();
-        tracing::debug!(db = %self.state.label, pid, how, "stepped aside for an application checkpoint");
+        tracing::debug!(target: "walship::replicate::capture", db = %self.state.label, pid, how, "stepped aside for an application checkpoint");
         Ok(())
     }
 
