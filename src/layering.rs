@@ -52,9 +52,15 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         ],
     ),
     ("restore", &["cli", "postgres", "replicate", "retention"]),
-    ("retention", &["cli", "postgres", "replicate", "config"]),
+    // Retention plans over the catalog, never over restore's planner: the rule both
+    // share (where a restore starts) lives in the catalog.
+    (
+        "retention",
+        &["cli", "postgres", "replicate", "restore", "config"],
+    ),
     ("replicate", &["cli", "postgres"]),
-    ("postgres", &["cli"]),
+    // The engines stand side by side: PostgreSQL never reaches into SQLite restore.
+    ("postgres", &["cli", "restore"]),
     (
         "metrics",
         &["cli", "postgres", "replicate", "restore", "retention"],

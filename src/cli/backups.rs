@@ -3,12 +3,12 @@
 //! (first and last segment): together, the range a point-in-time restore can reach.
 
 use super::{ReplicaFlags, open_source, print_json};
-use crate::error::{Error, Result};
+use crate::catalog::Catalog;
+use crate::error::Result;
 use crate::pgformat::walname::WalFile;
-use crate::postgres::backup::BackupManifest;
 use crate::restore::when::format_ms;
 use crate::storage::Replica;
-use crate::storage::layout::{self, BackupFile, ObjectName};
+use crate::storage::layout;
 use clap::Args;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -56,53 +56,47 @@ pub struct Listing {
 }
 
 pub async fn listing(replica: &Replica) -> Result<Listing> {
-    let objects = replica.list(layout::GENERATIONS).await?;
+    let catalog = Catalog::of(&replica.list(layout::GENERATIONS).await?);
     let mut backups = Vec::new();
-    // (generation, timeline) -> (segment names in order, history archived)
-    let mut wal: BTreeMap<(String, u32), (Vec<String>, bool)> = BTreeMap::new();
-    for o in &objects {
-        match layout::parse_object(&o.name) {
-            Some(ObjectName::PgBackup(g, _, BackupFile::Manifest)) => {
-                let raw = replica.get(&o.name).await?;
-                let m: BackupManifest = serde_json::from_slice(&raw)
-                    .map_err(|e| Error::corrupt(&o.name, format!("manifest: {e}")))?;
-                backups.push(BackupRow {
-                    generation: g.to_string(),
-                    timeline: m.timeline,
-                    started: format_ms(m.start_ms),
-                    finished: format_ms(m.stop_ms),
-                    start_lsn: m.start_lsn,
-                    stop_lsn: m.stop_lsn,
-                    files: m.files.len(),
-                    bytes: m.bytes,
-                });
-            }
-            Some(ObjectName::PgWal(g, f)) => {
-                let e = wal.entry((g.to_string(), f.timeline())).or_default();
-                match f {
-                    WalFile::History { .. } => e.1 = true,
-                    WalFile::Segment { .. } | WalFile::Partial { .. } => e.0.push(f.to_string()),
-                    _ => {}
-                }
-            }
-            _ => {}
+    let mut wal = Vec::new();
+    for (g, gen_) in &catalog.generations {
+        for b in gen_.backups.values() {
+            let Some(mo) = &b.manifest else { continue };
+            let m = crate::catalog::read_backup_manifest(replica, &mo.key).await?;
+            backups.push(BackupRow {
+                generation: g.to_string(),
+                timeline: m.timeline,
+                started: format_ms(m.start_ms),
+                finished: format_ms(m.stop_ms),
+                start_lsn: m.start_lsn,
+                stop_lsn: m.stop_lsn,
+                files: m.files.len(),
+                bytes: m.bytes,
+            });
         }
-    }
-    backups.sort_by(|a, b| (&a.generation, &a.started).cmp(&(&b.generation, &b.started)));
-    let wal = wal
-        .into_iter()
-        .map(|((generation, timeline), (mut segs, history))| {
+        // timeline -> (segment names in order, history archived)
+        let mut per: BTreeMap<u32, (Vec<String>, bool)> = BTreeMap::new();
+        for (f, _) in &gen_.wal {
+            let e = per.entry(f.timeline()).or_default();
+            match f {
+                WalFile::History { .. } => e.1 = true,
+                WalFile::Segment { .. } | WalFile::Partial { .. } => e.0.push(f.to_string()),
+                _ => {}
+            }
+        }
+        wal.extend(per.into_iter().map(|(timeline, (mut segs, history))| {
             segs.sort();
             WalRange {
-                generation,
+                generation: g.to_string(),
                 timeline,
                 first: segs.first().cloned().unwrap_or_default(),
                 last: segs.last().cloned().unwrap_or_default(),
                 segments: segs.len(),
                 history,
             }
-        })
-        .collect();
+        }));
+    }
+    backups.sort_by(|a, b| (&a.generation, &a.started).cmp(&(&b.generation, &b.started)));
     Ok(Listing { backups, wal })
 }
 

@@ -291,9 +291,12 @@ async fn history_of(
     replica: &Replica,
     generation: &GenerationId,
 ) -> Result<Option<crate::replicate::history::HistoryId>> {
-    let key = layout::format_manifest(generation);
-    let m = crate::format::manifest::check(&replica.get(&key).await?)
-        .map_err(|why| Error::corrupt(&key, why))?;
+    let m = crate::catalog::read_manifest(replica, generation)
+        .await?
+        .map_err(|why| Error::Replica {
+            replica: replica.url().to_string(),
+            reason: why,
+        })?;
     Ok(m.history
         .as_deref()
         .and_then(crate::replicate::history::HistoryId::parse))

@@ -257,7 +257,11 @@ pub async fn restore(args: PgRestoreArgs) -> Result<()> {
     let generation = which_cluster(&args, &replica).await?;
     if args.if_replica_exists {
         let listing = replica.list(crate::storage::layout::GENERATIONS).await?;
-        if pgr::catalog(&listing).backups.is_empty() {
+        if !pgr::catalog(&listing)
+            .generations
+            .values()
+            .any(|g| !g.complete_backups().is_empty())
+        {
             println!(
                 "replica {} holds no base backup: nothing to restore",
                 replica.url()

@@ -1,9 +1,10 @@
 //! Object formats: the checked, compressed container and what is stored in it: SQLite WAL
-//! segments and snapshots, PostgreSQL WAL files. Pure byte transformations; docs/FORMAT.md is the spec.
+//! segments and snapshots, PostgreSQL WAL files and base backup manifests. Pure byte transformations; docs/FORMAT.md is the spec.
 
 pub mod container;
 pub mod journal;
 pub mod manifest;
+pub mod pgbackup;
 pub mod pgwal;
 pub mod segment;
 pub mod snapshot;

@@ -310,7 +310,7 @@ pub async fn fetch(replica: &Replica, pgdata: &Path, name: &str, dest: &Path) ->
         let key = layout::format_pg_wal(&generation, &f);
         async move {
             // Retried: a store that blips must not read as "not archived".
-            let obj = match crate::restore::get_retrying(replica, &key, None).await {
+            let obj = match crate::storage::get_retrying(replica, &key, None).await {
                 Ok(b) => b,
                 Err(e) if e.is_not_found() => return Ok(None),
                 Err(e) => return Err(e),
@@ -343,12 +343,11 @@ pub async fn fetch(replica: &Replica, pgdata: &Path, name: &str, dest: &Path) ->
 /// later file that shows it is missing from the middle: a segment of the same timeline
 /// further on, or a later timeline's history.
 pub fn later_than(listing: &[crate::storage::Listed], missing: &WalFile) -> Option<WalFile> {
-    let later = listing
-        .iter()
-        .filter_map(|o| match layout::parse_object(&o.name) {
-            Some(layout::ObjectName::PgWal(_, f)) => Some(f),
-            _ => None,
-        })
+    let catalog = crate::catalog::Catalog::of(listing);
+    let later = catalog
+        .generations
+        .values()
+        .flat_map(|g| g.wal.iter().map(|(f, _)| *f))
         .filter(|f| match (*missing, *f) {
             (
                 WalFile::Segment { timeline, log, seg },

@@ -10,7 +10,7 @@ use crate::format::container::Writer;
 use crate::storage::layout::{self, BackupName};
 use crate::storage::{PutOutcome, Replica};
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,38 +24,7 @@ const PART_RAW: usize = 16 << 20;
 const CHUNK_RAW: usize = 1 << 20;
 /// Parts compressed and uploaded at once while the next is read.
 const PARTS_IN_FLIGHT: usize = 3;
-/// The manifest format this version writes; 2: a file may continue into the next parts.
-pub const MANIFEST_FORMAT: u32 = 2;
-
-/// One file of a backup: its bytes start in `part` at `offset` and, when the part ends
-/// first, continue from the start of the next parts.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FileEntry {
-    pub path: String,
-    pub size: u64,
-    pub mode: u32,
-    pub part: u32,
-    pub offset: u64,
-    pub crc: u32,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BackupManifest {
-    pub format: u32,
-    /// As a string: JSON numbers lose precision past 2^53.
-    pub system_identifier: String,
-    pub timeline: u32,
-    pub start_lsn: String,
-    pub stop_lsn: String,
-    pub start_ms: u64,
-    pub stop_ms: u64,
-    pub backup_label: String,
-    pub tablespace_map: Option<String>,
-    pub dirs: Vec<String>,
-    pub files: Vec<FileEntry>,
-    pub parts: u32,
-    pub bytes: u64,
-}
+pub use crate::format::pgbackup::{BackupManifest, FileEntry, MANIFEST_FORMAT};
 
 use crate::pgformat::lsn::parse_lsn;
 

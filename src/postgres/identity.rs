@@ -6,7 +6,7 @@
 //! "One cluster per path").
 
 use super::control::generation_of;
-use crate::catalog::{CLUSTER_KEY, PathCluster, newest_writer, read_cluster as read};
+use crate::catalog::{CLUSTER_KEY, Catalog, PathCluster, read_cluster as read};
 use crate::error::{Error, Result};
 use crate::storage::layout::{self, GenerationId};
 use crate::storage::{Replica, Swap};
@@ -59,7 +59,7 @@ pub async fn check(
             }
             None => {
                 let listing = replica.list(layout::GENERATIONS).await?;
-                match newest_writer(&listing) {
+                match Catalog::of(&listing).newest_writer() {
                     Some(g) if g.as_str() != me.generation && !force => {
                         return Err(refusal(
                             replica,
@@ -212,7 +212,7 @@ mod tests {
             wal(&b, "000000010000000000000001", 20),
             wal(&a, "000000010000000000000002", 30),
         ];
-        assert_eq!(newest_writer(&l), Some(a));
-        assert_eq!(newest_writer(&[]), None);
+        assert_eq!(Catalog::of(&l).newest_writer(), Some(a));
+        assert_eq!(Catalog::of(&[]).newest_writer(), None);
     }
 }

@@ -13,7 +13,7 @@ use crate::format::container;
 use crate::pgformat::walname::WalFile;
 use crate::pgformat::walrecords::LastXact;
 use crate::storage::Replica;
-use crate::storage::layout::{self, BackupFile, BackupName, GenerationId, ObjectName};
+use crate::storage::layout::{self, BackupName, GenerationId};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -43,33 +43,11 @@ pub struct Outcome {
     pub wal: WalChecked,
 }
 
-/// The complete base backups (with a manifest) of every cluster in a listing, and the
-/// timelines whose history is archived.
-pub struct Catalog {
-    pub backups: BTreeMap<GenerationId, Vec<BackupName>>,
-    pub histories: BTreeMap<GenerationId, Vec<u32>>,
-}
+pub use crate::catalog::Catalog;
 
+/// The catalog of a listing (`catalog::Catalog::of`).
 pub fn catalog(listing: &[crate::storage::Listed]) -> Catalog {
-    let mut backups: BTreeMap<GenerationId, Vec<BackupName>> = BTreeMap::new();
-    let mut histories: BTreeMap<GenerationId, Vec<u32>> = BTreeMap::new();
-    for o in listing {
-        match layout::parse_object(&o.name) {
-            Some(ObjectName::PgBackup(g, b, BackupFile::Manifest)) => {
-                backups.entry(g).or_default().push(b)
-            }
-            Some(ObjectName::PgWal(g, WalFile::History { timeline })) => {
-                histories.entry(g).or_default().push(timeline)
-            }
-            _ => {}
-        }
-    }
-    // By start time: after a restore and promotion, positions on the new timeline start
-    // below the old timeline's newest backup.
-    for v in backups.values_mut() {
-        v.sort_by_key(|b| (b.start_ms, b.start_lsn));
-    }
-    Catalog { backups, histories }
+    Catalog::of(listing)
 }
 
 /// The backup to start from: the newest backup started at or before the target, in the
@@ -86,59 +64,54 @@ pub fn choose_in(
     only: Option<&GenerationId>,
     target_ms: Option<u64>,
 ) -> Result<(GenerationId, BackupName), String> {
-    if let Some(g) = only {
-        let Some(list) = c.backups.get(g) else {
-            let others: Vec<&str> = c.backups.keys().map(|k| k.as_str()).collect();
-            return Err(format!(
-                "generation {g} (the cluster to restore) has no base backup here{}",
-                if others.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "; other clusters' generations with backups: {} (choose one with \
-                         --generation)",
-                        others.join(", ")
-                    )
-                }
-            ));
-        };
-        return list
-            .iter()
-            .rev()
-            .find(|b| target_ms.is_none_or(|t| b.start_ms <= t))
-            .map(|b| (g.clone(), *b))
-            .ok_or_else(|| {
+    let with_backups: Vec<(&GenerationId, Vec<BackupName>)> = c
+        .generations
+        .iter()
+        .map(|(id, g)| (id, g.complete_backups()))
+        .filter(|(_, b)| !b.is_empty())
+        .collect();
+    if let Some(g) = only
+        && !with_backups.iter().any(|(id, _)| *id == g)
+    {
+        let others: Vec<&str> = with_backups.iter().map(|(k, _)| k.as_str()).collect();
+        return Err(format!(
+            "generation {g} (the cluster to restore) has no base backup here{}",
+            if others.is_empty() {
+                String::new()
+            } else {
                 format!(
-                    "the oldest base backup started at {}, after the target: this replica \
-                     cannot restore generation {g} earlier",
-                    crate::clock::rfc3339(list.first().map_or(0, |b| b.start_ms))
+                    "; other clusters' generations with backups: {} (choose one with \
+                     --generation)",
+                    others.join(", ")
                 )
-            });
+            }
+        ));
     }
-    if c.backups.is_empty() {
+    if with_backups.is_empty() {
         return Err(
             "no base backup in this replica: run `walship pg-backup` (or let the \
                     sidecar take one) first"
                 .into(),
         );
     }
-    c.backups
-        .iter()
-        .rev()
-        .find_map(|(g, list)| {
-            list.iter()
-                .rev()
-                .find(|b| target_ms.is_none_or(|t| b.start_ms <= t))
-                .map(|b| (g.clone(), *b))
-        })
-        .ok_or_else(|| {
-            let oldest = c.backups.values().flatten().map(|b| b.start_ms).min();
-            format!(
-                "the oldest base backup started at {}, after the target: this replica cannot \
-                 restore earlier",
-                crate::clock::rfc3339(oldest.unwrap_or(0))
-            )
-        })
+    c.backup_at_or_before(only, target_ms).ok_or_else(|| {
+        let oldest = with_backups
+            .iter()
+            .filter(|(id, _)| only.is_none_or(|o| o == *id))
+            .flat_map(|(_, b)| b.iter().map(|b| b.start_ms))
+            .min();
+        let at = crate::clock::rfc3339(oldest.unwrap_or(0));
+        match only {
+            Some(g) => format!(
+                "the oldest base backup started at {at}, after the target: this replica \
+                 cannot restore generation {g} earlier"
+            ),
+            None => format!(
+                "the oldest base backup started at {at}, after the target: this replica \
+                 cannot restore earlier"
+            ),
+        }
+    })
 }
 
 /// Writes a backup's files as its parts arrive, in order: each file starts at its entry's
@@ -277,17 +250,15 @@ async fn on_latest_timeline(
     newest: BackupName,
     target_ms: Option<u64>,
 ) -> Result<(BackupName, BackupManifest)> {
-    let latest = cat
-        .histories
-        .get(generation)
-        .and_then(|t| t.iter().max().copied())
-        .unwrap_or(1);
+    let g = &cat.generations[generation];
+    let latest = g.history_timelines().max().unwrap_or(1);
     let ancestry = if latest > 1 {
         crate::catalog::read_history(replica, generation, latest).await?
     } else {
         Vec::new()
     };
-    let candidates = cat.backups[generation]
+    let backups = g.complete_backups();
+    let candidates = backups
         .iter()
         .rev()
         .filter(|b| b.start_ms <= newest.start_ms)
@@ -295,8 +266,7 @@ async fn on_latest_timeline(
     let mut skipped = Vec::new();
     for b in candidates {
         let mkey = format!("{}/manifest.json", layout::format_backup_dir(generation, b));
-        let m: BackupManifest = serde_json::from_slice(&replica.get(&mkey).await?)
-            .map_err(|e| Error::corrupt(&mkey, e.to_string()))?;
+        let m = crate::catalog::read_backup_manifest(replica, &mkey).await?;
         let stop = crate::pgformat::lsn::parse_lsn(&m.stop_lsn)
             .ok_or_else(|| Error::corrupt(&mkey, format!("stop LSN {:?}", m.stop_lsn)))?;
         if on_lineage(m.timeline, stop, latest, &ancestry) {
@@ -470,7 +440,7 @@ pub async fn restore(replica: &Replica, pgdata: &Path, opts: &Options) -> Result
     }
     std::fs::rename(&tmp, pgdata).map_err(|e| Error::io(pgdata, e))?;
     Ok(Outcome {
-        timelines: cat.histories.get(&generation).cloned().unwrap_or_default(),
+        timelines: cat.generations[&generation].history_timelines().collect(),
         generation,
         backup,
         files: manifest.files.len(),

@@ -428,10 +428,10 @@ impl Sidecar {
             .replica
             .list(&layout::format_pg_backups_dir(&generation))
             .await?;
-        let Some(newest) = super::restore::catalog(&listing)
-            .backups
+        let Some(newest) = crate::catalog::Catalog::of(&listing)
+            .generations
             .get(&generation)
-            .and_then(|b| b.last().copied())
+            .and_then(|g| g.complete_backups().last().copied())
         else {
             return Ok((Duration::ZERO, None));
         };
@@ -439,8 +439,7 @@ impl Sidecar {
             "{}/manifest.json",
             layout::format_backup_dir(&generation, &newest)
         );
-        let m: backup::BackupManifest = serde_json::from_slice(&self.replica.get(&key).await?)
-            .map_err(|e| Error::corrupt(&key, e.to_string()))?;
+        let m = crate::catalog::read_backup_manifest(&self.replica, &key).await?;
         let age = Duration::from_millis(crate::clock::now_ms().saturating_sub(newest.start_ms));
         Ok((every.saturating_sub(age), Some(m.timeline)))
     }

@@ -28,7 +28,7 @@ use crate::format::snapshot::SnapshotMeta;
 use crate::metrics::{DbLabel, Health, KindLabel, Metrics};
 use crate::sqlite::db::{LiveDb, check_database};
 use crate::storage::Replica;
-use crate::storage::layout::{self, GenerationId, ObjectName};
+use crate::storage::layout::{self, GenerationId};
 use crate::storage::lease;
 use capture::{Capture, CaptureSettings, ResumePoint};
 use spool::Spool;

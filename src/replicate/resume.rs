@@ -16,21 +16,14 @@ pub(super) async fn find_resume_point(
     let objects = replica
         .list(&layout::format_generation_dir(&generation))
         .await?;
-    let mut snapshot = None;
-    let mut last_segment = None;
-    for o in &objects {
-        match layout::parse_object(&o.name) {
-            Some(ObjectName::Snapshot(_, s)) if snapshot.as_ref().is_none_or(|(b, _)| s > *b) => {
-                snapshot = Some((s, o.name.clone()))
-            }
-            Some(ObjectName::Segment(_, s))
-                if last_segment.as_ref().is_none_or(|(b, _)| s > *b) =>
-            {
-                last_segment = Some((s, o.name.clone()))
-            }
-            _ => {}
-        }
-    }
+    let catalog = crate::catalog::Catalog::of(&objects);
+    let g = catalog.generations.get(&generation);
+    let snapshot = g
+        .and_then(|g| g.snapshots.last())
+        .map(|s| (s.name, s.key.clone()));
+    let last_segment = g
+        .and_then(|g| g.segments.last())
+        .map(|s| (s.name, s.key.clone()));
     let Some((snap, snap_name)) = snapshot else {
         return Ok(None);
     };
@@ -83,12 +76,7 @@ pub(super) async fn path_history(
     gens: &[GenerationId],
 ) -> Result<Option<history::OnPath>> {
     for g in gens.iter().rev().take(4) {
-        let bytes = match replica.get(&layout::format_manifest(g)).await {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e),
-        };
-        let Ok(m) = crate::format::manifest::check(&bytes) else {
+        let Ok(m) = crate::catalog::read_manifest(replica, g).await? else {
             continue;
         };
         return Ok(Some(history::OnPath {

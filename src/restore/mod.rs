@@ -16,6 +16,7 @@ use crate::format::snapshot::{SnapshotMeta, SnapshotVerifier, decode_chunk_at};
 use crate::sqlite::db::sidecar_path;
 use crate::sqlite::wal::WalPosition;
 use crate::storage::Replica;
+use crate::storage::get_retrying;
 use crate::storage::layout;
 use futures::StreamExt;
 use plan::{Plan, Stop};
@@ -52,66 +53,6 @@ pub struct RestoreReport {
     pub elapsed: Duration,
 }
 
-/// Transient failures are retried here too (object_store retries a few times itself),
-/// with backoff, so a restore survives a store that blips for tens of seconds.
-const GET_ATTEMPTS: u32 = 6;
-
-fn transient(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Store {
-            kind: crate::error::StoreErrorKind::Unreachable | crate::error::StoreErrorKind::Other,
-            ..
-        }
-    )
-}
-
-pub(crate) async fn get_retrying(
-    replica: &Replica,
-    key: &str,
-    range: Option<std::ops::Range<u64>>,
-) -> Result<bytes::Bytes> {
-    let mut delay = Duration::from_millis(500);
-    let mut attempt = 1;
-    loop {
-        let r = match &range {
-            Some(r) => replica.get_range(key, r.clone()).await,
-            None => replica.get(key).await,
-        };
-        match r {
-            Err(e) if transient(&e) && attempt < GET_ATTEMPTS => {
-                tracing::warn!("{e}; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(8));
-                attempt += 1;
-            }
-            r => return r,
-        }
-    }
-}
-
-/// Read one generation's manifest and check it (`format::manifest::check`). Absent or
-/// invalid is a state of the generation, not an error; a store that cannot answer is.
-pub(crate) async fn read_manifest(
-    replica: &Replica,
-    id: &layout::GenerationId,
-) -> Result<plan::ManifestState> {
-    let key = layout::format_manifest(id);
-    match get_retrying(replica, &key, None).await {
-        Ok(b) => Ok(match crate::format::manifest::check(&b) {
-            Ok(m) => plan::ManifestState::Valid {
-                continues_parent_at: m.continues_parent_at,
-                parent_unchanged: m.parent_unchanged,
-            },
-            Err(why) => plan::ManifestState::Bad(format!("{key}: {why}")),
-        }),
-        Err(e) if e.is_not_found() => Ok(plan::ManifestState::Bad(format!(
-            "generation {id}'s manifest {key} is missing"
-        ))),
-        Err(e) => Err(e),
-    }
-}
-
 /// `plan::plan`, reading each manifest it asks for (a plan uses only generations whose
 /// manifest was checked; usually one GET). Refusals name the replica.
 pub async fn plan_checked(
@@ -126,7 +67,7 @@ pub async fn plan_checked(
         match plan::plan(gens, only, target, allow_older) {
             Ok(p) => return Ok(p),
             Err(plan::PlanError::NeedManifest(id)) => {
-                let state = read_manifest(replica, &id).await?;
+                let state = crate::catalog::manifest_state(replica, &id).await?;
                 if let Some(g) = gens.get_mut(&id) {
                     g.manifest = state;
                 }

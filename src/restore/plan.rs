@@ -5,125 +5,16 @@
 mod time;
 use time::time_plan;
 
-use crate::format::manifest::Unchanged;
 use crate::storage::Listed;
-use crate::storage::layout::{self, GenerationId, ObjectName, SegmentName, SnapshotName};
+use crate::storage::layout::{GenerationId, SegmentName, SnapshotName};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Obj<N> {
-    #[serde(flatten)]
-    pub name: N,
-    pub key: String,
-    pub size: u64,
-}
+pub use crate::catalog::{Generation, ManifestState, Obj};
 
-/// What is known of a generation's manifest: the listing says whether it exists; its
-/// content is read (one GET) only for a generation a plan would use.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum ManifestState {
-    /// Listed, not read yet.
-    #[default]
-    Unread,
-    /// Read and valid, with what it says of the parent (`format::manifest`).
-    Valid {
-        continues_parent_at: Option<u64>,
-        parent_unchanged: Option<Unchanged>,
-    },
-    /// Missing, unreadable, or not a format this walship reads: why, naming the object.
-    Bad(String),
-}
-
-/// Everything a replica holds for one generation, each list sorted.
-#[derive(Debug, Clone, Default)]
-pub struct Generation {
-    pub has_manifest: bool,
-    pub manifest: ManifestState,
-    pub snapshots: Vec<Obj<SnapshotName>>,
-    pub segments: Vec<Obj<SegmentName>>,
-    /// PostgreSQL WAL files: a cluster's generation, not a SQLite one.
-    pub postgres_objects: usize,
-}
-
-impl Generation {
-    /// Time of the newest transaction the generation holds.
-    pub fn last_write_ms(&self) -> Option<u64> {
-        let seg = self.segments.iter().map(|s| s.name.last_commit_ms).max();
-        let snap = self.snapshots.iter().map(|s| s.name.commit_ms).max();
-        seg.max(snap)
-    }
-
-    pub fn wal_bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.size).sum()
-    }
-
-    /// Whether the generation holds any SQLite data (a snapshot or a segment).
-    pub fn has_data(&self) -> bool {
-        !self.snapshots.is_empty() || !self.segments.is_empty()
-    }
-
-    /// Why this generation cannot be restored although it holds data, from what the
-    /// objects prove (docs/RESTORE.md): segments are uploaded only after the generation's
-    /// first snapshot, so segments without any snapshot mean the snapshots are gone; and a
-    /// generation's manifest is written before anything else in it.
-    pub fn damage(&self, id: &GenerationId) -> Option<String> {
-        if !self.has_data() {
-            return None;
-        }
-        if let ManifestState::Bad(why) = &self.manifest {
-            return Some(why.clone());
-        }
-        if self.snapshots.is_empty() {
-            let first = self.segments.iter().min_by_key(|s| s.name.first_txid)?;
-            let last = self.segments.iter().max_by_key(|s| s.name.last_txid)?;
-            return Some(format!(
-                "generation {id} holds {} segment(s) (transactions {}..{}, committed {} to {}) \
-                 but no snapshot under {}/snapshots/: its snapshots are missing",
-                self.segments.len(),
-                first.name.first_txid,
-                last.name.last_txid,
-                rfc3339(first.name.first_commit_ms),
-                rfc3339(last.name.last_commit_ms),
-                layout::format_generation_dir(id)
-            ));
-        }
-        None
-    }
-}
-
+/// A listing grouped by generation (`catalog::Catalog`): what the planner plans over.
 pub fn group(objects: &[Listed]) -> BTreeMap<GenerationId, Generation> {
-    let mut gens: BTreeMap<GenerationId, Generation> = BTreeMap::new();
-    for o in objects {
-        match layout::parse_object(&o.name) {
-            Some(ObjectName::Manifest(g)) => gens.entry(g).or_default().has_manifest = true,
-            Some(ObjectName::Snapshot(g, name)) => gens.entry(g).or_default().snapshots.push(Obj {
-                name,
-                key: o.name.clone(),
-                size: o.size,
-            }),
-            Some(ObjectName::Segment(g, name)) => gens.entry(g).or_default().segments.push(Obj {
-                name,
-                key: o.name.clone(),
-                size: o.size,
-            }),
-            Some(ObjectName::PgWal(g, _) | ObjectName::PgBackup(g, ..)) => {
-                gens.entry(g).or_default().postgres_objects += 1
-            }
-            None => {}
-        }
-    }
-    for (id, g) in gens.iter_mut() {
-        g.snapshots.sort_by_key(|s| s.name);
-        g.segments.sort_by_key(|s| s.name);
-        if !g.has_manifest && g.has_data() {
-            g.manifest = ManifestState::Bad(format!(
-                "generation {id}'s manifest {} is missing",
-                layout::format_manifest(id)
-            ));
-        }
-    }
-    gens
+    crate::catalog::Catalog::of(objects).generations
 }
 
 /// What a restore aims at.
@@ -265,7 +156,7 @@ fn need(id: &GenerationId, g: &Generation) -> Result<(), PlanError> {
 
 /// A generation restore can start from: a snapshot and a manifest not known to be bad.
 fn usable(g: &Generation) -> bool {
-    !g.snapshots.is_empty() && !matches!(g.manifest, ManifestState::Bad(_))
+    g.restorable()
 }
 
 /// The end of the chain from `snap`: its segments, last txid and commit time, and the
@@ -311,7 +202,7 @@ pub fn plan(
         .filter(|(id, g)| g.has_data() && only.is_none_or(|o| o == *id))
         .collect();
     if pool.is_empty() {
-        let starting = gens.iter().rev().find(|(_, g)| g.has_manifest);
+        let starting = gens.iter().rev().find(|(_, g)| g.has_manifest());
         return Err(match starting {
             None if gens.is_empty() => "no generations: nothing has been replicated here"
                 .to_string()

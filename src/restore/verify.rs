@@ -6,10 +6,11 @@
 //! an error naming it.
 
 use super::plan::{self, Obj, Target};
-use super::{Progress, RestoreOptions, apply_snapshot, get_retrying, restore_plan};
+use super::{Progress, RestoreOptions, apply_snapshot, restore_plan};
 use crate::error::{Error, Result};
 use crate::format::segment::Segment;
 use crate::storage::Replica;
+use crate::storage::get_retrying;
 use crate::storage::layout::{self, GenerationId};
 use futures::StreamExt;
 use serde::Serialize;

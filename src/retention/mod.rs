@@ -5,7 +5,6 @@ pub mod pgplan;
 pub mod plan;
 
 use crate::error::{Error, Result};
-use crate::pgformat::walname::WalFile;
 use crate::storage::layout::{self, GenerationId};
 use crate::storage::{Listed, Replica};
 pub use plan::{Policy, RetentionPlan, Tiers};
@@ -51,15 +50,16 @@ pub async fn apply(
         Some(l) => l,
         None => replica.list(layout::GENERATIONS).await?,
     };
-    let histories = histories(replica, &listing).await?;
+    let catalog = crate::catalog::Catalog::of(&listing);
+    let histories = histories(replica, &catalog).await?;
     // A current lease names the generation its holder writes, and a PostgreSQL path names
     // its cluster (`cluster.json`): neither is deleted, whatever the ids' order says.
     let path_live = match live {
-        None => path_live(replica, has_pg(&listing), now_ms).await?,
+        None => path_live(replica, catalog.has_postgres(), now_ms).await?,
         Some(_) => None,
     };
     let live = live.or(path_live.as_ref());
-    let plan = plan::plan_with(&listing, policy, now_ms, live, &histories).map_err(|reason| {
+    let plan = plan::plan_of(&catalog, policy, now_ms, live, &histories).map_err(|reason| {
         Error::Replica {
             replica: replica.url().to_string(),
             reason,
@@ -106,18 +106,13 @@ pub async fn apply(
     })
 }
 
-/// The timeline history files of the PostgreSQL clusters in `listing` (tiny; a cluster
+/// The timeline history files of the PostgreSQL clusters in `catalog` (tiny; a cluster
 /// rarely has more than a few), read so the planner knows where each timeline branched.
-async fn histories(replica: &Replica, listing: &[Listed]) -> Result<pgplan::Histories> {
-    let wanted: Vec<(GenerationId, u32)> = listing
-        .iter()
-        .filter_map(|o| match layout::parse_object(&o.name) {
-            Some(layout::ObjectName::PgWal(g, WalFile::History { timeline })) => {
-                Some((g, timeline))
-            }
-            _ => None,
-        })
-        .collect();
+async fn histories(
+    replica: &Replica,
+    catalog: &crate::catalog::Catalog,
+) -> Result<pgplan::Histories> {
+    let wanted = catalog.histories();
     let parsed = futures::future::try_join_all(
         wanted
             .iter()
@@ -135,15 +130,6 @@ fn still_listed<'a>(deleted: &[&plan::Doomed], after: &'a [Listed]) -> Vec<&'a s
         .map(|o| o.name.as_str())
         .filter(|n| gone.contains(n))
         .collect()
-}
-
-fn has_pg(listing: &[Listed]) -> bool {
-    listing.iter().any(|o| {
-        matches!(
-            layout::parse_object(&o.name),
-            Some(layout::ObjectName::PgWal(..) | layout::ObjectName::PgBackup(..))
-        )
-    })
 }
 
 /// The generation a path says is live: a PostgreSQL path's `cluster.json`'s, else a

@@ -18,53 +18,17 @@
 //!   newer ones are kept whole.
 
 use super::plan::{Action, Doomed, GenerationPlan, Phase, Policy, tier_rescue};
+use crate::catalog::Catalog;
 use crate::pgformat::walname::WalFile;
-use crate::storage::Listed;
-use crate::storage::layout::{self, BackupFile, BackupName, GenerationId, ObjectName};
+use crate::storage::layout::{BackupName, GenerationId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Parsed timeline history files: for (generation, timeline), each ancestor timeline and
 /// the position where the history switched away from it.
 pub type Histories = HashMap<(GenerationId, u32), Vec<(u32, u64)>>;
 
-struct Obj {
-    key: String,
-    size: u64,
-    modified_ms: u64,
-}
-
-#[derive(Default)]
-struct Backup {
-    manifest: Option<Obj>,
-    parts: Vec<Obj>,
-}
-
-#[derive(Default)]
-struct PgGen {
-    backups: BTreeMap<BackupName, Backup>,
-    wal: Vec<(WalFile, Obj)>,
-}
-
-impl PgGen {
-    /// Complete backups, oldest start first.
-    fn complete(&self) -> Vec<BackupName> {
-        let mut v: Vec<BackupName> = self
-            .backups
-            .iter()
-            .filter(|(_, b)| b.manifest.is_some())
-            .map(|(n, _)| *n)
-            .collect();
-        v.sort_by_key(|b| (b.start_ms, b.start_lsn));
-        v
-    }
-
-    fn objects(&self) -> impl Iterator<Item = &Obj> {
-        self.backups
-            .values()
-            .flat_map(|b| b.manifest.iter().chain(&b.parts))
-            .chain(self.wal.iter().map(|(_, o)| o))
-    }
-}
+type Obj = crate::catalog::Obj<()>;
+type PgGen = crate::catalog::Generation;
 
 /// The cluster's WAL segment size (a power of two, 1 MB to 1 GB; names do not carry it):
 /// the one under which the most backup label files name the start of a complete backup,
@@ -81,7 +45,7 @@ fn segment_size(g: &PgGen) -> Option<u64> {
         })
         .max()
         .unwrap_or(0);
-    let starts: HashSet<u64> = g.complete().iter().map(|b| b.start_lsn).collect();
+    let starts: HashSet<u64> = g.complete_backups().iter().map(|b| b.start_lsn).collect();
     let mut best: Option<(usize, u64)> = None;
     let mut tie = false;
     for size in (20..=30).map(|bits| 1u64 << bits) {
@@ -135,7 +99,7 @@ fn first_segment(g: &PgGen, b: &BackupName) -> Option<(u32, (u32, u32), u64)> {
         .collect();
     fits.sort_unstable();
     let same: Vec<BackupName> = g
-        .complete()
+        .complete_backups()
         .into_iter()
         .filter(|o| o.start_lsn == b.start_lsn)
         .collect();
@@ -179,52 +143,26 @@ fn lineage_allows_cut(
     Ok(())
 }
 
-fn group(listing: &[Listed]) -> BTreeMap<GenerationId, PgGen> {
-    let mut gens: BTreeMap<GenerationId, PgGen> = BTreeMap::new();
-    for o in listing {
-        let obj = || Obj {
-            key: o.name.clone(),
-            size: o.size,
-            modified_ms: o.modified_ms,
-        };
-        match layout::parse_object(&o.name) {
-            Some(ObjectName::PgBackup(g, b, f)) => {
-                let e = gens.entry(g).or_default().backups.entry(b).or_default();
-                match f {
-                    BackupFile::Manifest => e.manifest = Some(obj()),
-                    BackupFile::Part(_) => e.parts.push(obj()),
-                }
-            }
-            Some(ObjectName::PgWal(g, f)) => gens.entry(g).or_default().wal.push((f, obj())),
-            _ => {}
-        }
-    }
-    gens
-}
-
-/// Plan every PostgreSQL generation of `listing` (which holds no SQLite one).
+/// Plan every PostgreSQL generation of `catalog` (which holds no SQLite one).
 pub(super) fn plan(
-    listing: &[Listed],
+    catalog: &Catalog,
     policy: &Policy,
     now_ms: u64,
     window_start_ms: u64,
     live: Option<&GenerationId>,
     histories: &Histories,
 ) -> Vec<GenerationPlan> {
-    let gens = group(listing);
+    let gens = &catalog.generations;
     let newest = gens.keys().next_back().cloned();
-    let anchor: Option<(GenerationId, BackupName)> = gens.iter().rev().find_map(|(id, g)| {
-        g.complete()
-            .into_iter()
-            .rev()
-            .find(|b| b.start_ms <= window_start_ms)
-            .map(|b| (id.clone(), b))
-    });
+    // The backup a `pg-restore` at the window's start uses (the catalog's rule, which
+    // `postgres::restore::choose` calls too).
+    let anchor: Option<(GenerationId, BackupName)> =
+        catalog.backup_at_or_before(None, Some(window_start_ms));
 
     // What each generation keeps before tiers: Some(backups kept) for a trimmed one,
     // None for one kept whole; an empty set means deleted whole.
     let mut kept: BTreeMap<GenerationId, (Option<HashSet<BackupName>>, String)> = BTreeMap::new();
-    for (id, g) in &gens {
+    for (id, g) in gens {
         // A cluster's last write is its newest object, WAL included (WAL names carry no
         // time): judged by backups alone, a cluster that archives but was backed up long
         // ago looked old, and a newer, idle cluster's window deleted it whole.
@@ -232,14 +170,14 @@ pub(super) fn plan(
             .backups
             .keys()
             .map(|b| b.start_ms)
-            .chain(g.objects().map(|o| o.modified_ms))
+            .chain(g.pg_objects().map(|o| o.modified_ms))
             .max()
             .unwrap_or(0)
             .max(id.created_ms());
         let live_now = Some(id) == newest.as_ref()
             || Some(id) == live
             || activity + policy.live_grace.as_millis() as u64 > now_ms;
-        let entry = if g.complete().is_empty() {
+        let entry = if g.complete_backups().is_empty() {
             if live_now {
                 (None, "live, no complete base backup yet".to_string())
             } else {
@@ -294,7 +232,7 @@ pub(super) fn plan(
     // Tiers pick among complete backups started before the window.
     let mut before: Vec<(u64, (GenerationId, BackupName))> = gens
         .iter()
-        .flat_map(|(id, g)| g.complete().into_iter().map(move |b| (id, b)))
+        .flat_map(|(id, g)| g.complete_backups().into_iter().map(move |b| (id, b)))
         .filter(|(_, b)| b.start_ms < window_start_ms)
         .map(|(id, b)| (b.start_ms, (id.clone(), b)))
         .collect();
@@ -306,10 +244,10 @@ pub(super) fn plan(
     });
 
     let mut out = Vec::new();
-    for (id, g) in &gens {
+    for (id, g) in gens {
         let (keep, mut why) = kept.remove(id).expect("every generation was classified");
-        let total_objects = g.objects().count();
-        let total_bytes: u64 = g.objects().map(|o| o.size).sum();
+        let total_objects = g.pg_objects().count();
+        let total_bytes: u64 = g.pg_objects().map(|o| o.size).sum();
         let mut action = Action::Keep;
         let mut delete = Vec::new();
         let mut tier_snapshots = 0;

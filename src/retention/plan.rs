@@ -14,11 +14,11 @@
 //! - only listed objects are ever named, so nothing newer than the listing is touched.
 
 pub use super::pgplan::Histories;
-use crate::restore::plan::{Generation, group};
+use crate::catalog::{Catalog, Generation};
 use crate::storage::Listed;
-use crate::storage::layout::{self, GenerationId};
+use crate::storage::layout::GenerationId;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 pub use crate::policy::{DEFAULT_LIVE_GRACE, Policy, Tiers};
 
@@ -126,27 +126,27 @@ pub fn plan_with(
     live: Option<&GenerationId>,
     histories: &Histories,
 ) -> Result<RetentionPlan, String> {
+    plan_of(&Catalog::of(listing), policy, now_ms, live, histories)
+}
+
+/// `plan_with` over a listing already parsed.
+pub fn plan_of(
+    catalog: &Catalog,
+    policy: &Policy,
+    now_ms: u64,
+    live: Option<&GenerationId>,
+    histories: &Histories,
+) -> Result<RetentionPlan, String> {
     let window_start_ms = now_ms.saturating_sub(policy.window.as_millis() as u64);
-    let mut manifests: BTreeMap<GenerationId, &Listed> = BTreeMap::new();
-    let mut foreign_objects = 0;
-    for o in listing {
-        match layout::parse_object(&o.name) {
-            Some(layout::ObjectName::Manifest(g)) => {
-                manifests.insert(g, o);
-            }
-            Some(_) => {}
-            None if in_generation_dir(&o.name) => {
-                return Err(format!(
-                    "unrecognised object {} inside a generation; refusing to clean a replica \
-                     this walship does not fully understand (written by a newer version?)",
-                    o.name
-                ));
-            }
-            None => foreign_objects += 1,
-        }
+    if let Some(o) = catalog.unknown.first() {
+        return Err(format!(
+            "unrecognised object {o} inside a generation; refusing to clean a replica \
+             this walship does not fully understand (written by a newer version?)"
+        ));
     }
-    let gens = group(listing);
-    let postgres = gens.values().filter(|g| g.postgres_objects > 0).count();
+    let foreign_objects = catalog.foreign;
+    let gens = &catalog.generations;
+    let postgres = gens.values().filter(|g| g.is_postgres()).count();
     if postgres > 0 {
         if postgres < gens.len() {
             return Err(
@@ -159,7 +159,7 @@ pub fn plan_with(
             now_ms,
             window_start_ms,
             generations: super::pgplan::plan(
-                listing,
+                catalog,
                 policy,
                 now_ms,
                 window_start_ms,
@@ -170,20 +170,13 @@ pub fn plan_with(
         });
     }
     let newest = gens.keys().next_back().cloned();
-    // The generation a restore at the window's start uses: the newest whose oldest
-    // snapshot is at or before it (restore::plan picks the same way).
-    let anchor = gens
-        .iter()
-        .rev()
-        .find(|(_, g)| {
-            g.snapshots
-                .first()
-                .is_some_and(|s| s.name.commit_ms <= window_start_ms)
-        })
+    // The generation a restore at the window's start uses (the catalog's rule, which
+    // restore's time plan calls too).
+    let anchor = crate::catalog::sqlite_start_at(gens.iter().rev(), window_start_ms)
         .map(|(id, _)| id.clone());
 
     let mut out = Vec::new();
-    for (id, g) in &gens {
+    for (id, g) in gens {
         let live_now = Some(id) == newest.as_ref()
             || Some(id) == live
             || activity_ms(id, g) + policy.live_grace.as_millis() as u64 > now_ms;
@@ -214,10 +207,7 @@ pub fn plan_with(
                 ),
                 Some(std::cmp::Ordering::Equal) => {
                     let first = g
-                        .snapshots
-                        .iter()
-                        .rev()
-                        .find(|s| s.name.commit_ms <= window_start_ms)
+                        .snapshot_at_or_before(window_start_ms)
                         .expect("the anchor has a snapshot at or before the start");
                     (
                         Action::Trim,
@@ -253,19 +243,18 @@ pub fn plan_with(
                         phase: Phase::Segment,
                     }),
             );
-            if whole && let Some(m) = manifests.get(id) {
+            if whole && let Some(m) = &g.manifest_obj {
                 delete.push(Doomed {
-                    key: m.name.clone(),
+                    key: m.key.clone(),
                     size: m.size,
                     phase: Phase::Manifest,
                 });
             }
         }
-        let total_objects =
-            g.snapshots.len() + g.segments.len() + usize::from(manifests.contains_key(id));
+        let total_objects = g.snapshots.len() + g.segments.len() + usize::from(g.has_manifest());
         let total_bytes = g.snapshots.iter().map(|s| s.size).sum::<u64>()
             + g.wal_bytes()
-            + manifests.get(id).map_or(0, |m| m.size);
+            + g.manifest_obj.as_ref().map_or(0, |m| m.size);
         out.push((id.clone(), action, why, delete, total_objects, total_bytes));
     }
 
@@ -346,14 +335,6 @@ pub(super) fn tier_rescue<K: Clone + Eq + std::hash::Hash>(
         }
     }
     rescued
-}
-
-/// `generations/<walship id>/...`: a place where every name must be walship's.
-fn in_generation_dir(rel: &str) -> bool {
-    rel.strip_prefix(layout::GENERATIONS)
-        .and_then(|r| r.strip_prefix('/'))
-        .and_then(|r| r.split_once('/'))
-        .is_some_and(|(g, _)| GenerationId::parse(g).is_some())
 }
 
 #[cfg(test)]

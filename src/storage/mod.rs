@@ -5,5 +5,7 @@ pub mod credentials;
 pub mod layout;
 pub mod lease;
 pub mod replica;
+pub mod retry;
 
 pub use replica::{Listed, PutOutcome, Replica, Swap};
+pub use retry::get_retrying;

@@ -47,22 +47,21 @@ pub(super) async fn check_wal(
     };
     let first = start_file(&manifest.backup_label)
         .ok_or_else(|| refuse("the backup's label names no START WAL LOCATION file".to_string()))?;
+    let catalog = crate::catalog::Catalog::of(listing);
+    let wal = catalog
+        .generations
+        .get(generation)
+        .map_or(&[][..], |g| &g.wal[..]);
     let mut archived: BTreeMap<u32, std::collections::BTreeSet<(u32, u32)>> = BTreeMap::new();
-    for o in listing {
-        if let Some(ObjectName::PgWal(g, WalFile::Segment { timeline, log, seg })) =
-            layout::parse_object(&o.name)
-            && &g == generation
-        {
+    for (f, _) in wal {
+        if let WalFile::Segment { timeline, log, seg } = *f {
             archived.entry(timeline).or_default().insert((log, seg));
         }
     }
     // The latest timeline, as recovery (`recovery_target_timeline = 'latest'`) finds it.
-    let latest = listing
+    let latest = wal
         .iter()
-        .filter_map(|o| match layout::parse_object(&o.name) {
-            Some(ObjectName::PgWal(g, f)) if &g == generation => Some(f.timeline()),
-            _ => None,
-        })
+        .map(|(f, _)| f.timeline())
         .chain([first.timeline()])
         .max()
         .unwrap_or(1);
@@ -74,7 +73,7 @@ pub(super) async fn check_wal(
     // The segment size, from the start segment's own page header.
     let fetch = |f: WalFile| async move {
         let key = layout::format_pg_wal(generation, &f);
-        let obj = crate::restore::get_retrying(replica, &key, None).await;
+        let obj = crate::storage::get_retrying(replica, &key, None).await;
         let obj = match obj {
             Err(e) if e.is_not_found() => {
                 return Err(Error::Replica {
@@ -212,12 +211,13 @@ pub async fn last_archived_xact_ms(
     listing: &[crate::storage::Listed],
     generation: &GenerationId,
 ) -> Result<Option<u64>> {
-    let mut segs: Vec<WalFile> = listing
+    let catalog = crate::catalog::Catalog::of(listing);
+    let mut segs: Vec<WalFile> = catalog
+        .generations
+        .get(generation)
+        .map_or(&[][..], |g| &g.wal[..])
         .iter()
-        .filter_map(|o| match layout::parse_object(&o.name) {
-            Some(ObjectName::PgWal(g, f @ WalFile::Segment { .. })) if &g == generation => Some(f),
-            _ => None,
-        })
+        .filter_map(|(f, _)| matches!(f, WalFile::Segment { .. }).then_some(*f))
         .collect();
     segs.sort();
     let Some(newest_tl) = segs.last().map(WalFile::timeline) else {

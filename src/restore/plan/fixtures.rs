@@ -1,6 +1,7 @@
 //! Listings built by hand for the tests of `restore/plan.rs`.
 
 use super::*;
+use crate::storage::layout;
 
 pub fn g(n: u64) -> GenerationId {
     GenerationId::new(n, 0)

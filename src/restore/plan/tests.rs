@@ -2,12 +2,19 @@
 
 use super::fixtures::*;
 use super::*;
+use crate::format::manifest::Unchanged;
+use crate::storage::layout;
 
 /// The listing with a manifest for every generation, each read and valid.
 fn ok(objs: &[Listed]) -> BTreeMap<GenerationId, Generation> {
     let mut gens = group(objs);
-    for g in gens.values_mut() {
-        g.has_manifest = true;
+    for (id, g) in gens.iter_mut() {
+        g.manifest_obj = Some(Obj {
+            name: (),
+            key: layout::format_manifest(id),
+            size: 0,
+            modified_ms: 0,
+        });
         g.manifest = ManifestState::Valid {
             continues_parent_at: None,
             parent_unchanged: None,

@@ -2,6 +2,7 @@
 //! the target, and the segments up to the last commit at or before it.
 
 use super::*;
+use crate::format::manifest::Unchanged;
 
 pub(super) fn time_plan(
     pool: &[(&GenerationId, &Generation)],
@@ -27,11 +28,8 @@ pub(super) fn time_plan(
             _ => "this replica holds no restorable generation".into(),
         }
     };
-    // The newest generation that existed at `t`: its oldest snapshot is not later.
-    let Some(pos) = usable_pool
-        .iter()
-        .position(|(_, g)| g.snapshots[0].name.commit_ms <= t)
-    else {
+    // The newest generation that existed at `t` (retention keeps the same one).
+    let Some((id, g)) = crate::catalog::sqlite_start_at(pool.iter().copied(), t) else {
         return Err(format!(
             "{} is before the oldest restorable point; {}",
             rfc3339(t),
@@ -39,14 +37,8 @@ pub(super) fn time_plan(
         )
         .into());
     };
-    let (id, g) = usable_pool[pos];
     need(id, g)?;
-    let snapshot = g
-        .snapshots
-        .iter()
-        .rev()
-        .find(|s| s.name.commit_ms <= t)
-        .expect("the oldest qualifies");
+    let snapshot = g.snapshot_at_or_before(t).expect("the oldest qualifies");
     let (chain, chain_txid, chain_ms, _) = chain_end(g, snapshot);
     let segments: Vec<_> = chain
         .iter()
@@ -145,8 +137,9 @@ pub(super) fn time_plan(
             return Ok(exact);
         }
     }
-    let next_ms = usable_pool[..pos]
+    let next_ms = usable_pool
         .iter()
+        .take_while(|(i, _)| *i != id)
         .map(|(_, g)| g.snapshots[0].name.commit_ms)
         .min();
     let why = match ng.damage(nid) {

@@ -4,6 +4,8 @@ use super::super::plan::{Tiers, plan, plan_with};
 use super::*;
 use crate::postgres::restore::{catalog, choose};
 use crate::restore::plan::fixtures::g;
+use crate::storage::Listed;
+use crate::storage::layout::{self, ObjectName};
 use std::time::Duration;
 
 const H: u64 = 3_600_000;
@@ -387,9 +389,9 @@ fn tiers_keep_older_backups_and_the_wal_after_them() {
     let plan = plan(&l, &p, now, None).unwrap();
     let c = catalog(&after(&l, &plan));
     let starts: Vec<u64> = c
-        .backups
+        .generations
         .values()
-        .flatten()
+        .flat_map(|g| g.complete_backups())
         .map(|b| b.start_ms / H)
         .collect();
     // Window from 78h: the 73h backup anchors it; 85h is inside. Days: 3 (73h, taken

@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::restore::plan::fixtures::{g, manifest, seg_at, snap_at};
+use crate::restore::plan::group;
 use crate::restore::plan::{Target, fixtures::plan_trusting as restore_plan};
+use crate::storage::layout;
 use std::time::Duration;
 
 const H: u64 = 3_600_000;

@@ -1,13 +1,18 @@
-//! What a replica path holds beyond one listing's names: the objects walship reads to
-//! know a path (a PostgreSQL timeline's history, the path's `cluster.json`) and queries
-//! over a listing that several commands share. Reads only; never writes or deletes.
+//! What a replica path holds: one parse of its listing (`listing`: generations, snapshots,
+//! segments, base backups, WAL and the queries over them) and the small objects walship
+//! reads to know a path (a generation's manifest, a base backup's manifest, a timeline's
+//! history, the path's `cluster.json`). Reads only; never writes or deletes.
+
+mod listing;
+pub use listing::{Backup, Catalog, Generation, ManifestState, Obj, sqlite_start_at};
 
 use crate::error::{Error, Result};
+use crate::format::manifest::Manifest;
+use crate::format::pgbackup::BackupManifest;
 use crate::pgformat::walname::WalFile;
-use crate::storage::layout::{self, GenerationId, ObjectName};
-use crate::storage::{Listed, Replica};
+use crate::storage::layout::{self, GenerationId};
+use crate::storage::{Replica, get_retrying};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// Timeline `timeline`'s history file from the replica, parsed: each ancestor timeline and
 /// where the history left it.
@@ -79,20 +84,36 @@ pub async fn read_cluster(replica: &Replica) -> Result<Option<(PathCluster, Stri
     }
 }
 
-/// For a path written before `cluster.json` existed: the cluster whose newest object is
-/// the newest (the one still archiving), or `None` for a path without PostgreSQL objects.
-pub fn newest_writer(listing: &[Listed]) -> Option<GenerationId> {
-    let mut newest: BTreeMap<GenerationId, u64> = BTreeMap::new();
-    for o in listing {
-        if let Some(ObjectName::PgWal(g, _) | ObjectName::PgBackup(g, _, _)) =
-            layout::parse_object(&o.name)
-        {
-            let e = newest.entry(g).or_default();
-            *e = (*e).max(o.modified_ms);
+/// One SQLite generation's manifest, checked (`format::manifest::check`). `Ok(Err(why))`:
+/// absent or invalid, naming the object; `Err`: the store could not answer.
+pub async fn read_manifest(
+    replica: &Replica,
+    id: &GenerationId,
+) -> Result<std::result::Result<Manifest, String>> {
+    let key = layout::format_manifest(id);
+    match get_retrying(replica, &key, None).await {
+        Ok(b) => Ok(crate::format::manifest::check(&b).map_err(|why| format!("{key}: {why}"))),
+        Err(e) if e.is_not_found() => {
+            Ok(Err(format!("generation {id}'s manifest {key} is missing")))
         }
+        Err(e) => Err(e),
     }
-    newest
-        .into_iter()
-        .max_by_key(|(g, ms)| (*ms, g.clone()))
-        .map(|(g, _)| g)
+}
+
+/// `read_manifest` as what a planner knows of the generation: absent or invalid is a
+/// state of the generation, not an error.
+pub async fn manifest_state(replica: &Replica, id: &GenerationId) -> Result<ManifestState> {
+    Ok(match read_manifest(replica, id).await? {
+        Ok(m) => ManifestState::Valid {
+            continues_parent_at: m.continues_parent_at,
+            parent_unchanged: m.parent_unchanged,
+        },
+        Err(why) => ManifestState::Bad(why),
+    })
+}
+
+/// A PostgreSQL base backup's manifest (`key`), decoded; junk is corrupt by name.
+pub async fn read_backup_manifest(replica: &Replica, key: &str) -> Result<BackupManifest> {
+    serde_json::from_slice(&get_retrying(replica, key, None).await?)
+        .map_err(|e| Error::corrupt(key, format!("manifest: {e}")))
 }
