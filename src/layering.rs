@@ -12,6 +12,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     ("sqlite", &["*"]),
     ("clock", &["*"]),
     ("policy", &["*"]),
+    ("shutdown", &["*"]),
     (
         "format",
         &[
@@ -58,9 +59,15 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
         "retention",
         &["cli", "postgres", "replicate", "restore", "config"],
     ),
-    ("replicate", &["cli", "postgres"]),
-    // The engines stand side by side: PostgreSQL never reaches into SQLite restore.
-    ("postgres", &["cli", "restore"]),
+    ("replicate", &["cli", "postgres", "supervisor"]),
+    // The engines stand side by side: what both sidecars share is in `sidecar`, below
+    // them; PostgreSQL never reaches into SQLite's replicate or restore.
+    ("postgres", &["cli", "replicate", "restore", "supervisor"]),
+    (
+        "sidecar",
+        &["cli", "postgres", "replicate", "restore", "supervisor"],
+    ),
+    ("supervisor", &["cli"]),
     (
         "metrics",
         &["cli", "postgres", "replicate", "restore", "retention"],

@@ -20,7 +20,10 @@ pub mod postgres;
 pub mod replicate;
 pub mod restore;
 pub mod retention;
+pub mod shutdown;
+pub mod sidecar;
 pub mod sqlite;
 pub mod storage;
+pub mod supervisor;
 
 pub use error::{Error, Result};

@@ -292,7 +292,7 @@ pub fn spawn_endpoint(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<dyn Health>,
-    shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: crate::shutdown::Shutdown,
 ) {
     tokio::spawn(async move {
         let addr = listener.local_addr().ok();
@@ -307,7 +307,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
     health: Arc<dyn Health>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    mut shutdown: crate::shutdown::Shutdown,
 ) -> std::io::Result<()> {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "metrics and health endpoint listening");
@@ -315,7 +315,7 @@ pub async fn serve(
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => r?,
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.begun() => return Ok(()),
         };
         let (metrics, health) = (metrics.clone(), health.clone());
         tokio::spawn(async move {

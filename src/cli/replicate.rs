@@ -3,10 +3,8 @@
 use super::ReplicaFlags;
 use crate::config::{self, Config, DbConfig};
 use crate::error::{Error, Result};
-use crate::metrics::Metrics;
 use clap::Args;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 #[derive(Debug, Args)]
 pub struct ReplicateArgs {
@@ -246,189 +244,17 @@ impl ReplicateArgs {
     }
 }
 
-/// Run the sidecar: bind the metrics address first (an address that cannot be bound is a
-/// start-up error), print `banner` (the demo's), then replicate until `shutdown`.
+/// Run the sidecar (`supervisor::run`) until `shutdown`; `banner` (the demo's) prints once
+/// the metrics address is bound.
 pub async fn run(
-    mut cfg: Config,
+    cfg: Config,
     banner: Option<String>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let listener = match cfg.metrics_addr {
-        Some(addr) => Some(crate::metrics::bind(addr).await?),
-        None => None,
+    let announce = || {
+        if let Some(b) = banner {
+            crate::cli::say_err(&b);
+        }
     };
-    if let Some(b) = banner {
-        crate::cli::say_err(&b);
-    }
-    let (pg, sqlite): (Vec<_>, Vec<_>) = cfg
-        .dbs
-        .into_iter()
-        .partition(|d| d.kind == config::DbKind::Postgres);
-    let metrics = Arc::new(Metrics::default());
-    // PostgreSQL clusters: look-ahead archiving and base backups beside the server.
-    let pg_replicas = crate::postgres::sidecar::preflight(&pg).await?;
-    // One writer per replica path, and one cluster (docs/LEASE.md, docs/POSTGRES.md).
-    let settings = crate::storage::lease::Settings {
-        ttl: cfg.lease_ttl,
-        wait: cfg.lease_wait,
-    };
-    let mut pg_taken = Vec::new();
-    for (db, replica) in pg.iter().zip(&pg_replicas) {
-        pg_taken.push(
-            crate::postgres::sidecar::take_path(db, replica, &settings, cfg.force_new_history)
-                .await?,
-        );
-    }
-    let (pg_stop, pg_rx) = tokio::sync::watch::channel(false);
-    let pg_lost = Arc::new(tokio::sync::Notify::new());
-    let mut pg_states = Vec::new();
-    let mut pg_tasks = Vec::new();
-    let mut pg_leases = Vec::new();
-    let mut pg_locks = Vec::new();
-    for ((db, replica), (lock, held)) in pg.into_iter().zip(pg_replicas).zip(pg_taken) {
-        let state = Arc::new(crate::postgres::sidecar::PgState {
-            label: db.path.display().to_string(),
-            ..Default::default()
-        });
-        pg_states.push(state.clone());
-        pg_locks.push(lock);
-        let lease_stop = Arc::new(tokio::sync::Notify::new());
-        pg_leases.push((
-            lease_stop.clone(),
-            tokio::spawn(crate::postgres::sidecar::lease_loop(
-                replica.clone(),
-                (held, settings.renew_every()),
-                metrics.clone(),
-                state.clone(),
-                lease_stop,
-                pg_lost.clone(),
-            )),
-        ));
-        tracing::info!(pgdata = %db.path.display(), replica = replica.url(), "PostgreSQL sidecar");
-        pg_tasks.push(tokio::spawn(crate::postgres::sidecar::run(
-            db,
-            replica,
-            metrics.clone(),
-            state,
-            pg_rx.clone(),
-        )));
-    }
-    // One health view over both engines, and one shutdown: the signal (or a lost lease)
-    // stops the PostgreSQL sidecars at once, beside the SQLite ones, and starts the one
-    // deadline they all share.
-    let health = Arc::new(PgHealth {
-        dbs: pg_states,
-        unhealthy_after: cfg.unhealthy_after,
-    });
-    let signalled = std::sync::Mutex::new(None::<tokio::time::Instant>);
-    let shutdown = async {
-        tokio::select! {
-            _ = shutdown => {}
-            _ = pg_lost.notified() => tracing::error!("shutting down: a replica path's lease was lost"),
-        }
-        *signalled.lock().unwrap() = Some(tokio::time::Instant::now());
-        let _ = pg_stop.send(true);
-    };
-    let outcome = if sqlite.is_empty() {
-        if pg_tasks.is_empty() {
-            return Err(Error::Config(
-                "no databases to replicate: give DB_PATH REPLICA_URL or a config with `dbs`".into(),
-            ));
-        }
-        let (http_stop, http_rx) = tokio::sync::watch::channel(false);
-        if let Some(listener) = listener {
-            crate::metrics::spawn_endpoint(listener, metrics.clone(), health, http_rx);
-        }
-        shutdown.await;
-        let _ = http_stop.send(true);
-        None
-    } else {
-        cfg.dbs = sqlite;
-        let extra = (!pg_tasks.is_empty()).then_some(health as Arc<dyn crate::metrics::Health>);
-        Some(crate::replicate::run(cfg.clone(), metrics, listener, extra, shutdown).await?)
-    };
-    let _ = pg_stop.send(true);
-    let since = signalled
-        .lock()
-        .unwrap()
-        .unwrap_or_else(tokio::time::Instant::now);
-    let deadline = tokio::time::sleep_until(since + cfg.shutdown_timeout);
-    tokio::pin!(deadline);
-    for t in pg_tasks {
-        tokio::select! {
-            _ = t => {}
-            _ = &mut deadline => {
-                tracing::warn!("PostgreSQL sidecar: shutdown deadline passed; wal-push archives the rest");
-                break;
-            }
-        }
-    }
-    // Shipped what it could: the paths are given up for the next holder.
-    let mut lost_why = Vec::new();
-    let until = (since + cfg.shutdown_timeout).into_std();
-    for (stop, task) in pg_leases {
-        if let Some(Err(why)) = crate::replicate::holding::end_lease_task(stop, task, until).await {
-            lost_why.push(why);
-        }
-    }
-    drop(pg_locks);
-    if !lost_why.is_empty() {
-        return Err(Error::Refused(format!(
-            "{}; the sidecar wrote nothing more there (wal-push still archives each file \
-             once, never overwriting)",
-            lost_why.join("; ")
-        )));
-    }
-    let Some(outcome) = outcome else {
-        tracing::info!("PostgreSQL sidecar stopped");
-        return Ok(());
-    };
-    if !outcome.incomplete.is_empty() {
-        return Err(Error::Replica {
-            replica: outcome.incomplete.join(", "),
-            reason: "the newest transactions could not be shipped (no generation could be \
-                     started: the replica was unreachable); walship starts one at its next run"
-                .into(),
-        });
-    }
-    if outcome.left_behind > 0 {
-        return Err(Error::Replica {
-            replica: "spool".into(),
-            reason: format!(
-                "{} object(s) were not uploaded before the shutdown deadline; they stay in the \
-                 spool and are uploaded at the next start",
-                outcome.left_behind
-            ),
-        });
-    }
-    tracing::info!("everything committed was shipped");
-    Ok(())
-}
-
-/// `/healthz` for a config of PostgreSQL clusters only: unhealthy when a sidecar has been
-/// failing (archiving or backups) for longer than `unhealthy-after`.
-struct PgHealth {
-    dbs: Vec<Arc<crate::postgres::sidecar::PgState>>,
-    unhealthy_after: std::time::Duration,
-}
-
-impl crate::metrics::Health for PgHealth {
-    fn refresh(&self) {}
-
-    fn healthy(&self) -> std::result::Result<(), String> {
-        if let Some(why) = self
-            .dbs
-            .iter()
-            .find_map(|s| s.lease_lost.lock().unwrap().clone())
-        {
-            return Err(why);
-        }
-        crate::metrics::failing_too_long(
-            self.dbs
-                .iter()
-                .map(|s| (s.label.as_str(), s.failing_since_ms())),
-            self.unhealthy_after,
-            "failing",
-        )
-    }
+    crate::supervisor::run(cfg, announce, shutdown).await
 }

@@ -28,7 +28,7 @@ pub fn record(system_identifier: u64, pgdata: &Path) -> PathCluster {
             .unwrap_or_else(|_| pgdata.to_path_buf())
             .display()
             .to_string(),
-        host: crate::replicate::snapshot::hostname(),
+        host: crate::storage::lease::hostname(),
         since_ms: crate::clock::now_ms(),
     }
 }

@@ -48,10 +48,10 @@ pub async fn cover(
         return Ok(());
     }
     let me = lease::Holder {
-        host: crate::replicate::snapshot::hostname(),
+        host: crate::storage::lease::hostname(),
         pid: std::process::id(),
-        database: crate::replicate::holding::absolute(pgdata),
-        spool: crate::replicate::holding::absolute(spool),
+        database: crate::sidecar::holding::absolute(pgdata),
+        spool: crate::sidecar::holding::absolute(spool),
         generation: Some(generation.to_string()),
     };
     let now = crate::clock::now_ms();

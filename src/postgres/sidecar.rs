@@ -7,7 +7,9 @@
 //! `snapshot-interval` (at start too, so a new cluster has a restore point at once).
 
 mod path;
+mod units;
 pub use path::{lease_loop, take_path};
+pub use units::{PgUnits, start};
 
 use super::archive::{self, Pushed};
 use super::backup;
@@ -17,6 +19,8 @@ use crate::config::DbConfig;
 use crate::error::{Error, Result};
 use crate::metrics::{DbLabel, Metrics};
 use crate::pgformat::walname::WalFile;
+use crate::shutdown::Shutdown;
+use crate::sidecar::retention::Round;
 use crate::storage::Replica;
 use crate::storage::{layout, lease};
 use futures::StreamExt;
@@ -101,11 +105,13 @@ pub async fn preflight(dbs: &[DbConfig]) -> Result<Vec<Arc<Replica>>> {
             problems.push(e.to_string());
         }
         let tag = format!("pg-{}", std::process::id());
-        if let Some(r) = crate::replicate::probe_replica(&db.replica, &tag, &mut problems).await {
+        if let Some(r) =
+            crate::sidecar::probe::probe_replica(&db.replica, &tag, &mut problems).await
+        {
             replicas.push(r);
         }
     }
-    crate::replicate::refuse_if_any(problems).map(|()| replicas)
+    crate::sidecar::probe::refuse_if_any(problems).map(|()| replicas)
 }
 
 /// WAL files Postgres has marked ready, `.history` files first (a timeline's history must
@@ -140,13 +146,13 @@ struct Sidecar {
     noted: BTreeSet<String>,
 }
 
-/// Run until `stop` turns true: look-ahead archiving every `POLL`, base backups when due.
+/// Run until shutdown begins: look-ahead archiving every `POLL`, base backups when due.
 pub async fn run(
     db: DbConfig,
     replica: Arc<Replica>,
     metrics: Arc<Metrics>,
     state: Arc<PgState>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let mut s = Sidecar {
         markers: archive::marker_dir(&db.spool_dir),
@@ -162,14 +168,18 @@ pub async fn run(
             tiers: s.db.retention_tiers,
             ..crate::retention::Policy::new(window)
         };
-        tokio::spawn(retention_loop(
-            s.db.path.clone(),
-            s.replica.clone(),
-            s.metrics.clone(),
+        let (pgdata, replica, metrics) = (s.db.path.clone(), s.replica.clone(), s.metrics.clone());
+        let (label, every, shutdown) = (
             s.state.label.clone(),
-            (policy, s.db.retention_check_interval),
+            s.db.retention_check_interval,
             stop.clone(),
-        ));
+        );
+        tokio::spawn(async move {
+            // Read each time: a restored cluster keeps its identifier, a new one does not.
+            let live = || Round::Protect(system_identifier(&pgdata).ok().map(generation_of));
+            let m = (&*metrics, label.as_str());
+            crate::sidecar::retention::every(&replica, &policy, every, m, live, shutdown).await
+        });
     }
     let mut backup_task: Option<tokio::task::JoinHandle<Result<backup::BackupReport>>> = None;
     // The newest backup's timeline: after a restore and promotion the cluster is on a
@@ -244,7 +254,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
-            _ = stop.changed() => break,
+            _ = stop.begun() => break,
         }
     }
     // Whatever Postgres marked ready is shipped before exit (not once the lease is lost);
@@ -257,34 +267,6 @@ pub async fn run(
     }
     if let Some(t) = backup_task {
         t.abort();
-    }
-}
-
-/// `retention` for a cluster: every interval, the retention of `retention::apply` with
-/// this cluster's generation protected. Ends when shutdown begins.
-async fn retention_loop(
-    pgdata: PathBuf,
-    replica: Arc<Replica>,
-    metrics: Arc<Metrics>,
-    label: String,
-    (policy, every): (crate::retention::Policy, Duration),
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return,
-        }
-        // Read each time: a restored cluster keeps its identifier, a new one does not.
-        let live = system_identifier(&pgdata).ok().map(generation_of);
-        crate::replicate::background::retention_round(
-            &replica,
-            &policy,
-            live.as_ref(),
-            &metrics,
-            &label,
-        )
-        .await;
     }
 }
 

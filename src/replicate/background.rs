@@ -1,85 +1,11 @@
-//! The sidecar's periodic tasks beside capture: retention (`retention::apply` with the live
-//! generation protected) and the validator that restores samples. Never writes the spool.
+//! The SQLite sidecar's validator beside capture: it restores samples and checks them
+//! (retention runs in `sidecar::retention`, shared with PostgreSQL). Never writes the
+//! spool.
 
 use super::*;
 
 // Events name the parent module as their target: log lines read as they did before the
 // module was split out.
-
-/// `retention`: every `every`, plan and apply retention to this database's replica with
-/// the generation being written protected. Ends when shutdown begins.
-pub(super) async fn retention_loop(
-    state: Arc<DbState>,
-    replica: Arc<Replica>,
-    policy: crate::retention::Policy,
-    every: Duration,
-    mut stop: tokio::sync::watch::Receiver<Option<Instant>>,
-) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = stop.changed() => return,
-        }
-        if !matches!(state.may_write(), state::MayWrite::Yes) {
-            continue; // not while the lease is in doubt or lost
-        }
-        let live = state.generation.lock().unwrap().clone();
-        retention_round(
-            &replica,
-            &policy,
-            live.as_ref(),
-            &state.metrics,
-            &state.label,
-        )
-        .await;
-    }
-}
-
-/// One retention run of a replicator (SQLite or PostgreSQL); the result goes to the log
-/// and metrics, a failure is retried at the next interval.
-pub async fn retention_round(
-    replica: &Replica,
-    policy: &crate::retention::Policy,
-    live: Option<&GenerationId>,
-    metrics: &Metrics,
-    db: &str,
-) {
-    let result = crate::retention::apply(replica, policy, now_ms(), live, false, None).await;
-    let kind = match &result {
-        Ok(o) => {
-            if o.deleted_objects > 0 {
-                tracing::info!(target: "walship::replicate",
-                    db,
-                    objects = o.deleted_objects,
-                    bytes = o.deleted_bytes,
-                    "retention deleted what the window no longer needs"
-                );
-            }
-            let label = crate::metrics::DbLabel { db: db.into() };
-            metrics
-                .retention_deleted_objects
-                .get_or_create(&label)
-                .inc_by(o.deleted_objects as u64);
-            metrics
-                .retention_deleted_bytes
-                .get_or_create(&label)
-                .inc_by(o.deleted_bytes);
-            "ok"
-        }
-        Err(e) => {
-            tracing::error!(target: "walship::replicate", db, "retention failed: {e}");
-            metrics.error(db, "retention");
-            "failed"
-        }
-    };
-    metrics
-        .retention_runs
-        .get_or_create(&KindLabel {
-            db: db.into(),
-            kind: kind.into(),
-        })
-        .inc();
-}
 
 /// `validation-interval`: every `every`, run `verify` (restore the newest state into
 /// `<spool>/validate`, check it and its generation's objects) on a thread of its own, and

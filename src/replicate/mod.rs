@@ -14,11 +14,15 @@ pub mod upload;
 pub mod watch;
 
 pub(crate) mod background;
-pub mod holding;
+mod holding;
 mod resume;
 
-use background::{retention_loop, spawn_validator};
-use holding::{LeaseTask, absolute, end_lease_task, lease_loop, lock_spool};
+use crate::shutdown::Shutdown;
+use crate::sidecar::holding::{LeaseTask, absolute, end_lease_task, lock_spool};
+use crate::sidecar::probe::{probe_replica, refuse_if_any};
+use crate::sidecar::retention::Round;
+use background::spawn_validator;
+use holding::lease_loop;
 use resume::{find_resume_point, list_generations, path_history};
 
 use crate::config::{Config, DbConfig};
@@ -33,7 +37,6 @@ use crate::storage::lease;
 use capture::{Capture, CaptureSettings, ResumePoint};
 use spool::Spool;
 use state::{DbState, Job, now_ms};
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -170,53 +173,35 @@ fn lock_database(path: &std::path::Path) -> Result<LiveDb> {
     Ok(live)
 }
 
-/// Every start-up problem at once, one line each, or nothing.
-pub fn refuse_if_any(problems: Vec<String>) -> Result<()> {
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::Refused(format!(
-            "start-up check failed:\n  {}",
-            problems.join("\n  ")
-        )))
-    }
+/// Running SQLite units: each database's capture thread, uploader, lease keeper and
+/// periodic tasks.
+pub struct Units {
+    running: Vec<Running>,
+    leases: Vec<LeaseTask>,
+    spool_locks: Vec<std::fs::File>,
+    shutdown: Shutdown,
+    unhealthy_after: Duration,
 }
 
-/// Open a replica and prove it reachable and writable (LIST, then a probe object written
-/// and deleted); a problem, named, is added to `problems` instead.
-pub async fn probe_replica(
-    cfg: &crate::config::ReplicaConfig,
-    tag: &str,
-    problems: &mut Vec<String>,
-) -> Option<Arc<Replica>> {
-    let r = match Replica::open(cfg, true) {
-        Ok(r) => r,
-        Err(e) => {
-            problems.push(e.to_string());
-            return None;
-        }
-    };
-    match tokio::time::timeout(Duration::from_secs(30), r.check_writable(tag)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => problems.push(e.to_string()),
-        Err(_) => problems.push(format!(
-            "replica {}: no answer within 30s (endpoint unreachable, or waiting for \
-             credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
-            r.url()
-        )),
-    }
-    Some(Arc::new(r))
-}
-
-/// Replicate every configured database until `shutdown` resolves.
-pub async fn run(
-    cfg: Config,
+/// Check every configured SQLite database, take its spool and replica path (docs/LEASE.md)
+/// and start its units. `lost` is told when a lease is lost.
+pub async fn start(
+    cfg: &Config,
     metrics: Arc<Metrics>,
-    listener: Option<tokio::net::TcpListener>,
-    other_health: Option<Arc<dyn Health>>,
-    shutdown: impl Future<Output = ()>,
-) -> Result<Outcome> {
-    let opened = preflight(&cfg).await?;
+    shutdown: Shutdown,
+    lost: Arc<tokio::sync::Notify>,
+) -> Result<Units> {
+    let mut units = Units {
+        running: Vec::new(),
+        leases: Vec::new(),
+        spool_locks: Vec::new(),
+        shutdown: shutdown.clone(),
+        unhealthy_after: cfg.unhealthy_after,
+    };
+    if cfg.dbs.is_empty() {
+        return Ok(units); // a config of PostgreSQL clusters only
+    }
+    let opened = preflight(cfg).await?;
     // One writer per database and per replica path (docs/LEASE.md): the spool directory
     // is locked for this process, then the path's lease is taken.
     let mut problems = Vec::new();
@@ -232,9 +217,10 @@ pub async fn run(
         }
     }
     refuse_if_any(problems)?;
-    let mut spool_locks = Vec::new();
     for db in &cfg.dbs {
-        spool_locks.push(lock_spool(&db.spool_dir, cfg.lease_wait).await?);
+        units
+            .spool_locks
+            .push(lock_spool(&db.spool_dir, cfg.lease_wait).await?);
     }
     let settings = lease::Settings {
         ttl: cfg.lease_ttl,
@@ -243,7 +229,7 @@ pub async fn run(
     let mut held = Vec::new();
     for (db, (_, replica)) in cfg.dbs.iter().zip(&opened) {
         let me = lease::Holder {
-            host: snapshot::hostname(),
+            host: lease::hostname(),
             pid: std::process::id(),
             database: absolute(&db.path),
             spool: absolute(&db.spool_dir),
@@ -251,73 +237,71 @@ pub async fn run(
         };
         held.push(lease::acquire(replica, me, &settings, now_ms).await?);
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None::<Instant>);
-    let lost = Arc::new(tokio::sync::Notify::new());
-    let mut running = Vec::new();
-    let mut leases = Vec::new();
     for ((db, (live, replica)), h) in cfg.dbs.iter().zip(opened).zip(held) {
         let (r, l) = start_db(
             db,
             live,
             replica,
             metrics.clone(),
-            stop_rx.clone(),
+            shutdown.clone(),
             (h, &settings, lost.clone()),
             cfg.force_new_history,
         )
         .await?;
-        running.push(r);
-        leases.push(l);
+        units.running.push(r);
+        units.leases.push(l);
     }
-    let (http_stop, http_rx) = tokio::sync::watch::channel(false);
-    if let Some(listener) = listener {
-        let mine: Arc<dyn Health> = Arc::new(HealthView {
-            dbs: running.iter().map(|r| r.state.clone()).collect(),
-            unhealthy_after: cfg.unhealthy_after,
-            progress: running.iter().map(|_| Default::default()).collect(),
-        });
-        // A config with PostgreSQL clusters too: one view, unhealthy when either is.
-        let health = match other_health {
-            Some(o) => Arc::new(crate::metrics::AllOf(vec![mine, o])),
-            None => mine,
-        };
-        crate::metrics::spawn_endpoint(listener, metrics.clone(), health, http_rx);
+    Ok(units)
+}
+
+impl Units {
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
     }
-    tokio::select! {
-        _ = shutdown => tracing::info!("shutting down: shipping what is committed"),
-        _ = lost.notified() => tracing::error!("shutting down: a replica path's lease was lost"),
+
+    pub fn health(&self) -> Arc<dyn Health> {
+        Arc::new(HealthView {
+            dbs: self.running.iter().map(|r| r.state.clone()).collect(),
+            unhealthy_after: self.unhealthy_after,
+            progress: self.running.iter().map(|_| Default::default()).collect(),
+        })
     }
-    let deadline = Instant::now() + cfg.shutdown_timeout;
-    let _ = stop_tx.send(Some(deadline));
-    let mut left = 0;
-    let mut incomplete = Vec::new();
-    for r in running {
-        r.stop.store(true, Ordering::Release);
-        let _ = tokio::task::spawn_blocking(move || r.capture.join()).await;
-        left += r.uploader.await.unwrap_or(0);
-        if r.state.incomplete.load(Ordering::Acquire) {
-            incomplete.push(r.state.label.clone());
+
+    /// Once shutdown has begun: stop each capture, let its uploader ship what is spooled
+    /// until the shared deadline, then give the paths up.
+    pub async fn finish(mut self) -> Result<Outcome> {
+        let deadline = self.shutdown.begun().await;
+        let mut left = 0;
+        let mut incomplete = Vec::new();
+        for r in self.running {
+            r.stop.store(true, Ordering::Release);
+            let _ = tokio::task::spawn_blocking(move || r.capture.join()).await;
+            left += r.uploader.await.unwrap_or(0);
+            if r.state.incomplete.load(Ordering::Acquire) {
+                incomplete.push(r.state.label.clone());
+            }
         }
-    }
-    let _ = http_stop.send(true);
-    // Everything is shipped (or left in the spool): give the paths up for the next holder.
-    let mut lost_why = Vec::new();
-    for l in leases {
-        if let Some(Err(why)) = end_lease_task(l.stop, l.task, deadline).await {
-            lost_why.push(why);
+        // Everything is shipped (or left in the spool): give the paths up for the next
+        // holder.
+        let mut lost_why = Vec::new();
+        for l in self.leases {
+            if let Some(Err(why)) = end_lease_task(l.stop, l.task, deadline).await {
+                lost_why.push(why);
+            }
         }
+        drop(self.spool_locks);
+        if !lost_why.is_empty() {
+            return Err(Error::Refused(format!(
+                "{}; nothing more was written there, and what was not shipped stays in the \
+                 spool",
+                lost_why.join("; ")
+            )));
+        }
+        Ok(Outcome {
+            left_behind: left,
+            incomplete,
+        })
     }
-    drop(spool_locks);
-    if !lost_why.is_empty() {
-        return Err(Error::Refused(format!(
-            "{}; nothing more was written there, and what was not shipped stays in the spool",
-            lost_why.join("; ")
-        )));
-    }
-    Ok(Outcome {
-        left_behind: left,
-        incomplete,
-    })
 }
 
 async fn start_db(
@@ -325,7 +309,7 @@ async fn start_db(
     live: LiveDb,
     replica: Arc<Replica>,
     metrics: Arc<Metrics>,
-    stop: tokio::sync::watch::Receiver<Option<Instant>>,
+    stop: Shutdown,
     (held, settings, lost): (lease::Held, &lease::Settings, Arc<tokio::sync::Notify>),
     force_new_history: bool,
 ) -> Result<(Running, LeaseTask)> {
@@ -465,13 +449,17 @@ async fn start_db(
             tiers: db.retention_tiers,
             ..crate::retention::Policy::new(window)
         };
-        tokio::spawn(retention_loop(
-            state.clone(),
-            replica.clone(),
-            policy,
-            db.retention_check_interval,
-            stop.clone(),
-        ));
+        let (state, replica, shutdown) = (state.clone(), replica.clone(), stop.clone());
+        let every = db.retention_check_interval;
+        tokio::spawn(async move {
+            let live = || match state.may_write() {
+                // Not while the lease is in doubt or lost.
+                state::MayWrite::Yes => Round::Protect(state.generation.lock().unwrap().clone()),
+                _ => Round::Skip,
+            };
+            let m = (&*state.metrics, state.label.as_str());
+            crate::sidecar::retention::every(&replica, &policy, every, m, live, shutdown).await
+        });
     }
     let replica_for_lease = replica.clone();
     let uploader = tokio::spawn(upload::run(state.clone(), replica, spool, stop));

@@ -6,29 +6,29 @@
 use super::spool::Spool;
 use super::state::{DbState, Job, MayWrite, now_ms};
 use crate::error::{Error, StoreErrorKind};
+use crate::shutdown::Shutdown;
 use crate::storage::Replica;
 use crate::storage::layout::{self, GenerationId};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
-/// Run until the queue is empty after capture stopped, or until the deadline sent on
-/// `stop` passes. Returns the number of jobs left unsent.
+/// Run until the queue is empty after capture stopped, or until the shutdown's deadline
+/// passes. Returns the number of jobs left unsent.
 pub async fn run(
     state: Arc<DbState>,
     replica: Arc<Replica>,
     spool: Arc<Spool>,
-    mut stop: watch::Receiver<Option<Instant>>,
+    mut stop: Shutdown,
 ) -> usize {
     let mut backoff = MIN_BACKOFF;
     let mut last_warn: Option<Instant> = None;
     loop {
-        let deadline = *stop.borrow();
+        let deadline = stop.deadline();
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return state.queue_len();
         }
@@ -68,7 +68,8 @@ pub async fn run(
             }
             tokio::select! {
                 _ = state.wake_uploader.notified() => {}
-                _ = stop.changed() => {}
+                // Woken once when shutdown begins, never again (no spinning after).
+                _ = stop.begun(), if stop.deadline().is_none() => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             continue;
@@ -83,18 +84,8 @@ pub async fn run(
         // A lost lease, or the shutdown deadline, stops an upload in flight (a store that
         // stalls must not hold shutdown for the request timeout): a multipart snapshot
         // dropped unfinished leaves nothing visible, and the job stays in the spool.
-        let deadline_passes = async {
-            loop {
-                let d = *stop.borrow();
-                if let Some(d) = d {
-                    tokio::time::sleep_until(d.into()).await;
-                    return;
-                }
-                if stop.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
+        let mut passes = stop.clone();
+        let deadline_passes = passes.deadline_passed();
         let result = tokio::select! {
             r = upload => r,
             _ = state.lease_lost.notified() => return state.queue_len(),
@@ -139,7 +130,7 @@ pub async fn run(
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.changed() => {}
+                    _ = stop.begun(), if stop.deadline().is_none() => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }

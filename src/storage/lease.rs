@@ -295,6 +295,19 @@ pub async fn release(replica: &Replica, held: &Held) -> Result<()> {
     Ok(())
 }
 
+/// This host's name, as a lease holder names it.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length; gethostname NUL-terminates within it on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        std::env::var("HOSTNAME").unwrap_or_default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,17 +15,17 @@ pub async fn take_path(
     settings: &lease::Settings,
     force_new_history: bool,
 ) -> Result<(std::fs::File, lease::Held)> {
-    let lock = crate::replicate::holding::lock_spool(&db.spool_dir, settings.wait).await?;
+    let lock = crate::sidecar::holding::lock_spool(&db.spool_dir, settings.wait).await?;
     let sysid = system_identifier(&db.path)?;
     let generation = generation_of(sysid);
     if !force_new_history {
         identity::refuse_other(replica, &db.path, sysid).await?;
     }
     let me = lease::Holder {
-        host: crate::replicate::snapshot::hostname(),
+        host: crate::storage::lease::hostname(),
         pid: std::process::id(),
-        database: crate::replicate::holding::absolute(&db.path),
-        spool: crate::replicate::holding::absolute(&db.spool_dir),
+        database: crate::sidecar::holding::absolute(&db.path),
+        spool: crate::sidecar::holding::absolute(&db.spool_dir),
         generation: Some(generation.to_string()),
     };
     let held = lease::acquire(replica, me, settings, crate::clock::now_ms).await?;
@@ -58,12 +58,12 @@ pub async fn lease_loop(
     stop: Arc<tokio::sync::Notify>,
     lost: Arc<tokio::sync::Notify>,
 ) -> std::result::Result<(), String> {
-    let k = crate::replicate::holding::Keeping {
+    let k = crate::sidecar::holding::Keeping {
         metrics,
         label: state.label.clone(),
         generation: || None,
         renewed: |_: &lease::Held| {},
         fence: |why: &str| *state.lease_lost.lock().unwrap() = Some(why.to_string()),
     };
-    crate::replicate::holding::keep_lease(replica, held_every, k, stop, lost).await
+    crate::sidecar::holding::keep_lease(replica, held_every, k, stop, lost).await
 }
