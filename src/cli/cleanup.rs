@@ -175,10 +175,7 @@ async fn targets(args: &CleanupArgs) -> Result<Vec<Target>> {
 }
 
 fn db_policy(db: config::DbConfig) -> Option<Policy> {
-    db.retention.map(|w| Policy {
-        tiers: db.retention_tiers,
-        ..Policy::new(w)
-    })
+    db.retention_policy()
 }
 
 pub async fn run(args: CleanupArgs) -> Result<()> {

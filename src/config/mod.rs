@@ -181,6 +181,17 @@ pub struct DbConfig {
     pub retention_tiers: crate::policy::Tiers,
 }
 
+impl DbConfig {
+    /// What retention keeps for this database (`None`: keep everything): the policy both
+    /// sidecars' retention loops and `walship cleanup` apply.
+    pub fn retention_policy(&self) -> Option<crate::policy::Policy> {
+        self.retention.map(|w| crate::policy::Policy {
+            tiers: self.retention_tiers,
+            ..crate::policy::Policy::new(w)
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbKind {
     Sqlite,

@@ -163,11 +163,7 @@ pub async fn run(
         state,
         noted: BTreeSet::new(),
     };
-    if let Some(window) = s.db.retention {
-        let policy = crate::retention::Policy {
-            tiers: s.db.retention_tiers,
-            ..crate::retention::Policy::new(window)
-        };
+    if let Some(policy) = s.db.retention_policy() {
         let (pgdata, replica, metrics) = (s.db.path.clone(), s.replica.clone(), s.metrics.clone());
         let (label, every, shutdown) = (
             s.state.label.clone(),

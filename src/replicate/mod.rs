@@ -444,11 +444,7 @@ async fn start_db(
         .name("walship-capture".into())
         .spawn(move || capture.run(flag, resume))
         .map_err(|e| Error::io(&db.path, e))?;
-    if let Some(window) = db.retention {
-        let policy = crate::retention::Policy {
-            tiers: db.retention_tiers,
-            ..crate::retention::Policy::new(window)
-        };
+    if let Some(policy) = db.retention_policy() {
         let (state, replica, shutdown) = (state.clone(), replica.clone(), stop.clone());
         let every = db.retention_check_interval;
         tokio::spawn(async move {

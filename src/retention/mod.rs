@@ -69,9 +69,9 @@ pub async fn apply(
     let (deleted_objects, deleted_bytes) = (doomed.len(), plan.deleted_bytes());
     if !dry_run && !doomed.is_empty() {
         for phase in [
-            plan::Phase::Snapshot,
-            plan::Phase::Segment,
-            plan::Phase::Manifest,
+            plan::Phase::RestorePoints,
+            plan::Phase::Data,
+            plan::Phase::Descriptions,
         ] {
             let keys: Vec<String> = doomed
                 .iter()
@@ -149,11 +149,7 @@ mod tests {
 
     #[test]
     fn a_store_that_keeps_deleted_objects_is_caught() {
-        let d = |k: &str| plan::Doomed {
-            key: k.into(),
-            size: 1,
-            phase: plan::Phase::Segment,
-        };
+        let d = |k: &str| plan::Doomed::new(k.into(), 1, plan::What::Segment);
         let (a, b) = (d("generations/x/wal/a"), d("generations/x/wal/b"));
         let listed = |names: &[&str]| -> Vec<Listed> {
             names

@@ -17,7 +17,7 @@
 //! - Older generations (other clusters that wrote here before) go whole unless live;
 //!   newer ones are kept whole.
 
-use super::plan::{Action, Doomed, GenerationPlan, Phase, Policy, tier_rescue};
+use super::plan::{Action, Doomed, GenerationPlan, Policy, What, tier_rescue};
 use crate::catalog::Catalog;
 use crate::pgformat::walname::WalFile;
 use crate::storage::layout::{BackupName, GenerationId};
@@ -271,17 +271,22 @@ pub(super) fn plan(
                 if keep.contains(b) {
                     continue;
                 }
-                delete.extend(files.manifest.iter().map(|o| doomed(o, Phase::Snapshot)));
-                delete.extend(files.parts.iter().map(|o| doomed(o, Phase::Segment)));
+                delete.extend(
+                    files
+                        .manifest
+                        .iter()
+                        .map(|o| doomed(o, What::BackupManifest)),
+                );
+                delete.extend(files.parts.iter().map(|o| doomed(o, What::BackupPart)));
             }
             if keep.is_empty() {
                 delete.extend(g.wal.iter().map(|(f, o)| {
-                    let phase = if matches!(f, WalFile::History { .. }) {
-                        Phase::Manifest
+                    let what = if matches!(f, WalFile::History { .. }) {
+                        What::History
                     } else {
-                        Phase::Segment
+                        What::Wal
                     };
-                    doomed(o, phase)
+                    doomed(o, what)
                 }));
             } else {
                 let oldest = keep
@@ -318,7 +323,7 @@ pub(super) fn plan(
                             } => timeline <= tli && (l, s) < (log, seg),
                             WalFile::History { .. } => false,
                         };
-                        before.then(|| doomed(o, Phase::Segment))
+                        before.then(|| doomed(o, What::Wal))
                     })),
                     // Without a sure cut, older backups may be what a restore of a newer
                     // timeline starts from: keep the generation whole.
@@ -346,12 +351,8 @@ pub(super) fn plan(
     out
 }
 
-fn doomed(o: &Obj, phase: Phase) -> Doomed {
-    Doomed {
-        key: o.key.clone(),
-        size: o.size,
-        phase,
-    }
+fn doomed(o: &Obj, what: What) -> Doomed {
+    Doomed::new(o.key.clone(), o.size, what)
 }
 
 #[cfg(test)]

@@ -23,21 +23,64 @@ use std::collections::HashSet;
 pub use crate::policy::{DEFAULT_LIVE_GRACE, Policy, Tiers};
 
 /// Deletions run in this order, so that every state between two requests is restorable:
-/// snapshots first (a generation without its snapshot is simply not a restore candidate),
-/// then the segments nothing can reach any more, then manifests.
+/// first what a restore starts from (a generation or backup without it is simply not a
+/// restore candidate), then the data nothing can reach any more, then what describes a
+/// generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    RestorePoints,
+    Data,
+    Descriptions,
+}
+
+/// What a deletion removes, in each engine's own words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum What {
+    /// SQLite: a snapshot (a restore point).
     Snapshot,
+    /// SQLite: a WAL segment.
     Segment,
+    /// SQLite: a generation's manifest.
     Manifest,
+    /// PostgreSQL: a base backup's manifest (what makes it a backup).
+    BackupManifest,
+    /// PostgreSQL: a base backup's data part.
+    BackupPart,
+    /// PostgreSQL: a WAL segment, `.partial` file or backup label.
+    Wal,
+    /// PostgreSQL: a timeline history file.
+    History,
+}
+
+impl What {
+    pub fn phase(self) -> Phase {
+        match self {
+            What::Snapshot | What::BackupManifest => Phase::RestorePoints,
+            What::Segment | What::BackupPart | What::Wal => Phase::Data,
+            What::Manifest | What::History => Phase::Descriptions,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Doomed {
     pub key: String,
     pub size: u64,
+    pub what: What,
     pub phase: Phase,
+}
+
+impl Doomed {
+    pub fn new(key: String, size: u64, what: What) -> Doomed {
+        Doomed {
+            key,
+            size,
+            what,
+            phase: what.phase(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -227,28 +270,16 @@ pub fn plan_of(
                 g.snapshots
                     .iter()
                     .filter(|s| whole || s.name.txid < cut)
-                    .map(|s| Doomed {
-                        key: s.key.clone(),
-                        size: s.size,
-                        phase: Phase::Snapshot,
-                    }),
+                    .map(|s| Doomed::new(s.key.clone(), s.size, What::Snapshot)),
             );
             delete.extend(
                 g.segments
                     .iter()
                     .filter(|s| whole || s.name.last_txid <= cut)
-                    .map(|s| Doomed {
-                        key: s.key.clone(),
-                        size: s.size,
-                        phase: Phase::Segment,
-                    }),
+                    .map(|s| Doomed::new(s.key.clone(), s.size, What::Segment)),
             );
             if whole && let Some(m) = &g.manifest_obj {
-                delete.push(Doomed {
-                    key: m.key.clone(),
-                    size: m.size,
-                    phase: Phase::Manifest,
-                });
+                delete.push(Doomed::new(m.key.clone(), m.size, What::Manifest));
             }
         }
         let total_objects = g.snapshots.len() + g.segments.len() + usize::from(g.has_manifest());
@@ -285,7 +316,7 @@ pub fn plan_of(
             let tier_snapshots = before - delete.len();
             if tier_snapshots > 0 {
                 // A generation holding a tier point keeps its manifest.
-                delete.retain(|d| d.phase != Phase::Manifest);
+                delete.retain(|d| d.what != What::Manifest);
                 if action == Action::Delete {
                     action = Action::Trim;
                     why = format!("{why}; {tier_snapshots} snapshot(s) kept for tiers");

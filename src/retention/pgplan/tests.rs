@@ -155,7 +155,11 @@ fn backups_and_wal_before_the_anchor_go() {
     // after.
     let d = p.deletions();
     assert!(d[0].key.ends_with("manifest.json"));
-    assert!(d[1..].iter().all(|x| x.phase == Phase::Segment));
+    assert!(
+        d[1..]
+            .iter()
+            .all(|x| x.phase == super::super::plan::Phase::Data)
+    );
 }
 
 #[test]

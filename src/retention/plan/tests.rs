@@ -109,7 +109,7 @@ fn old_generations_go_whole_and_the_window_generation_is_trimmed() {
     // Snapshots, then segments, then manifests.
     let phases: Vec<Phase> = p.deletions().iter().map(|d| d.phase).collect();
     assert!(phases.windows(2).all(|w| w[0] <= w[1]), "{phases:?}");
-    assert_eq!(phases.last(), Some(&Phase::Manifest));
+    assert_eq!(phases.last(), Some(&Phase::Descriptions));
 }
 
 #[test]
