@@ -52,7 +52,15 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
             "sqlite",
         ],
     ),
-    ("restore", &["cli", "postgres", "replicate", "retention"]),
+    (
+        "restore",
+        &["cli", "postgres", "replicate", "retention", "verify"],
+    ),
+    // The `verify` command sits on restore's steps; restore never needs it.
+    (
+        "verify",
+        &["cli", "postgres", "replicate", "retention", "supervisor"],
+    ),
     // Retention plans over the catalog, never over restore's planner: the rule both
     // share (where a restore starts) lives in the catalog.
     (

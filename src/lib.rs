@@ -25,5 +25,6 @@ pub mod sidecar;
 pub mod sqlite;
 pub mod storage;
 pub mod supervisor;
+pub mod verify;
 
 pub use error::{Error, Result};

@@ -5,10 +5,10 @@
 use super::{ReplicaFlags, resolve_source};
 use crate::error::Result;
 use crate::restore::DEFAULT_PARALLELISM;
-use crate::restore::live::LiveComparison;
-use crate::restore::verify::verify;
 use crate::restore::when::format_ms;
 use crate::storage::Replica;
+use crate::verify::live::LiveComparison;
+use crate::verify::verify;
 use clap::Args;
 use std::path::PathBuf;
 

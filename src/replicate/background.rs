@@ -49,7 +49,7 @@ pub(super) fn spawn_validator(
                 let result = rt.block_on(async {
                     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
                     let replica = Replica::open(&rcfg, false)?;
-                    crate::restore::verify::verify(&replica, None, &dir, 4, None).await
+                    crate::verify::verify(&replica, None, &dir, 4, None).await
                 });
                 let _ = std::fs::remove_dir_all(&dir);
                 metrics

@@ -2,13 +2,16 @@
 //! directory (every CRC, SQLite's checksum chain, the position chain, `integrity_check`),
 //! then decodes every other snapshot and segment of that generation, so a damaged older
 //! restore point is found before someone needs it. Beside the live database it also
-//! compares the restored copy with it at the same WAL position (`live.rs`). Any problem is
+//! compares the restored copy with it at the same WAL position (`live.rs`). Above
+//! `restore`, whose steps it reuses; never writes the live database or the replica. Any problem is
 //! an error naming it.
 
-use super::plan::{self, Obj, Target};
-use super::{Progress, RestoreOptions, apply_snapshot, restore_plan};
+pub mod live;
+
 use crate::error::{Error, Result};
 use crate::format::segment::Segment;
+use crate::restore::plan::{self, Obj, Target};
+use crate::restore::{Progress, RestoreOptions, apply_snapshot, restore_plan};
 use crate::storage::Replica;
 use crate::storage::get_retrying;
 use crate::storage::layout::{self, GenerationId};
@@ -31,7 +34,7 @@ pub struct VerifyReport {
     pub seconds: f64,
     /// The comparison with the live database, when one was asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub live: Option<super::live::LiveComparison>,
+    pub live: Option<live::LiveComparison>,
 }
 
 /// A scratch directory removed on drop.
@@ -65,7 +68,7 @@ pub async fn verify(
                 attempt += 1;
             }
             Ok(VerifyReport {
-                live: Some(super::live::LiveComparison::NotCompared { reason }),
+                live: Some(live::LiveComparison::NotCompared { reason }),
                 ..
             }) if live_attempt < 2 => {
                 tracing::info!("not compared with the live database ({reason}); trying again");
@@ -89,7 +92,8 @@ async fn verify_once(
     let mut gens = plan::group(&objects);
     // Damage anywhere on the way to the newest state (a missing segment, snapshot or
     // manifest) is an error: verify never falls back to an older state.
-    let plan = super::plan_checked(replica, &mut gens, generation, Target::Latest, false).await?;
+    let plan =
+        crate::restore::plan_checked(replica, &mut gens, generation, Target::Latest, false).await?;
     let scratch = Scratch(scratch_parent.join(format!(
         "walship-verify-{}-{}",
         std::process::id(),
@@ -117,7 +121,7 @@ async fn verify_once(
     .await?;
     let live = match (live, &report.end) {
         (Some(db), Some(end)) => Some(tokio::task::block_in_place(|| {
-            super::live::compare(db, &restored, end)
+            live::compare(db, &restored, end)
         })?),
         _ => None,
     };
