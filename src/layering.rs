@@ -179,3 +179,152 @@ fn no_cycle_between_modules() {
         }
     }
 }
+
+/// The `//!` headers' "never touches / imports / names" claims, checked against the code
+/// (outside `#[cfg(test)]`): each phrase such a claim uses maps to tokens the file may not
+/// hold. A claim in none of these words fails the test, so every such claim is checked.
+const NEVER: &[(&str, &[&str])] = &[
+    ("object storage", STORE),
+    ("storage", STORE),
+    ("a store", STORE),
+    ("the store", STORE),
+    ("the store itself", STORE),
+    ("the database's content", &["rusqlite"]),
+    ("a server", &["tokio_postgres"]),
+    ("a database", &["rusqlite", "crate::sqlite"]),
+    ("the spool", &["spool::", "Spool"]),
+    ("sqlite units", &["crate::replicate"]),
+    ("sqlite", &["crate::sqlite"]),
+    ("an engine", &["crate::replicate", "crate::postgres"]),
+];
+/// Naming the store client (not `Error::Replica`, an error about one).
+const STORE: &[&str] = &[
+    "Replica::",
+    "&Replica",
+    "<Replica>",
+    "Replica,",
+    "Replica}",
+    "Replica;",
+    "object_store",
+];
+/// What "never writes" a replica means: none of its write calls.
+const REPLICA_WRITES: &[&str] = &[
+    ".put_new(",
+    ".put_versioned(",
+    ".upload(",
+    ".delete(",
+    ".delete_many(",
+];
+
+fn sources() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut out = Vec::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let rel = p
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.push((rel, std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// Each "never …" clause of a header: the words after "never" up to the clause's end.
+fn never_clauses(text: &str) -> Vec<String> {
+    let header: String = text
+        .lines()
+        .take_while(|l| l.starts_with("//!"))
+        .map(|l| l.trim_start_matches("//!").trim())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase();
+    header
+        .match_indices("never ")
+        .map(|(i, _)| {
+            let rest = &header[i + 6..];
+            let end = rest.find(['.', ';', ':', '(']).unwrap_or(rest.len());
+            let clause = &rest[..end];
+            // "never touches storage and never writes a page": two clauses.
+            clause
+                .split(" and never ")
+                .next()
+                .unwrap()
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn never_claims_in_headers_hold() {
+    let mut bad = Vec::new();
+    let mut checked = 0;
+    for (file, text) in sources() {
+        if file == "layering.rs" || file.ends_with("tests.rs") {
+            continue;
+        }
+        let code = text
+            .lines()
+            .skip_while(|l| l.starts_with("//!"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let code = code.split("#[cfg(test)]").next().unwrap();
+        for clause in never_clauses(&text) {
+            let verb = clause.split_whitespace().next().unwrap_or("");
+            let object = clause[verb.len()..].trim();
+            let tokens: Vec<&str> = match verb {
+                "touches" | "imports" | "names" => {
+                    // The object may list several things: "a store or a server".
+                    let mut t = Vec::new();
+                    for part in object.split([',', '`']).flat_map(|p| p.split(" or ")) {
+                        let part = part.trim().trim_start_matches("and ").trim();
+                        if part.is_empty() {
+                            continue;
+                        }
+                        match NEVER.iter().find(|(w, _)| part == *w || part.ends_with(w)) {
+                            Some((_, toks)) => t.extend_from_slice(toks),
+                            None if matches!(part, "replicate" | "postgres") => {}
+                            None => bad.push(format!("{file}: unchecked claim \"never {clause}\"")),
+                        }
+                    }
+                    t
+                }
+                "writes" | "reads" if object.contains("replica") || object.contains("store") => {
+                    REPLICA_WRITES.to_vec()
+                }
+                "writes" if object.is_empty() || object.starts_with("or deletes") => {
+                    REPLICA_WRITES.to_vec()
+                }
+                _ => continue,
+            };
+            checked += 1;
+            for t in tokens {
+                if code.contains(t) {
+                    bad.push(format!("{file}: says \"never {clause}\" but names `{t}`"));
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+    assert!(
+        checked >= 10,
+        "only {checked} claims found: the header parse broke"
+    );
+}
+
+#[test]
+fn a_false_never_claim_is_caught() {
+    let text = "//! A module. Never touches object storage.\nuse crate::storage::Replica;\n";
+    assert_eq!(never_clauses(text), vec!["touches object storage"]);
+    let code = text.lines().skip(1).collect::<String>();
+    assert!(NEVER[0].1.iter().any(|t| code.contains(t)));
+}
