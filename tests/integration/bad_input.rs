@@ -257,37 +257,19 @@ fn truncate_tail(b: &[u8]) -> Vec<u8> {
     b[..b.len() - 7].to_vec()
 }
 
-#[test]
-fn corrupt_segment_is_named_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Backend::file(&dir.path().join("r"));
-    corrupt_object_named(b, dir.path(), flip_middle);
-}
+on_each_backend!(
+    corrupt_segment_is_named_file,
+    corrupt_segment_is_named_s3,
+    "corrupt",
+    |b: Backend, dir: &Path| corrupt_object_named(b, dir, flip_middle)
+);
 
-#[test]
-fn truncated_segment_is_named_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Backend::file(&dir.path().join("r"));
-    corrupt_object_named(b, dir.path(), truncate_tail);
-}
-
-#[test]
-fn corrupt_segment_is_named_s3() {
-    let Some(b) = Backend::s3("corrupt") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    corrupt_object_named(b, dir.path(), flip_middle);
-}
-
-#[test]
-fn truncated_segment_is_named_s3() {
-    let Some(b) = Backend::s3("truncated") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    corrupt_object_named(b, dir.path(), truncate_tail);
-}
+on_each_backend!(
+    truncated_segment_is_named_file,
+    truncated_segment_is_named_s3,
+    "truncated",
+    |b: Backend, dir: &Path| corrupt_object_named(b, dir, truncate_tail)
+);
 
 #[test]
 fn restore_of_empty_replica_says_so() {
@@ -445,20 +427,12 @@ fn verify_compares_with_live(backend: Backend, dir: &Path) {
     drop(rep);
 }
 
-#[test]
-fn verify_compares_with_live_file() {
-    let dir = tempfile::tempdir().unwrap();
-    verify_compares_with_live(Backend::file(&dir.path().join("r")), dir.path());
-}
-
-#[test]
-fn verify_compares_with_live_s3() {
-    let Some(b) = Backend::s3("verifylive") else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    verify_compares_with_live(b, dir.path());
-}
+on_each_backend!(
+    verify_compares_with_live_file,
+    verify_compares_with_live_s3,
+    "verifylive",
+    |b: Backend, dir: &Path| verify_compares_with_live(b, dir)
+);
 
 /// A segment missing in the middle of the newest generation: restore (and the init
 /// container) fails naming the missing transactions and the objects around them, writes
@@ -552,18 +526,9 @@ fn missing_middle_segment(backend: &Backend, dir: &Path) {
     assert_same_content(&exact, &out);
 }
 
-#[test]
-fn missing_middle_segment_file() {
-    let dir = scratch();
-    let backend = Backend::file(&dir.path().join("replica"));
-    missing_middle_segment(&backend, dir.path());
-}
-
-#[test]
-fn missing_middle_segment_s3() {
-    let Some(backend) = Backend::s3("missing_segment") else {
-        return;
-    };
-    let dir = scratch();
-    missing_middle_segment(&backend, dir.path());
-}
+on_each_backend!(
+    missing_middle_segment_file,
+    missing_middle_segment_s3,
+    "missing_segment",
+    |b: Backend, dir: &Path| missing_middle_segment(&b, dir)
+);

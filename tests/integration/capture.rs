@@ -160,21 +160,12 @@ fn transaction_larger_than_the_spool(backend: &Backend, dir: &Path) {
     assert_eq!(gens.as_array().map(|a| a.len()), Some(2), "{gens}");
 }
 
-#[test]
-fn transaction_larger_than_the_spool_file() {
-    let dir = scratch();
-    let backend = Backend::file(&dir.path().join("replica"));
-    transaction_larger_than_the_spool(&backend, dir.path());
-}
-
-#[test]
-fn transaction_larger_than_the_spool_s3() {
-    let Some(backend) = Backend::s3("large_tx") else {
-        return;
-    };
-    let dir = scratch();
-    transaction_larger_than_the_spool(&backend, dir.path());
-}
+on_each_backend!(
+    transaction_larger_than_the_spool_file,
+    transaction_larger_than_the_spool_s3,
+    "large_tx",
+    |b: Backend, dir: &Path| transaction_larger_than_the_spool(&b, dir)
+);
 
 /// `walship replicate … 2>&1 | head -c 1`: the log reader goes away; replication goes on,
 /// and SIGTERM still ships and exits 0 (it aborted with exit 134 on the first log line).

@@ -95,17 +95,9 @@ fn large_restore(backend: Backend, dir: &Path) {
     );
 }
 
-#[test]
-fn large_restore_file() {
-    let dir = scratch();
-    large_restore(Backend::file(&dir.path().join("replica")), dir.path());
-}
-
-#[test]
-fn large_restore_s3() {
-    let Some(backend) = Backend::s3("large") else {
-        return;
-    };
-    let dir = scratch();
-    large_restore(backend, dir.path());
-}
+on_each_backend!(
+    large_restore_file,
+    large_restore_s3,
+    "large",
+    |b: Backend, dir: &Path| large_restore(b, dir)
+);

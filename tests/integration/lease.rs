@@ -178,21 +178,12 @@ fn rolling_deploy(backend: Backend, dir: &Path) {
     }
 }
 
-#[test]
-fn rolling_deploy_file() {
-    let dir = scratch();
-    let backend = Backend::file(&dir.path().join("replica"));
-    rolling_deploy(backend, dir.path());
-}
-
-#[test]
-fn rolling_deploy_s3() {
-    let Some(backend) = Backend::s3("lease-rolling") else {
-        return;
-    };
-    let dir = scratch();
-    rolling_deploy(backend, dir.path());
-}
+on_each_backend!(
+    rolling_deploy_file,
+    rolling_deploy_s3,
+    "lease-rolling",
+    |b: Backend, dir: &Path| rolling_deploy(b, dir)
+);
 
 /// A walship with a 2 s lease that waits for the path (its own spool): it must take over
 /// the expired lease of the one before and begin a new generation.
@@ -348,21 +339,12 @@ fn lost_lease(backend: Backend, dir: &Path) {
     assert_eq!(content_hash(&out), commits.last().unwrap().hash);
 }
 
-#[test]
-fn lost_lease_file() {
-    let dir = scratch();
-    let backend = Backend::file(&dir.path().join("replica"));
-    lost_lease(backend, dir.path());
-}
-
-#[test]
-fn lost_lease_s3() {
-    let Some(backend) = Backend::s3("lease-lost") else {
-        return;
-    };
-    let dir = scratch();
-    lost_lease(backend, dir.path());
-}
+on_each_backend!(
+    lost_lease_file,
+    lost_lease_s3,
+    "lease-lost",
+    |b: Backend, dir: &Path| lost_lease(b, dir)
+);
 
 /// The same database listed twice in one config is refused at start-up, naming it.
 #[test]
@@ -530,21 +512,12 @@ fn different_database(backend: Backend, dir: &Path) {
     assert_ne!(dump(&out), dump(&b));
 }
 
-#[test]
-fn a_different_database_on_the_path_is_refused_file() {
-    let dir = scratch();
-    let backend = Backend::file(&dir.path().join("replica"));
-    different_database(backend, dir.path());
-}
-
-#[test]
-fn a_different_database_on_the_path_is_refused_s3() {
-    let Some(backend) = Backend::s3("lease-identity") else {
-        return;
-    };
-    let dir = scratch();
-    different_database(backend, dir.path());
-}
+on_each_backend!(
+    a_different_database_on_the_path_is_refused_file,
+    a_different_database_on_the_path_is_refused_s3,
+    "lease-identity",
+    |b: Backend, dir: &Path| different_database(b, dir)
+);
 
 /// A rolling deploy's two pods on one node share the volume, so the spool: with
 /// --lease-wait the new walship waits for the old one to exit instead of being refused.

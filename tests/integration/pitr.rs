@@ -254,18 +254,9 @@ fn pitr_under_crashes(backend: Backend, dir: &Path) {
     assert!(!out.exists());
 }
 
-#[test]
-fn pitr_under_crashes_file() {
-    let dir = scratch();
-    let backend = Backend::file(&dir.path().join("replica"));
-    pitr_under_crashes(backend, dir.path());
-}
-
-#[test]
-fn pitr_under_crashes_s3() {
-    let Some(backend) = Backend::s3("pitr") else {
-        return;
-    };
-    let dir = scratch();
-    pitr_under_crashes(backend, dir.path());
-}
+on_each_backend!(
+    pitr_under_crashes_file,
+    pitr_under_crashes_s3,
+    "pitr",
+    |b: Backend, dir: &Path| pitr_under_crashes(b, dir)
+);

@@ -246,6 +246,33 @@ fn walship_in(pg: &Pg, args: &[&str], backend: &Backend) -> Output {
 }
 
 /// A replica the `postgres` user may write: file:// inside the cluster's directory.
+/// A PostgreSQL scenario run on each backend as two tests, `$file` and `$s3`, each with a
+/// throwaway cluster of its own: on file:// the replica is a directory the cluster's user
+/// owns; on S3 a prefix of its own (`$prefix`) of the shared server.
+macro_rules! on_each_backend_pg {
+    ($file:ident, $s3:ident, $prefix:literal, $scenario:expr) => {
+        #[test]
+        fn $file() {
+            let Some(pg) = Pg::init(stringify!($file)) else {
+                return;
+            };
+            let b = file_backend(&pg);
+            ($scenario)(pg, &b);
+        }
+
+        #[test]
+        fn $s3() {
+            let Some(b) = Backend::s3($prefix) else {
+                return;
+            };
+            let Some(pg) = Pg::init(stringify!($s3)) else {
+                return;
+            };
+            ($scenario)(pg, &b);
+        }
+    };
+}
+
 fn file_backend(pg: &Pg) -> Backend {
     let dir = pg.root.join("replica");
     std::fs::create_dir_all(&dir).unwrap();
@@ -302,25 +329,12 @@ fn push_fetch_semantics(pg: &Pg, b: &Backend) {
     assert!(String::from_utf8_lossy(&o.stderr).contains("postgresql.conf"));
 }
 
-#[test]
-fn wal_push_and_fetch_file() {
-    let Some(pg) = Pg::init("wal_push_and_fetch_file") else {
-        return;
-    };
-    let b = file_backend(&pg);
-    push_fetch_semantics(&pg, &b);
-}
-
-#[test]
-fn wal_push_and_fetch_s3() {
-    let Some(b) = Backend::s3("walpush") else {
-        return;
-    };
-    let Some(pg) = Pg::init("wal_push_and_fetch_s3") else {
-        return;
-    };
-    push_fetch_semantics(&pg, &b);
-}
+on_each_backend_pg!(
+    wal_push_and_fetch_file,
+    wal_push_and_fetch_s3,
+    "walpush",
+    |pg: Pg, b: &Backend| push_fetch_semantics(&pg, b)
+);
 
 /// A running cluster with `archive_command = 'walship wal-push %p …'`: every switched
 /// segment reaches the replica and the archiver reports no failure.
@@ -356,25 +370,12 @@ fn archive_command(mut pg: Pg, b: &Backend) {
     }
 }
 
-#[test]
-fn archive_command_ships_segments_file() {
-    let Some(pg) = Pg::init("archive_command_ships_segments_file") else {
-        return;
-    };
-    let b = file_backend(&pg);
-    archive_command(pg, &b);
-}
-
-#[test]
-fn archive_command_ships_segments_s3() {
-    let Some(b) = Backend::s3("archive") else {
-        return;
-    };
-    let Some(pg) = Pg::init("archive_command_ships_segments_s3") else {
-        return;
-    };
-    archive_command(pg, &b);
-}
+on_each_backend_pg!(
+    archive_command_ships_segments_file,
+    archive_command_ships_segments_s3,
+    "archive",
+    |pg: Pg, b: &Backend| archive_command(pg, b)
+);
 
 const TABLE_HASH: &str =
     "SELECT md5(coalesce(string_agg(id || ':' || v, ',' ORDER BY id), '')) FROM t";
@@ -559,25 +560,12 @@ fn backup_and_restore(mut pg: Pg, b: &Backend) {
     assert!(String::from_utf8_lossy(&o.stderr).contains("no base backup"));
 }
 
-#[test]
-fn base_backup_and_restore_file() {
-    let Some(pg) = Pg::init("base_backup_and_restore_file") else {
-        return;
-    };
-    let b = file_backend(&pg);
-    backup_and_restore(pg, &b);
-}
-
-#[test]
-fn base_backup_and_restore_s3() {
-    let Some(b) = Backend::s3("pgbackup") else {
-        return;
-    };
-    let Some(pg) = Pg::init("base_backup_and_restore_s3") else {
-        return;
-    };
-    backup_and_restore(pg, &b);
-}
+on_each_backend_pg!(
+    base_backup_and_restore_file,
+    base_backup_and_restore_s3,
+    "pgbackup",
+    |pg: Pg, b: &Backend| backup_and_restore(pg, b)
+);
 
 fn wait_archived(pg: &Pg) {
     let last = pg.psql("SELECT pg_walfile_name(pg_switch_wal())");
@@ -733,25 +721,12 @@ fn timeline_switch(mut pg: Pg, b: &Backend) {
     assert_eq!(restore_and_hash(&pg, b, "latest-after-cleanup", None), h4);
 }
 
-#[test]
-fn timeline_switch_file() {
-    let Some(pg) = Pg::init("timeline_switch_file") else {
-        return;
-    };
-    let b = file_backend(&pg);
-    timeline_switch(pg, &b);
-}
-
-#[test]
-fn timeline_switch_s3() {
-    let Some(b) = Backend::s3("pgtimeline") else {
-        return;
-    };
-    let Some(pg) = Pg::init("timeline_switch_s3") else {
-        return;
-    };
-    timeline_switch(pg, &b);
-}
+on_each_backend_pg!(
+    timeline_switch_file,
+    timeline_switch_s3,
+    "pgtimeline",
+    |pg: Pg, b: &Backend| timeline_switch(pg, b)
+);
 
 /// Every pgbench table's content, in one hash.
 const PGBENCH_HASH: &str = "md5(\
@@ -1154,25 +1129,12 @@ fn pg_sidecar(mut pg: Pg, b: &Backend) {
     assert_eq!(restore_and_hash(&pg, b, "restored", None), h);
 }
 
-#[test]
-fn pg_sidecar_file() {
-    let Some(pg) = Pg::init("pg_sidecar_file") else {
-        return;
-    };
-    let b = file_backend(&pg);
-    pg_sidecar(pg, &b);
-}
-
-#[test]
-fn pg_sidecar_s3() {
-    let Some(b) = Backend::s3("pgsidecar") else {
-        return;
-    };
-    let Some(pg) = Pg::init("pg_sidecar_s3") else {
-        return;
-    };
-    pg_sidecar(pg, &b);
-}
+on_each_backend_pg!(
+    pg_sidecar_file,
+    pg_sidecar_s3,
+    "pgsidecar",
+    |pg: Pg, b: &Backend| pg_sidecar(pg, b)
+);
 
 /// `cleanup --json` of the replica; the report's only database.
 fn pg_cleanup(pg: &Pg, b: &Backend, retention: &str) -> serde_json::Value {
@@ -1363,25 +1325,12 @@ fn postgres_cleanup(mut pg: Pg, b: &Backend) {
     assert_eq!(list_objects(b), before);
 }
 
-#[test]
-fn postgres_cleanup_file() {
-    let Some(pg) = Pg::init("postgres_cleanup_file") else {
-        return;
-    };
-    let b = file_backend(&pg);
-    postgres_cleanup(pg, &b);
-}
-
-#[test]
-fn postgres_cleanup_s3() {
-    let Some(b) = Backend::s3("pgcleanup") else {
-        return;
-    };
-    let Some(pg) = Pg::init("postgres_cleanup_s3") else {
-        return;
-    };
-    postgres_cleanup(pg, &b);
-}
+on_each_backend_pg!(
+    postgres_cleanup_file,
+    postgres_cleanup_s3,
+    "pgcleanup",
+    |pg: Pg, b: &Backend| postgres_cleanup(pg, b)
+);
 
 /// Start a restored cluster and wait for the outcome of its recovery: `Ok(hash)` once it
 /// promoted, `Err(log)` when the server stopped during recovery (a fatal restore_command).

@@ -279,21 +279,12 @@ fn scenario(backend: &Backend, dir: &Path) {
     assert_refused(&o, &out, &["no older generation can be restored"]);
 }
 
-#[test]
-fn restore_rule_file() {
-    let dir = scratch();
-    let b = Backend::file(&dir.path().join("replica"));
-    scenario(&b, dir.path());
-}
-
-#[test]
-fn restore_rule_s3() {
-    let Some(b) = Backend::s3("restorerule") else {
-        return;
-    };
-    let dir = scratch();
-    scenario(&b, dir.path());
-}
+on_each_backend!(
+    restore_rule_file,
+    restore_rule_s3,
+    "restorerule",
+    |b: Backend, dir: &Path| scenario(&b, dir)
+);
 
 /// The init container skips a replica whose only generation has a manifest and no
 /// snapshot yet (a replicator that died uploading its first snapshot left nothing

@@ -275,18 +275,12 @@ fn simulated_week(backend: Backend, dir: &Path) {
     assert_eq!(again["databases"][0]["deleted_objects"], 0);
 }
 
-#[test]
-fn cleanup_over_a_simulated_week_file() {
-    let dir = scratch();
-    simulated_week(Backend::file(&dir.path().join("replica")), dir.path());
-}
-
-#[test]
-fn cleanup_over_a_simulated_week_s3() {
-    let Some(b) = Backend::s3("week") else { return };
-    let dir = scratch();
-    simulated_week(b, dir.path());
-}
+on_each_backend!(
+    cleanup_over_a_simulated_week_file,
+    cleanup_over_a_simulated_week_s3,
+    "week",
+    |b: Backend, dir: &Path| simulated_week(b, dir)
+);
 
 /// 100 rounds of `cleanup` with a 3 s window beside a replicator (snapshots every second,
 /// its own retention with a 6 s window every second too) and restores of the newest state
@@ -382,18 +376,12 @@ fn races(backend: Backend, dir: &Path) {
     assert_same_content(&db, &out);
 }
 
-#[test]
-fn cleanup_races_replicate_and_restore_file() {
-    let dir = scratch();
-    races(Backend::file(&dir.path().join("replica")), dir.path());
-}
-
-#[test]
-fn cleanup_races_replicate_and_restore_s3() {
-    let Some(b) = Backend::s3("race") else { return };
-    let dir = scratch();
-    races(b, dir.path());
-}
+on_each_backend!(
+    cleanup_races_replicate_and_restore_file,
+    cleanup_races_replicate_and_restore_s3,
+    "race",
+    |b: Backend, dir: &Path| races(b, dir)
+);
 
 /// Three databases below one prefix, each with generations from 100 h and 50 h ago and one
 /// from now; one holds an object walship cannot read. The other two are cleaned, the third is
@@ -444,20 +432,12 @@ fn prefix_mode(root: Backend, dir: &Path) {
     assert!(list_objects(&root).contains_key("README.txt"));
 }
 
-#[test]
-fn cleanup_prefix_mode_file() {
-    let dir = scratch();
-    prefix_mode(Backend::file(&dir.path().join("replicas")), dir.path());
-}
-
-#[test]
-fn cleanup_prefix_mode_s3() {
-    let Some(b) = Backend::s3("prefix") else {
-        return;
-    };
-    let dir = scratch();
-    prefix_mode(b, dir.path());
-}
+on_each_backend!(
+    cleanup_prefix_mode_file,
+    cleanup_prefix_mode_s3,
+    "prefix",
+    |b: Backend, dir: &Path| prefix_mode(b, dir)
+);
 
 /// The replicator's own retention (2 s window, checked every second) trims its generation
 /// while it runs; the newest state still restores.
@@ -514,17 +494,9 @@ fn replicator_retention(backend: Backend, dir: &Path) {
     assert_same_content(&db, &out);
 }
 
-#[test]
-fn replicator_applies_retention_file() {
-    let dir = scratch();
-    replicator_retention(Backend::file(&dir.path().join("replica")), dir.path());
-}
-
-#[test]
-fn replicator_applies_retention_s3() {
-    let Some(b) = Backend::s3("repret") else {
-        return;
-    };
-    let dir = scratch();
-    replicator_retention(b, dir.path());
-}
+on_each_backend!(
+    replicator_applies_retention_file,
+    replicator_applies_retention_s3,
+    "repret",
+    |b: Backend, dir: &Path| replicator_retention(b, dir)
+);

@@ -133,18 +133,9 @@ fn snapshots_at_an_interval(backend: Backend, dir: &Path) {
     );
 }
 
-#[test]
-fn snapshots_at_an_interval_file() {
-    let dir = scratch();
-    let backend = Backend::file(&dir.path().join("replica"));
-    snapshots_at_an_interval(backend, dir.path());
-}
-
-#[test]
-fn snapshots_at_an_interval_s3() {
-    let Some(backend) = Backend::s3("snapshots") else {
-        return;
-    };
-    let dir = scratch();
-    snapshots_at_an_interval(backend, dir.path());
-}
+on_each_backend!(
+    snapshots_at_an_interval_file,
+    snapshots_at_an_interval_s3,
+    "snapshots",
+    |b: Backend, dir: &Path| snapshots_at_an_interval(b, dir)
+);

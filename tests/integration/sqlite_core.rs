@@ -85,20 +85,12 @@ fn crash_restarts(backend: Backend, dir: &Path) {
     );
 }
 
-#[test]
-fn crash_restarts_file() {
-    let dir = scratch();
-    crash_restarts(Backend::file(&dir.path().join("replica")), dir.path());
-}
-
-#[test]
-fn crash_restarts_s3() {
-    let Some(b) = Backend::s3("crash") else {
-        return;
-    };
-    let dir = scratch();
-    crash_restarts(b, dir.path());
-}
+on_each_backend!(
+    crash_restarts_file,
+    crash_restarts_s3,
+    "crash",
+    |b: Backend, dir: &Path| crash_restarts(b, dir)
+);
 
 /// The application's own `wal_checkpoint(TRUNCATE)` (busy_timeout 5 s) succeeds and
 /// truncates the WAL while walship runs, and nothing is lost.
@@ -158,20 +150,12 @@ fn app_truncate(backend: Backend, dir: &Path) {
     assert_same_content(&db, &out);
 }
 
-#[test]
-fn app_truncate_checkpoint_file() {
-    let dir = scratch();
-    app_truncate(Backend::file(&dir.path().join("replica")), dir.path());
-}
-
-#[test]
-fn app_truncate_checkpoint_s3() {
-    let Some(b) = Backend::s3("truncate") else {
-        return;
-    };
-    let dir = scratch();
-    app_truncate(b, dir.path());
-}
+on_each_backend!(
+    app_truncate_checkpoint_file,
+    app_truncate_checkpoint_s3,
+    "truncate",
+    |b: Backend, dir: &Path| app_truncate(b, dir)
+);
 
 pub fn metric(addr: &str, name: &str) -> f64 {
     let body = http_get(addr, "/metrics");
@@ -274,18 +258,12 @@ fn idle_no_puts(backend: Backend, dir: &Path) {
     assert!(rep.terminate(Duration::from_secs(30)).success());
 }
 
-#[test]
-fn idle_makes_no_puts_file() {
-    let dir = scratch();
-    idle_no_puts(Backend::file(&dir.path().join("replica")), dir.path());
-}
-
-#[test]
-fn idle_makes_no_puts_s3() {
-    let Some(b) = Backend::s3("idle") else { return };
-    let dir = scratch();
-    idle_no_puts(b, dir.path());
-}
+on_each_backend!(
+    idle_makes_no_puts_file,
+    idle_makes_no_puts_s3,
+    "idle",
+    |b: Backend, dir: &Path| idle_no_puts(b, dir)
+);
 
 /// A SIGKILLed walship restarted while the WAL was not reset resumes its generation (no
 /// new snapshot), and nothing is lost across the restarts.
@@ -323,20 +301,12 @@ fn resume_after_kill(backend: Backend, dir: &Path) {
     assert_same_content(&db, &out);
 }
 
-#[test]
-fn resume_after_kill_file() {
-    let dir = scratch();
-    resume_after_kill(Backend::file(&dir.path().join("replica")), dir.path());
-}
-
-#[test]
-fn resume_after_kill_s3() {
-    let Some(b) = Backend::s3("resume") else {
-        return;
-    };
-    let dir = scratch();
-    resume_after_kill(b, dir.path());
-}
+on_each_backend!(
+    resume_after_kill_file,
+    resume_after_kill_s3,
+    "resume",
+    |b: Backend, dir: &Path| resume_after_kill(b, dir)
+);
 
 /// The config-file form: `${VAR}` expansion (bucket, credentials as references), a
 /// litestream.yml-style replica block, several databases.

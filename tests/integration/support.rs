@@ -687,3 +687,28 @@ pub fn delete_object(b: &Backend, rel: &str) {
         store.delete(&path).await.unwrap();
     });
 }
+
+/// A scenario run on each backend as two tests, `$file` and `$s3`: the scenario gets the
+/// backend and a fresh scratch directory. On file:// the replica is `<scratch>/replica`; on
+/// S3 it is a prefix of its own (`$prefix` plus a unique tail) of the shared server, which
+/// under CI=true must be there.
+macro_rules! on_each_backend {
+    ($file:ident, $s3:ident, $prefix:literal, $scenario:expr) => {
+        #[test]
+        fn $file() {
+            let dir = $crate::support::scratch();
+            let b = $crate::support::Backend::file(&dir.path().join("replica"));
+            ($scenario)(b, dir.path());
+        }
+
+        #[test]
+        fn $s3() {
+            let Some(b) = $crate::support::Backend::s3($prefix) else {
+                return;
+            };
+            let dir = $crate::support::scratch();
+            ($scenario)(b, dir.path());
+        }
+    };
+}
+pub(crate) use on_each_backend;
