@@ -4,7 +4,7 @@
 //! things (a closed stderr, a metrics address in use, settings that make replication
 //! impossible).
 
-use crate::sqlite_core::http_get;
+use crate::support::http_get;
 use crate::support::*;
 use std::path::Path;
 use std::time::Duration;

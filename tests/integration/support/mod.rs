@@ -9,6 +9,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod content;
+mod http;
+mod store;
+pub use content::*;
+pub use http::*;
+pub use store::*;
+
 pub fn walship_bin() -> &'static str {
     env!("CARGO_BIN_EXE_walship")
 }
@@ -319,100 +326,6 @@ pub fn finish_writer(mut w: Child, report: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
 }
 
-/// The writer's content hash of a database (`writer.py --hash`): the same value it records
-/// after each commit with `--record`.
-pub fn content_hash(db: &Path) -> String {
-    let o = Command::new("python3")
-        .arg(writer_script())
-        .arg("--hash")
-        .arg(db)
-        .output()
-        .expect("python3 tests/writer.py --hash");
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8(o.stdout).unwrap().trim().to_string()
-}
-
-/// Create a WAL-mode database with the writer's schema (as the app would on first start).
-pub fn create_db(path: &Path) {
-    let c = rusqlite::Connection::open(path).unwrap();
-    c.execute_batch(
-        "PRAGMA journal_mode=WAL;
-         CREATE TABLE IF NOT EXISTS items(id INTEGER PRIMARY KEY, k TEXT NOT NULL, v BLOB, n INTEGER);
-         CREATE INDEX IF NOT EXISTS items_k ON items(k);
-         CREATE TABLE IF NOT EXISTS counters(name TEXT PRIMARY KEY, value INTEGER NOT NULL);",
-    )
-    .unwrap();
-}
-
-pub type Rows = Vec<Vec<rusqlite::types::Value>>;
-
-/// Every table's rows, in rowid order (read-only, does not disturb a live WAL).
-pub fn dump(path: &Path) -> BTreeMap<String, Rows> {
-    let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .unwrap();
-    let tables: Vec<String> = c
-        .prepare("SELECT name FROM sqlite_schema WHERE type='table' ORDER BY name")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    let mut out = BTreeMap::new();
-    for t in tables {
-        let mut st = c
-            .prepare(&format!("SELECT * FROM \"{t}\" ORDER BY rowid"))
-            .unwrap();
-        let n = st.column_count();
-        let rows: Rows = st
-            .query_map([], |r| (0..n).map(|i| r.get(i)).collect())
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect();
-        out.insert(t, rows);
-    }
-    out
-}
-
-/// Assert two databases hold the same tables with the same rows, and the copy is sound.
-#[track_caller]
-pub fn assert_same_content(source: &Path, restored: &Path) {
-    let (a, b) = (dump(source), dump(restored));
-    assert_eq!(
-        a.keys().collect::<Vec<_>>(),
-        b.keys().collect::<Vec<_>>(),
-        "tables differ"
-    );
-    for (t, rows) in &a {
-        let other = &b[t];
-        if rows != other {
-            let first_diff = rows.iter().zip(other).position(|(x, y)| x != y);
-            panic!(
-                "table {t}: source has {} rows, restored {}; first differing row index {:?}",
-                rows.len(),
-                other.len(),
-                first_diff
-            );
-        }
-    }
-    let c = rusqlite::Connection::open(restored).unwrap();
-    let check: String = c
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok", "integrity_check of the restored database");
-}
-
-/// Sum of file sizes directly in `dir`.
-pub fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok()?.metadata().ok())
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 pub fn free_port() -> u16 {
     loop {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -421,126 +334,6 @@ pub fn free_port() -> u16 {
         if p < 55000 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
             return p;
         }
-    }
-}
-
-/// A SeaweedFS of the test's own, so that it can be stopped and started without
-/// disturbing other tests. Needs WALSHIP_TEST_WEED (set by tests/run.sh).
-pub struct PrivateS3 {
-    weed: PathBuf,
-    dir: tempfile::TempDir,
-    ports: [u16; 4],
-    child: Option<Child>,
-    pub endpoint: String,
-}
-
-pub const PRIVATE_BUCKET: &str = "private";
-
-impl PrivateS3 {
-    pub fn start(test: &str) -> Option<Self> {
-        let Ok(weed) = std::env::var("WALSHIP_TEST_WEED") else {
-            assert!(
-                !in_ci(),
-                "CI=true but WALSHIP_TEST_WEED is not set: run tests/run.sh"
-            );
-            eprintln!("SKIP {test}: WALSHIP_TEST_WEED not set (use tests/run.sh)");
-            return None;
-        };
-        let ports = [free_port(), free_port(), free_port(), free_port()];
-        let mut s = PrivateS3 {
-            weed: weed.into(),
-            dir: tempfile::tempdir().unwrap(),
-            endpoint: format!("http://127.0.0.1:{}", ports[0]),
-            ports,
-            child: None,
-        };
-        std::fs::write(
-            s.dir.path().join("s3.json"),
-            r#"{"identities":[{"name":"admin","credentials":[{"accessKey":"walship","secretKey":"walship-secret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}"#,
-        )
-        .unwrap();
-        s.resume();
-        Some(s)
-    }
-
-    /// Start (again) on the same data directory and wait until it serves the bucket.
-    pub fn resume(&mut self) {
-        let [s3, master, volume, filer] = self.ports;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("weed.log"))
-            .unwrap();
-        let child = Command::new(&self.weed)
-            .arg("mini")
-            .arg(format!("-dir={}", self.dir.path().display()))
-            .args([
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                "-master.telemetry=false",
-            ])
-            .args([
-                "-admin.ui=false",
-                "-webdav=false",
-                "-s3.port.iceberg=0",
-                "-s3.port.lance=0",
-            ])
-            .arg(format!("-master.port={master}"))
-            .arg(format!("-volume.port={volume}"))
-            .arg(format!("-filer.port={filer}"))
-            .arg(format!("-s3.port={s3}"))
-            .arg(format!(
-                "-s3.config={}",
-                self.dir.path().join("s3.json").display()
-            ))
-            .arg(format!("-bucket={PRIVATE_BUCKET}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start weed");
-        self.child = Some(child);
-        let probe = Backend::s3_at(&self.endpoint, PRIVATE_BUCKET, "ready");
-        let until = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < until {
-            if walship(&["generations", &probe.url], Some(&probe))
-                .status
-                .success()
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("private SeaweedFS did not become ready");
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGSTOP the server: requests hang mid-way, as with a store that stalls.
-    pub fn pause(&self) {
-        if let Some(c) = &self.child {
-            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
-        }
-    }
-
-    pub fn resume_paused(&self) {
-        if let Some(c) = &self.child {
-            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
-        }
-    }
-
-    pub fn backend(&self, prefix: &str) -> Backend {
-        Backend::s3_at(&self.endpoint, PRIVATE_BUCKET, prefix)
-    }
-}
-
-impl Drop for PrivateS3 {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -597,95 +390,6 @@ pub fn seed() -> u64 {
 
 pub fn strs(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
-}
-
-/// A client of the backend's store, independent of walship's, and the replica's prefix.
-pub fn object_store_for(
-    b: &Backend,
-) -> (Box<dyn object_store::ObjectStore>, object_store::path::Path) {
-    if let Some(dir) = b.url.strip_prefix("file://") {
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap();
-        return (Box::new(fs), object_store::path::Path::from(""));
-    }
-    let rest = b.url.strip_prefix("s3://").unwrap();
-    let (bucket, prefix) = rest.split_once('/').unwrap();
-    let endpoint = &b.flags[1];
-    let s3 = object_store::aws::AmazonS3Builder::new()
-        .with_bucket_name(bucket)
-        .with_endpoint(endpoint)
-        .with_allow_http(true)
-        .with_region("us-east-1")
-        .with_access_key_id(&b.env[0].1)
-        .with_secret_access_key(&b.env[1].1)
-        .build()
-        .unwrap();
-    (Box::new(s3), object_store::path::Path::from(prefix))
-}
-
-/// Every object of the backend's replica (names relative to its root) and its size, read
-/// with the test's own client.
-pub fn list_objects(b: &Backend) -> BTreeMap<String, u64> {
-    let (store, prefix) = object_store_for(b);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use futures::TryStreamExt;
-        let all: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
-        let root = prefix.as_ref().to_string();
-        all.into_iter()
-            .map(|m| {
-                let name = m.location.as_ref();
-                let rel = if root.is_empty() {
-                    name
-                } else {
-                    name.strip_prefix(&root).unwrap().trim_start_matches('/')
-                };
-                (rel.to_string(), m.size)
-            })
-            .collect()
-    })
-}
-
-/// Write an object into the backend's replica with the test's own client.
-/// The store and the full path of `rel` under the backend's prefix.
-fn store_and_path(
-    b: &Backend,
-    rel: &str,
-) -> (Box<dyn object_store::ObjectStore>, object_store::path::Path) {
-    let (store, prefix) = object_store_for(b);
-    let path = if prefix.as_ref().is_empty() {
-        object_store::path::Path::from(rel)
-    } else {
-        object_store::path::Path::from(format!("{}/{rel}", prefix.as_ref()))
-    };
-    (store, path)
-}
-
-pub fn put_object(b: &Backend, rel: &str, bytes: &[u8]) {
-    let (store, path) = store_and_path(b, rel);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use object_store::ObjectStoreExt;
-        store.put(&path, bytes.to_vec().into()).await.unwrap();
-    });
-}
-
-pub fn get_object(b: &Backend, rel: &str) -> Vec<u8> {
-    let (store, path) = store_and_path(b, rel);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use object_store::ObjectStoreExt;
-        let r = store.get(&path).await.unwrap();
-        r.bytes().await.unwrap().to_vec()
-    })
-}
-
-pub fn delete_object(b: &Backend, rel: &str) {
-    let (store, path) = store_and_path(b, rel);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        use object_store::ObjectStoreExt;
-        store.delete(&path).await.unwrap();
-    });
 }
 
 /// A scenario run on each backend as two tests, `$file` and `$s3`: the scenario gets the
