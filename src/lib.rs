@@ -1,7 +1,9 @@
 //! walship: continuous replication of SQLite databases and PostgreSQL clusters to object
 //! storage, and restore. Layers, top to bottom (checked by `layering`):
-//! `cli -> {replicate, postgres} -> {retention, restore} -> catalog -> {format, storage}
-//! -> {sqlite, pgformat} -> error`.
+//! `cli -> supervisor -> {replicate, postgres} -> {sidecar, verify} -> {retention,
+//! restore} -> catalog -> {format, storage} -> {sqlite, pgformat} -> error`; data flows
+//! database -> capture or archiver -> spool -> store, and back through the catalog to a
+//! restore.
 
 pub mod catalog;
 pub mod cli;

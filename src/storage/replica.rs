@@ -6,6 +6,8 @@
 mod local;
 use local::{local_swap, local_version};
 
+#[cfg(test)]
+mod conformance;
 mod errors;
 pub use errors::store_error;
 
@@ -441,14 +443,17 @@ impl Replica {
             .try_collect()
             .await
             .map_err(|e| self.err(format!("LIST {rel_prefix}"), e))?;
-        Ok(items
+        let mut out: Vec<Listed> = items
             .into_iter()
             .map(|m| Listed {
                 name: self.rel(m.location.as_ref()).to_string(),
                 size: m.size,
                 modified_ms: m.last_modified.timestamp_millis().max(0) as u64,
             })
-            .collect())
+            .collect();
+        // S3 lists in name order, file:// in directory order: every caller sees S3's.
+        out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// The immediate "directories" below `rel_prefix` (their last name component).
