@@ -15,7 +15,7 @@ pub(super) async fn lease_loop(
     every: Duration,
     ttl: Duration,
     state: Arc<DbState>,
-    stop: Arc<tokio::sync::Notify>,
+    stop: crate::shutdown::Shutdown,
     lost: Arc<tokio::sync::Notify>,
 ) -> std::result::Result<(), String> {
     let k = crate::sidecar::holding::Keeping {

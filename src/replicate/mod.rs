@@ -462,14 +462,14 @@ async fn start_db(
     if let Some(every) = db.validation_interval {
         spawn_validator(db, state.metrics.clone(), stop_capture.clone(), every)?;
     }
-    let lease_stop = Arc::new(tokio::sync::Notify::new());
+    let (lease_stop, lease_end) = crate::shutdown::signal();
     let task = tokio::spawn(lease_loop(
         replica_for_lease,
         held,
         settings.renew_every(),
         settings.ttl,
         state.clone(),
-        lease_stop.clone(),
+        lease_end,
         lost,
     ));
     Ok((

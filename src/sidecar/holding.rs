@@ -17,7 +17,7 @@ use std::time::Instant;
 /// A lease kept renewed by its task until `stop`; the task releases it then, or returns
 /// why it was lost.
 pub struct LeaseTask {
-    pub stop: Arc<tokio::sync::Notify>,
+    pub stop: crate::shutdown::Begin,
     pub task: tokio::task::JoinHandle<std::result::Result<(), String>>,
 }
 
@@ -25,11 +25,11 @@ pub struct LeaseTask {
 /// least a moment: a stalled store must not stretch shutdown past `shutdown-timeout` (a
 /// lease not released expires by itself). `None`: given up on.
 pub async fn end_lease_task(
-    stop: Arc<tokio::sync::Notify>,
+    stop: crate::shutdown::Begin,
     task: tokio::task::JoinHandle<std::result::Result<(), String>>,
     deadline: Instant,
 ) -> Option<std::result::Result<(), String>> {
-    stop.notify_one();
+    stop.begin(deadline);
     let wait = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_millis(100));
@@ -75,7 +75,7 @@ pub async fn keep_lease<G, R, F>(
     replica: Arc<Replica>,
     (mut held, every): (lease::Held, Duration),
     k: Keeping<G, R, F>,
-    stop: Arc<tokio::sync::Notify>,
+    mut stop: crate::shutdown::Shutdown,
     lost: Arc<tokio::sync::Notify>,
 ) -> std::result::Result<(), String>
 where
@@ -102,7 +102,7 @@ where
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = stop.notified() => {
+            _ = stop.begun() => {
                 if let Err(e) = lease::release(&replica, &held).await {
                     tracing::warn!(target: "walship::replicate", db = %k.label, "could not release the lease: {e}; it expires by itself");
                 }

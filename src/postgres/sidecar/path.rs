@@ -55,7 +55,7 @@ pub async fn lease_loop(
     held_every: (lease::Held, Duration),
     metrics: Arc<Metrics>,
     state: Arc<PgState>,
-    stop: Arc<tokio::sync::Notify>,
+    stop: crate::shutdown::Shutdown,
     lost: Arc<tokio::sync::Notify>,
 ) -> std::result::Result<(), String> {
     let k = crate::sidecar::holding::Keeping {

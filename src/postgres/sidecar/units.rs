@@ -45,15 +45,15 @@ pub async fn start(
         });
         u.states.push(state.clone());
         u.locks.lock().unwrap().push(lock);
-        let lease_stop = Arc::new(tokio::sync::Notify::new());
+        let (lease_stop, lease_end) = crate::shutdown::signal();
         u.leases.push(LeaseTask {
-            stop: lease_stop.clone(),
+            stop: lease_stop,
             task: tokio::spawn(lease_loop(
                 replica.clone(),
                 (held, settings.renew_every()),
                 metrics.clone(),
                 state.clone(),
-                lease_stop,
+                lease_end,
                 lost.clone(),
             )),
         });
