@@ -86,45 +86,27 @@ const FLOOR_MAY: &[&str] = &["error"];
 
 fn edges() -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut stack = vec![root.clone()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            // Test-only modules (`mod tests;`, fixtures) are not layers.
-            let file = p.file_name().unwrap().to_string_lossy();
-            if p.extension().is_none_or(|x| x != "rs")
-                || file == "tests.rs"
-                || file == "fixtures.rs"
-            {
-                continue;
-            }
-            let rel = p
-                .strip_prefix(&root)
-                .unwrap()
-                .to_string_lossy()
-                .into_owned();
-            let top = rel.split('/').next().unwrap().trim_end_matches(".rs");
-            if matches!(top, "lib" | "main" | "layering" | "fuzzing") {
-                continue;
-            }
-            let text = std::fs::read_to_string(&p).unwrap();
-            let code = text.split("#[cfg(test)]").next().unwrap();
-            for (i, _) in code.match_indices("crate::") {
-                let name: String = code[i + 7..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                    .collect();
-                if !name.is_empty() && name != top {
-                    out.entry(top.to_string()).or_default().insert(name);
-                }
-            }
-            out.entry(top.to_string()).or_default();
+    for (rel, text) in sources() {
+        // Test-only modules (`mod tests;`, fixtures) are not layers.
+        let file = rel.rsplit('/').next().unwrap();
+        if file == "tests.rs" || file == "fixtures.rs" {
+            continue;
         }
+        let top = rel.split('/').next().unwrap().trim_end_matches(".rs");
+        if matches!(top, "lib" | "main" | "layering" | "fuzzing") {
+            continue;
+        }
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for (i, _) in code.match_indices("crate::") {
+            let name: String = code[i + 7..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if !name.is_empty() && name != top {
+                out.entry(top.to_string()).or_default().insert(name);
+            }
+        }
+        out.entry(top.to_string()).or_default();
     }
     out
 }
