@@ -2,30 +2,18 @@
 //! (oldest first, from their manifests) and, per cluster and timeline, the WAL archived
 //! (first and last segment): together, the range a point-in-time restore can reach.
 
-use super::{ReplicaFlags, open_source, print_json};
+use super::print_json;
 use crate::catalog::Catalog;
 use crate::error::Result;
 use crate::pgformat::walname::WalFile;
 use crate::restore::when::format_ms;
 use crate::storage::Replica;
 use crate::storage::layout;
-use clap::Args;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-#[derive(Debug, Args)]
-pub struct BackupsArgs {
-    /// A replica URL, or a data directory listed in the config file.
-    pub source: String,
-    #[arg(short, long, env = "WALSHIP_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Machine-readable output.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub replica: ReplicaFlags,
-}
+/// The listing flags (`cli::ListingArgs`).
+pub type BackupsArgs = super::ListingArgs;
 
 #[derive(Debug, Serialize)]
 pub struct BackupRow {
@@ -101,7 +89,7 @@ pub async fn listing(replica: &Replica) -> Result<Listing> {
 }
 
 pub async fn run(args: BackupsArgs) -> Result<()> {
-    let replica = open_source(&args.source, args.config.as_deref(), &args.replica)?;
+    let replica = args.open()?;
     let l = listing(&replica).await?;
     if args.json {
         print_json(&l);

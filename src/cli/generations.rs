@@ -1,26 +1,14 @@
 //! `walship generations REPLICA_URL|DB_PATH [--json]`: what a replica holds.
 
-use super::{ReplicaFlags, open_source, print_json};
+use super::print_json;
 use crate::error::Result;
 use crate::restore::plan;
 use crate::storage::Replica;
 use crate::storage::layout;
-use clap::Args;
 use serde::Serialize;
-use std::path::PathBuf;
 
-#[derive(Debug, Args)]
-pub struct GenerationsArgs {
-    /// A replica URL, or a database path listed in the config file.
-    pub source: String,
-    #[arg(short, long, env = "WALSHIP_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Machine-readable output.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub replica: ReplicaFlags,
-}
+/// The listing flags (`cli::ListingArgs`).
+pub type GenerationsArgs = super::ListingArgs;
 
 #[derive(Debug, Serialize)]
 pub struct GenerationRow {
@@ -58,7 +46,7 @@ pub async fn rows(replica: &Replica) -> Result<Vec<GenerationRow>> {
 }
 
 pub async fn run(args: GenerationsArgs) -> Result<()> {
-    let replica = open_source(&args.source, args.config.as_deref(), &args.replica)?;
+    let replica = args.open()?;
     let rows = rows(&replica).await?;
     if args.json {
         print_json(&rows);

@@ -114,6 +114,27 @@ pub fn parse_generation(g: Option<&str>) -> Result<Option<crate::storage::layout
 
 /// A replica URL, or the path of a database listed in the config file.
 /// The replica a listing command reads: a URL, or the replica of a database in the config.
+/// The flags of every listing command (`generations`, `snapshots`, `backups`).
+#[derive(Debug, Args)]
+pub struct ListingArgs {
+    /// A replica URL, or a database path (a data directory for `backups`) listed in the
+    /// config file.
+    pub source: String,
+    #[arg(short, long, env = "WALSHIP_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub replica: ReplicaFlags,
+}
+
+impl ListingArgs {
+    pub fn open(&self) -> Result<crate::storage::Replica> {
+        open_source(&self.source, self.config.as_deref(), &self.replica)
+    }
+}
+
 pub fn open_source(
     source: &str,
     config_path: Option<&Path>,

@@ -1,28 +1,16 @@
 //! `walship snapshots REPLICA_URL|DB_PATH [--json]`: every snapshot in a replica, oldest
 //! first: the restore points a plan can start from.
 
-use super::{ReplicaFlags, open_source, print_json};
+use super::print_json;
 use crate::error::Result;
 use crate::restore::plan;
 use crate::restore::when::format_ms;
 use crate::storage::Replica;
 use crate::storage::layout;
-use clap::Args;
 use serde::Serialize;
-use std::path::PathBuf;
 
-#[derive(Debug, Args)]
-pub struct SnapshotsArgs {
-    /// A replica URL, or a database path listed in the config file.
-    pub source: String,
-    #[arg(short, long, env = "WALSHIP_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// Machine-readable output.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub replica: ReplicaFlags,
-}
+/// The listing flags (`cli::ListingArgs`).
+pub type SnapshotsArgs = super::ListingArgs;
 
 #[derive(Debug, Serialize)]
 pub struct SnapshotRow {
@@ -51,7 +39,7 @@ pub async fn rows(replica: &Replica) -> Result<Vec<SnapshotRow>> {
 }
 
 pub async fn run(args: SnapshotsArgs) -> Result<()> {
-    let replica = open_source(&args.source, args.config.as_deref(), &args.replica)?;
+    let replica = args.open()?;
     let rows = rows(&replica).await?;
     if args.json {
         print_json(&rows);
