@@ -22,26 +22,26 @@ impl Capture {
             return Ok(());
         }
         let pos = run.tracker.pos;
-        if pos.frame >= self.mark_frame.saturating_add(REFRESH_FRAMES)
-            || pos.frame < self.mark_frame
+        if pos.frame >= self.cursors.mark_frame.saturating_add(REFRESH_FRAMES)
+            || pos.frame < self.cursors.mark_frame
         {
             if !self.scan_to_end()? {
                 return Ok(());
             }
             self.db.refresh_read()?;
-            self.mark_frame = self.tracker().pos.frame;
+            self.cursors.mark_frame = self.tracker().pos.frame;
         }
         let Some(h) = self.db.shm().header().map_err(|e| self.io(e))? else {
             return Ok(());
         };
         let state = (h.salt1, h.salt2, h.mx_frame);
-        if h.mx_frame > 0 && h.n_backfill == h.mx_frame && self.settled != Some(state) {
+        if h.mx_frame > 0 && h.n_backfill == h.mx_frame && self.cursors.settled != Some(state) {
             if !self.scan_to_end()? {
                 return Ok(());
             }
-            self.settled = Some(state);
+            self.cursors.settled = Some(state);
             if self.settle_on_backfilled_wal()? {
-                self.mark_frame = 0;
+                self.cursors.mark_frame = 0;
             }
         }
         Ok(())
@@ -107,12 +107,12 @@ impl Capture {
         // Past the threshold the application is not checkpointing (or cannot get past
         // walship's read mark): walship does it.
         if frames < self.settings.min_checkpoint_pages.saturating_mul(2)
-            || Instant::now() < self.checkpoint_not_before
+            || Instant::now() < self.timers.checkpoint_not_before
             || self.state.snapshot_active.load(Ordering::Acquire)
         {
             return Ok(());
         }
-        self.checkpoint_not_before = Instant::now() + Duration::from_millis(500);
+        self.timers.checkpoint_not_before = Instant::now() + Duration::from_millis(500);
         // Frames a checkpoint lets SQLite reset away are held in memory until queued at
         // the next sync; while the spool is full (replica down) the WAL, kept by the read
         // lock, stays the buffer instead.

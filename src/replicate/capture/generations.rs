@@ -38,15 +38,15 @@ impl Capture {
         }
         let t = &run.tracker;
         let Some(reason) = snapshot_due(
-            self.wal_since_snapshot,
+            self.cursors.wal_since_snapshot,
             t.db_pages as u64 * t.page_size as u64,
             &self.settings,
-            self.last_snapshot_at.elapsed(),
+            self.cursors.last_snapshot_at.elapsed(),
         ) else {
             return Ok(());
         };
-        if t.txid == self.snapshot_txid {
-            self.last_snapshot_at = Instant::now();
+        if t.txid == self.cursors.snapshot_txid {
+            self.cursors.last_snapshot_at = Instant::now();
             return Ok(());
         }
         // Renew the read mark after a complete scan, then scan to the end under the new
@@ -63,7 +63,7 @@ impl Capture {
         let Some(run) = self.run.as_mut() else {
             return Ok(());
         };
-        self.mark_frame = run.tracker.pos.frame;
+        self.cursors.mark_frame = run.tracker.pos.frame;
         let t = &run.tracker;
         let meta = SnapshotMeta {
             page_size: t.page_size,
@@ -83,11 +83,11 @@ impl Capture {
             cancelled: Default::default(),
         });
         tracing::info!(target: "walship::replicate::capture", db = %self.state.label, generation = %run.generation, txid = t.txid,
-            pages = t.db_pages, wal_bytes = self.wal_since_snapshot,
+            pages = t.db_pages, wal_bytes = self.cursors.wal_since_snapshot,
             reason, "snapshot");
-        self.last_snapshot_at = Instant::now();
-        self.snapshot_txid = t.txid;
-        self.wal_since_snapshot = 0;
+        self.cursors.last_snapshot_at = Instant::now();
+        self.cursors.snapshot_txid = t.txid;
+        self.cursors.wal_since_snapshot = 0;
         self.snapshot = Some(job.clone());
         self.state.snapshot_active.store(true, Ordering::Release);
         self.state.push(Job::Snapshot(job));
@@ -165,7 +165,7 @@ impl Capture {
             // The WAL changed under the first scan: nothing was announced; retry.
             self.run = None;
             self.parent = parent;
-            self.not_before = Instant::now() + Duration::from_millis(200);
+            self.timers.not_before = Instant::now() + Duration::from_millis(200);
             return Ok(());
         }
         self.queue_first_snapshot(None, now_ms());
@@ -220,9 +220,9 @@ impl Capture {
         t.start_collecting(0);
         t.last_commit_ms = commit_ms;
         self.clear_journal();
-        self.last_snapshot_at = Instant::now();
-        self.snapshot_txid = 0;
-        self.wal_since_snapshot = 0;
+        self.cursors.last_snapshot_at = Instant::now();
+        self.cursors.snapshot_txid = 0;
+        self.cursors.wal_since_snapshot = 0;
         tracing::info!(target: "walship::replicate::capture", db = %self.state.label, generation = %generation, pages = meta.page_count,
             reason = %self.next_reason, "new generation");
         let job = Arc::new(job);

@@ -123,16 +123,6 @@ pub struct Capture {
     settings: CaptureSettings,
     segment_budget: usize,
     tx_limit: usize,
-    /// When the last segment was cut: the next is cut at once if that was a sync interval
-    /// ago (leading edge), else when it is.
-    last_cut: Option<Instant>,
-    /// The last cut found no room in the spool (the replica is behind).
-    cut_blocked: bool,
-    /// The next WAL-index re-check after a write-woken scan, the gap before it, and until
-    /// when re-checks go on.
-    followup: Option<(Instant, Duration, Instant)>,
-    /// Last time a journal append failure was logged.
-    journal_warned: Option<Instant>,
     run: Option<Run>,
     /// The snapshot this generation started with, until the replica has it.
     snapshot: Option<Arc<SnapshotJob>>,
@@ -143,6 +133,20 @@ pub struct Capture {
     /// The parent's last txid and until when nothing was seen to follow it, for the next
     /// generation's manifest (restore between the two is exact up to then).
     parent_watched: Option<(u64, u64)>,
+    timers: Timers,
+    cursors: Cursors,
+}
+
+/// When capture last did, or may next do, each of its timed steps.
+struct Timers {
+    /// When the last segment was cut: the next is cut at once if that was a sync interval
+    /// ago (leading edge), else when it is.
+    last_cut: Option<Instant>,
+    /// The next WAL-index re-check after a write-woken scan, the gap before it, and until
+    /// when re-checks go on.
+    followup: Option<(Instant, Duration, Instant)>,
+    /// Last time a journal append failure was logged.
+    journal_warned: Option<Instant>,
     last_scan: Instant,
     /// The last scan a WAL write woke: `MIN_SCAN_GAP` counts from it, not from re-checks
     /// and periodic scans, so the first commit after a quiet spell is read at once.
@@ -151,6 +155,13 @@ pub struct Capture {
     not_before: Instant,
     stepout_not_before: Instant,
     checkpoint_not_before: Instant,
+}
+
+/// Where capture stands between scans: the read mark, the spool, and the WAL since the
+/// last snapshot.
+struct Cursors {
+    /// The last cut found no room in the spool (the replica is behind).
+    cut_blocked: bool,
     /// WAL frame at which the read mark was last renewed (roughly where it stands).
     mark_frame: u32,
     /// The fully backfilled WAL state walship last settled its read lock on.
@@ -180,10 +191,6 @@ impl Capture {
             journal,
             segment_budget: SEGMENT_BUDGET.min(limit / 4).max(1),
             tx_limit: LARGE_TX_MAX.min(limit / 2).max(1),
-            last_cut: None,
-            cut_blocked: false,
-            followup: None,
-            journal_warned: None,
             settings,
             run: None,
             snapshot: None,
@@ -191,17 +198,25 @@ impl Capture {
             parent: None,
             history: None,
             parent_watched: None,
-            last_scan: now,
-            last_write_scan: now,
-            last_identity_check: now,
-            not_before: now,
-            stepout_not_before: now,
-            checkpoint_not_before: now,
-            mark_frame: 0,
-            settled: None,
-            last_snapshot_at: now,
-            snapshot_txid: 0,
-            wal_since_snapshot: 0,
+            timers: Timers {
+                last_cut: None,
+                followup: None,
+                journal_warned: None,
+                last_scan: now,
+                last_write_scan: now,
+                last_identity_check: now,
+                not_before: now,
+                stepout_not_before: now,
+                checkpoint_not_before: now,
+            },
+            cursors: Cursors {
+                cut_blocked: false,
+                mark_frame: 0,
+                settled: None,
+                last_snapshot_at: now,
+                snapshot_txid: 0,
+                wal_since_snapshot: 0,
+            },
         }
     }
 
@@ -221,14 +236,14 @@ impl Capture {
                 .min(self.cut_due_in());
             let gap_left = self
                 .scan_gap()
-                .saturating_sub(self.last_write_scan.elapsed());
+                .saturating_sub(self.timers.last_write_scan.elapsed());
             let followup_left = self.followup_due_in();
             if !wal_dirty && followup_left < gap_left.min(probe_left) {
                 // Until the re-check, woken early by a write: then the write's own event
                 // drives the next scan and the re-check is moot.
                 wal_dirty = self.watch.wait(followup_left);
                 if wal_dirty {
-                    self.followup = None;
+                    self.timers.followup = None;
                 }
             } else if wal_dirty || !gap_left.is_zero() {
                 // Until the next scan may run; then (if nothing is pending) on inotify.
@@ -237,13 +252,13 @@ impl Capture {
                 wal_dirty = self.watch.wait(probe_left.min(followup_left));
             }
             last_tick = Instant::now();
-            if Instant::now() < self.not_before {
+            if Instant::now() < self.timers.not_before {
                 continue;
             }
             if let Err(e) = self.tick(&mut wal_dirty) {
                 self.report(&e);
                 let _ = self.db.unlock_write();
-                self.not_before = Instant::now() + Duration::from_secs(1);
+                self.timers.not_before = Instant::now() + Duration::from_secs(1);
             }
         }
         self.shutdown();
@@ -295,7 +310,7 @@ impl Capture {
                     tracing::info!(db = %self.state.label, generation = %rp.generation, txid = rp.txid,
                         "resuming generation{how}");
                     self.state.set_generation(&rp.generation);
-                    self.snapshot_txid = rp.txid;
+                    self.cursors.snapshot_txid = rp.txid;
                     self.run = Some(Run {
                         generation: rp.generation,
                         tracker: t,
@@ -357,7 +372,7 @@ impl Capture {
             }
             return self.start_generation();
         }
-        if Instant::now() >= self.stepout_not_before
+        if Instant::now() >= self.timers.stepout_not_before
             && let Some(pid) = self
                 .db
                 .shm()
@@ -375,11 +390,14 @@ impl Capture {
                 return Ok(());
             }
         }
-        let since = self.last_scan.elapsed();
-        let followup_due = self.followup.is_some_and(|(at, ..)| Instant::now() >= at);
-        if *wal_dirty && self.last_write_scan.elapsed() >= self.scan_gap() {
+        let since = self.timers.last_scan.elapsed();
+        let followup_due = self
+            .timers
+            .followup
+            .is_some_and(|(at, ..)| Instant::now() >= at);
+        if *wal_dirty && self.timers.last_write_scan.elapsed() >= self.scan_gap() {
             *wal_dirty = false;
-            self.last_write_scan = Instant::now();
+            self.timers.last_write_scan = Instant::now();
             self.scan()?;
             self.start_followups();
         } else if since >= self.settings.sync_interval / 2 {
@@ -391,7 +409,7 @@ impl Capture {
         } else if followup_due && !*wal_dirty {
             // No write since the last scan: only an index update that trailed its write
             // can be new. A header compare when there is none.
-            let (_, step, until) = self.followup.take().expect("due");
+            let (_, step, until) = self.timers.followup.take().expect("due");
             let before = self.tracker_pos();
             self.scan()?;
             let now = Instant::now();
@@ -399,11 +417,11 @@ impl Capture {
             if self.tracker_pos() != before {
                 self.start_followups();
             } else if now + step <= until {
-                self.followup = Some((now + step, step, until));
+                self.timers.followup = Some((now + step, step, until));
             }
         }
-        if self.last_identity_check.elapsed() >= Duration::from_secs(1) {
-            self.last_identity_check = Instant::now();
+        if self.timers.last_identity_check.elapsed() >= Duration::from_secs(1) {
+            self.timers.last_identity_check = Instant::now();
             if self.db.replaced() {
                 self.watch.rewatch();
                 self.lose("the database or WAL file was replaced".into());

@@ -15,7 +15,7 @@ impl Capture {
     /// Consume new transactions; cut segments as the budget fills (while the spool has
     /// room: when it has none, transactions wait in the WAL, which walship's read lock keeps).
     pub(super) fn scan(&mut self) -> Result<()> {
-        self.last_scan = Instant::now();
+        self.timers.last_scan = Instant::now();
         let at = now_ms();
         let mut shm = self.db.shm().header().map_err(|e| self.io(e))?;
         if self.nothing_new(shm) {
@@ -83,10 +83,11 @@ impl Capture {
             .map_err(|e| crate::Error::io(self.db.wal_path(), e))?;
         if let Some(e) = failed
             && self
+                .timers
                 .journal_warned
                 .is_none_or(|t| t.elapsed() >= Duration::from_secs(30))
         {
-            self.journal_warned = Some(Instant::now());
+            self.timers.journal_warned = Some(Instant::now());
             self.report(&crate::Error::io(self.journal.path(), e));
         }
         Ok(Some(scan))
@@ -94,7 +95,7 @@ impl Capture {
 
     pub(super) fn start_followups(&mut self) {
         let now = Instant::now();
-        self.followup = Some((now + FOLLOWUP_FIRST, FOLLOWUP_FIRST, now + FOLLOWUP_FOR));
+        self.timers.followup = Some((now + FOLLOWUP_FIRST, FOLLOWUP_FIRST, now + FOLLOWUP_FOR));
     }
 
     /// Empty the journal (its transactions are spooled, or their generation ended),
@@ -114,7 +115,7 @@ impl Capture {
     /// Time until the next WAL-index re-check (rounded up to a millisecond, so the wait
     /// never spins), or the probe interval if none is scheduled.
     pub(super) fn followup_due_in(&self) -> Duration {
-        match self.followup {
+        match self.timers.followup {
             Some((at, ..)) => {
                 let left = at.saturating_duration_since(Instant::now());
                 Duration::from_millis(left.as_micros().div_ceil(1000) as u64)
@@ -279,18 +280,18 @@ impl Capture {
         if !self.state.spool_has_room(z + self.journal.file_len) {
             let _ = self.journal.trim();
             if !self.state.spool_has_room(z + self.journal.file_len) {
-                self.cut_blocked = true;
+                self.cursors.cut_blocked = true;
                 return Ok(false);
             }
         }
-        self.cut_blocked = false;
+        self.cursors.cut_blocked = false;
         let mut entry = self.spool.write(&run.generation, &meta, &bytes)?;
         entry.commits = run.tracker.pending_commit_times().into();
         run.tracker.clear_pending();
-        self.last_cut = Some(Instant::now());
+        self.timers.last_cut = Some(Instant::now());
         self.clear_journal();
         // Counted as stored: what a restore downloads is what its work scales with.
-        self.wal_since_snapshot += bytes.len() as u64;
+        self.cursors.wal_since_snapshot += bytes.len() as u64;
         self.state.push(Job::Segment(entry));
         self.publish_oldest();
         Ok(true)
@@ -301,14 +302,14 @@ impl Capture {
     /// none are pending.
     pub(super) fn cut_due_in(&self) -> Duration {
         let pending = self.run.as_ref().is_some_and(|r| r.tracker.has_pending());
-        let left = match self.last_cut {
+        let left = match self.timers.last_cut {
             None => Duration::ZERO,
             Some(t) => self.settings.sync_interval.saturating_sub(t.elapsed()),
         };
         match (pending, left.is_zero()) {
             (false, _) => PROBE_INTERVAL,
             // Due now; if the spool had no room, retry at the probe rate, not in a spin.
-            (true, true) if self.cut_blocked => PROBE_INTERVAL,
+            (true, true) if self.cursors.cut_blocked => PROBE_INTERVAL,
             (true, true) => Duration::ZERO,
             (true, false) => left + Duration::from_millis(1),
         }
@@ -321,6 +322,7 @@ impl Capture {
         let due = self.run.as_ref().is_some_and(|r| {
             r.tracker.has_pending()
                 && (self
+                    .timers
                     .last_cut
                     .is_none_or(|t| t.elapsed() >= self.settings.sync_interval)
                     || r.tracker.pending_bytes() >= self.segment_budget)

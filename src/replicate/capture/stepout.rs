@@ -49,7 +49,7 @@ impl Capture {
         let pos = self.tracker().pos;
         if pos.frame != h0.mx_frame || (pos.salt1, pos.salt2) != (h0.salt1, h0.salt2) {
             // The WAL file and the index disagree: do not guess; the app's checkpoint waits.
-            self.stepout_not_before = Instant::now() + STEPOUT_COOLDOWN;
+            self.timers.stepout_not_before = Instant::now() + STEPOUT_COOLDOWN;
             return Ok(());
         }
         let how = if self.hand_over(pid, pos)? {
@@ -58,7 +58,7 @@ impl Capture {
             self.release_and_watch(pid, pos)?;
             "release"
         };
-        self.stepout_not_before = Instant::now() + STEPOUT_COOLDOWN;
+        self.timers.stepout_not_before = Instant::now() + STEPOUT_COOLDOWN;
         self.state
             .metrics
             .checkpoints
@@ -106,8 +106,8 @@ impl Capture {
                     return Ok(true); // continuity lost: a new generation follows
                 }
                 if self.settle_on_backfilled_wal()? {
-                    self.settled = Some((h.salt1, h.salt2, h.mx_frame));
-                    self.mark_frame = 0;
+                    self.cursors.settled = Some((h.salt1, h.salt2, h.mx_frame));
+                    self.cursors.mark_frame = 0;
                     return Ok(true);
                 }
             }
