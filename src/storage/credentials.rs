@@ -22,6 +22,17 @@ pub fn env_endpoint() -> Option<String> {
         .or_else(|| var("AWS_ENDPOINT"))
 }
 
+/// An endpoint as object_store needs it: written without a scheme (`s3.example.com`, as
+/// fly.io, Backblaze and Tigris configs do) it means `https://`, as in Litestream.
+pub fn endpoint_url(raw: &str) -> String {
+    let raw = raw.trim();
+    if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("https://{raw}")
+    }
+}
+
 pub fn env_region() -> Option<String> {
     var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION"))
 }
@@ -156,6 +167,22 @@ pub fn parse_credentials_file(text: &str, profile: &str) -> Option<StaticKeys> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_without_a_scheme_means_https() {
+        assert_eq!(
+            endpoint_url("s3.us-west-002.backblazeb2.com"),
+            "https://s3.us-west-002.backblazeb2.com"
+        );
+        assert_eq!(
+            endpoint_url(" fly.storage.tigris.dev "),
+            "https://fly.storage.tigris.dev"
+        );
+        assert_eq!(
+            endpoint_url("http://127.0.0.1:9000"),
+            "http://127.0.0.1:9000"
+        );
+    }
 
     #[test]
     fn reads_the_named_profile_only() {

@@ -30,8 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Requests made, by kind: the basis of the request-count metrics and of the
-/// "no PUT while idle" guarantee.
+/// Requests made, by kind: the request-count metrics and the "no PUT while idle" check.
 #[derive(Debug, Default)]
 pub struct RequestCounts {
     pub put: AtomicU64,
@@ -145,7 +144,8 @@ impl Replica {
                     .with_bucket_name(bucket)
                     .with_client_options(client_options(cfg))
                     .with_retry(retry());
-                let endpoint = cfg.endpoint.clone().or_else(credentials::env_endpoint);
+                let endpoint = (cfg.endpoint.clone().or_else(credentials::env_endpoint))
+                    .map(|e| credentials::endpoint_url(&e));
                 if let Some(ep) = &endpoint {
                     b = b.with_endpoint(ep);
                     if ep.starts_with("http://") {

@@ -532,3 +532,29 @@ on_each_backend!(
     "missing_segment",
     |b: Backend, dir: &Path| missing_middle_segment(&b, dir)
 );
+
+/// Real fly.io, Backblaze and Tigris configs write the endpoint without a scheme: it means
+/// `https://` (as in Litestream), never a panic. Against a closed local port the error
+/// names the endpoint it tried.
+#[test]
+fn an_endpoint_without_a_scheme_is_https() {
+    let port = free_port();
+    let o = std::process::Command::new(walship_bin())
+        .args([
+            "generations",
+            "s3://bucket/p",
+            "--endpoint",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("AWS_ACCESS_KEY_ID", "k")
+        .env("AWS_SECRET_ACCESS_KEY", "s")
+        .output()
+        .unwrap();
+    assert_ne!(
+        o.status.code(),
+        Some(134),
+        "a panic: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_fails_naming(&o, &[&format!("https://127.0.0.1:{port}"), "unreachable"]);
+}

@@ -147,7 +147,10 @@ impl Capture {
                 .settings
                 .min_checkpoint_pages
                 .saturating_mul(BARRIER_FACTOR)
+            && Instant::now() >= self.timers.barrier_not_before
+            && self.backfill_left()? <= BARRIER_MAX_FRAMES
         {
+            self.timers.barrier_not_before = Instant::now() + BARRIER_EVERY;
             self.checkpoint_barrier()?;
             "walship_barrier"
         } else {
@@ -192,6 +195,16 @@ impl Capture {
                     before.n_backfill,
                 )
         }))
+    }
+
+    /// WAL frames not yet backfilled into the database, as the WAL-index says.
+    fn backfill_left(&self) -> Result<u32> {
+        let h = self
+            .db
+            .shm()
+            .header()
+            .map_err(|e| crate::Error::io(self.db.wal_path(), e))?;
+        Ok(h.map_or(u32::MAX, |h| h.mx_frame.saturating_sub(h.n_backfill)))
     }
 
     /// The fallback: hold the write lock for one short scan and a PASSIVE checkpoint of

@@ -79,6 +79,11 @@ const REFRESH_FRAMES: u32 = 256;
 /// The WAL may grow to this many times the checkpoint threshold before walship takes the
 /// application's write lock to force a checkpoint through.
 const BARRIER_FACTOR: u32 = 8;
+/// The barrier holds the application's write lock, and an application transaction that
+/// upgrades from a read gets SQLITE_BUSY at once while it is held: at most one barrier per
+/// this interval, and only when what is left to backfill under it is small.
+const BARRIER_EVERY: Duration = Duration::from_secs(10);
+const BARRIER_MAX_FRAMES: u32 = 1024;
 /// PASSIVE checkpoints per attempt, each catching up with what writers appended during
 /// the previous one (fsync-bound, so they shrink fast).
 const CHECKPOINT_ROUNDS: usize = 4;
@@ -155,6 +160,7 @@ struct Timers {
     not_before: Instant,
     stepout_not_before: Instant,
     checkpoint_not_before: Instant,
+    barrier_not_before: Instant,
 }
 
 /// Where capture stands between scans: the read mark, the spool, and the WAL since the
@@ -208,6 +214,7 @@ impl Capture {
                 not_before: now,
                 stepout_not_before: now,
                 checkpoint_not_before: now,
+                barrier_not_before: now,
             },
             cursors: Cursors {
                 cut_blocked: false,
