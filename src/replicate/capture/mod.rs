@@ -76,9 +76,10 @@ const STEPOUT_MEMORY_MAX: usize = 64 << 20;
 /// Renew the read mark after this many new WAL frames, so application checkpoints can
 /// backfill behind it.
 const REFRESH_FRAMES: u32 = 256;
-/// The WAL may grow to this many times the checkpoint threshold before walship takes the
-/// application's write lock to force a checkpoint through.
-const BARRIER_FACTOR: u32 = 8;
+/// The WAL may grow to this many times the checkpoint threshold (64,000 frames by default,
+/// about 250 MB of 4 KiB pages) before walship takes the application's write lock to force
+/// a checkpoint through: a last resort, for the reason below.
+const BARRIER_FACTOR: u32 = 64;
 /// The barrier holds the application's write lock, and an application transaction that
 /// upgrades from a read gets SQLITE_BUSY at once while it is held: at most one barrier per
 /// this interval, and only when what is left to backfill under it is small.
