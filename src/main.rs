@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     // `restore_command` exit status above 125 as such and stops, where 1 or 2 would mean
     // "not archived" and promote a truncated history. A misconfigured wal-fetch included.
     let fetching = std::env::args().skip(1).any(|a| a == "wal-fetch");
-    let args = match Cli::try_parse() {
+    let args = match Cli::try_parse_from(cli::gostyle::rewrite(std::env::args_os())) {
         Ok(a) => a,
         Err(e) if fetching && e.use_stderr() => {
             let _ = e.print();

@@ -4,6 +4,7 @@
 pub mod backups;
 pub mod cleanup;
 pub mod generations;
+pub mod gostyle;
 pub mod replicate;
 pub mod restore;
 pub mod snapshots;

@@ -201,3 +201,51 @@ fn init_restore_fails_when_the_store_is_unreachable() {
     assert!(err.contains("127.0.0.1"), "{err}");
     assert!(!target.exists());
 }
+
+/// The init container of a Litestream runbook, as written: Go-style single-dash flags
+/// (`restore -config F -if-db-not-exists -if-replica-exists DB`). Against an empty replica
+/// it does nothing and exits 0; once the replica holds the database it restores it; on a
+/// volume that has the database it leaves it alone.
+#[test]
+fn litestreams_init_container_command_line_runs_unchanged() {
+    let dir = scratch();
+    let backend = Backend::file(&dir.path().join("replica"));
+    let target = dir.path().join("data").join("db.sqlite3");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    let cfg = dir.path().join("litestream.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "dbs:\n  - path: {}\n    replica:\n      url: {}\n",
+            target.display(),
+            backend.url
+        ),
+    )
+    .unwrap();
+    let litestream_form = |extra: &[&str]| {
+        let mut args = vec!["restore", "-config", cfg.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.push(target.to_str().unwrap());
+        walship(&args, None)
+    };
+    let init = ["-if-db-not-exists", "-if-replica-exists"];
+    let o = litestream_form(&init);
+    assert_success(&o, "init restore from an empty replica, Litestream's flags");
+    assert!(!target.exists(), "nothing to restore: nothing created");
+
+    let source = make_replica(dir.path(), &backend);
+    let o = litestream_form(&init);
+    assert_success(&o, "init restore, Litestream's flags");
+    assert_same_content(&source, &target);
+
+    // The volume has data now: a second run leaves it as it is.
+    let before = std::fs::metadata(&target).unwrap().modified().unwrap();
+    assert_success(
+        &litestream_form(&init),
+        "init restore on a volume with data",
+    );
+    assert_eq!(
+        std::fs::metadata(&target).unwrap().modified().unwrap(),
+        before
+    );
+}
