@@ -33,10 +33,6 @@ impl Begin {
         self.0.borrow().unwrap_or(deadline)
     }
 
-    pub fn deadline(&self) -> Option<Instant> {
-        *self.0.borrow()
-    }
-
     pub fn subscribe(&self) -> Shutdown {
         Shutdown(self.0.subscribe())
     }

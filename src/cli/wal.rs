@@ -257,7 +257,7 @@ pub async fn restore(args: PgRestoreArgs) -> Result<()> {
     let generation = which_cluster(&args, &replica).await?;
     if args.if_replica_exists {
         let listing = replica.list(crate::storage::layout::GENERATIONS).await?;
-        if !pgr::catalog(&listing)
+        if !crate::catalog::Catalog::of(&listing)
             .generations
             .values()
             .any(|g| !g.complete_backups().is_empty())

@@ -45,11 +45,6 @@ pub struct Outcome {
 
 pub use crate::catalog::Catalog;
 
-/// The catalog of a listing (`catalog::Catalog::of`).
-pub fn catalog(listing: &[crate::storage::Listed]) -> Catalog {
-    Catalog::of(listing)
-}
-
 /// The backup to start from: the newest backup started at or before the target, in the
 /// newest cluster that has one (a cluster that replaced another here holds no instant
 /// before its creation; retention keeps the older one's backups for such instants).
@@ -309,8 +304,7 @@ pub async fn restore(replica: &Replica, pgdata: &Path, opts: &Options) -> Result
             pgdata.display()
         )));
     }
-    let listing = replica.list(layout::GENERATIONS).await?;
-    let cat = catalog(&listing);
+    let cat = Catalog::of(&replica.list(layout::GENERATIONS).await?);
     let (generation, newest) =
         choose_in(&cat, opts.generation.as_ref(), opts.target_ms).map_err(|reason| {
             Error::Replica {
@@ -326,13 +320,13 @@ pub async fn restore(replica: &Replica, pgdata: &Path, opts: &Options) -> Result
     let mut target_ms = opts.target_ms;
     let mut newest_instead = None;
     if let Some(t) = target_ms
-        && let Some(last) = last_archived_xact_ms(replica, &listing, &generation).await?
+        && let Some(last) = last_archived_xact_ms(replica, &cat, &generation).await?
         && t >= last
     {
         target_ms = None;
         newest_instead = Some(last);
     }
-    let wal = check_wal(replica, &listing, &generation, &manifest, target_ms).await?;
+    let wal = check_wal(replica, &cat, &generation, &manifest, target_ms).await?;
     tracing::info!(segments = wal.segments, first = %wal.first, last = %wal.last,
         bytes = wal.bytes, "the WAL recovery needs is archived and sound");
     let dir = layout::format_backup_dir(&generation, &backup);

@@ -22,14 +22,36 @@ pub fn env_endpoint() -> Option<String> {
         .or_else(|| var("AWS_ENDPOINT"))
 }
 
+/// The replica's endpoint (its config, else the AWS variables), as `endpoint_url` checks it.
+pub fn endpoint(cfg: &ReplicaConfig) -> std::result::Result<Option<String>, String> {
+    cfg.endpoint
+        .clone()
+        .or_else(env_endpoint)
+        .map(|e| endpoint_url(&e))
+        .transpose()
+}
+
 /// An endpoint as object_store needs it: written without a scheme (`s3.example.com`, as
-/// fly.io, Backblaze and Tigris configs do) it means `https://`, as in Litestream.
-pub fn endpoint_url(raw: &str) -> String {
+/// fly.io, Backblaze and Tigris configs do) it means `https://`, as in Litestream. Anything
+/// that is then not an http(s) URL with a host is refused, naming it (object_store panics
+/// on such a value).
+pub fn endpoint_url(raw: &str) -> std::result::Result<String, String> {
     let raw = raw.trim();
-    if raw.contains("://") {
+    let full = if raw.contains("://") {
         raw.to_string()
     } else {
         format!("https://{raw}")
+    };
+    match url::Url::parse(&full) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some_and(|h| !h.is_empty()) =>
+        {
+            Ok(full)
+        }
+        _ => Err(format!(
+            "endpoint {raw:?} is not a URL (expected https://host[:port], or host[:port])"
+        )),
     }
 }
 
@@ -170,18 +192,21 @@ mod tests {
 
     #[test]
     fn an_endpoint_without_a_scheme_means_https() {
+        let ok = |e: &str| endpoint_url(e).unwrap();
         assert_eq!(
-            endpoint_url("s3.us-west-002.backblazeb2.com"),
+            ok("s3.us-west-002.backblazeb2.com"),
             "https://s3.us-west-002.backblazeb2.com"
         );
         assert_eq!(
-            endpoint_url(" fly.storage.tigris.dev "),
+            ok(" fly.storage.tigris.dev "),
             "https://fly.storage.tigris.dev"
         );
-        assert_eq!(
-            endpoint_url("http://127.0.0.1:9000"),
-            "http://127.0.0.1:9000"
-        );
+        assert_eq!(ok("http://127.0.0.1:9000"), "http://127.0.0.1:9000");
+        // Hostile or empty values are refused by name, never handed to object_store.
+        for bad in ["", " ", "://", "https://", "x y", "ftp://x"] {
+            let e = endpoint_url(bad).unwrap_err();
+            assert!(e.contains("is not a URL"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

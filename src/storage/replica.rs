@@ -144,8 +144,7 @@ impl Replica {
                     .with_bucket_name(bucket)
                     .with_client_options(client_options(cfg))
                     .with_retry(retry());
-                let endpoint = (cfg.endpoint.clone().or_else(credentials::env_endpoint))
-                    .map(|e| credentials::endpoint_url(&e));
+                let endpoint = credentials::endpoint(cfg).map_err(&cfg_err)?;
                 if let Some(ep) = &endpoint {
                     b = b.with_endpoint(ep);
                     if ep.starts_with("http://") {

@@ -557,4 +557,20 @@ fn an_endpoint_without_a_scheme_is_https() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_fails_naming(&o, &[&format!("https://127.0.0.1:{port}"), "unreachable"]);
+    // Values that are no URL at all are refused by name (they panicked object_store).
+    for bad in ["", "https://", "x y"] {
+        let o = std::process::Command::new(walship_bin())
+            .args(["generations", "s3://bucket/p", "--endpoint", bad])
+            .env("AWS_ACCESS_KEY_ID", "k")
+            .env("AWS_SECRET_ACCESS_KEY", "s")
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_fails_naming(&o, &[&format!("endpoint {bad:?} is not a URL")]);
+    }
 }

@@ -129,7 +129,7 @@ fn newest_cluster_with_a_backup_before_the_target() {
             layout::format_backup_dir(&b, &bk(300))
         )),
     ];
-    let c = catalog(&listing);
+    let c = Catalog::of(&listing);
     assert_eq!(choose(&c, None).unwrap(), (b.clone(), bk(200)));
     assert_eq!(choose(&c, Some(150)).unwrap(), (b.clone(), bk(100)));
     // Before the newer cluster's first backup: the older cluster's.
@@ -137,7 +137,7 @@ fn newest_cluster_with_a_backup_before_the_target() {
     let e = choose(&c, Some(5)).unwrap_err();
     assert!(e.contains("cannot restore earlier"), "{e}");
     assert!(
-        choose(&catalog(&[]), None)
+        choose(&Catalog::of(&[]), None)
             .unwrap_err()
             .contains("no base backup")
     );

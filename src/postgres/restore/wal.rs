@@ -35,7 +35,7 @@ pub(super) fn start_file(label: &str) -> Option<WalFile> {
 /// object is refused by name: recovery would end there and promote without the rest.
 pub(super) async fn check_wal(
     replica: &Replica,
-    listing: &[crate::storage::Listed],
+    catalog: &crate::catalog::Catalog,
     generation: &GenerationId,
     manifest: &BackupManifest,
     target_ms: Option<u64>,
@@ -47,7 +47,6 @@ pub(super) async fn check_wal(
     };
     let first = start_file(&manifest.backup_label)
         .ok_or_else(|| refuse("the backup's label names no START WAL LOCATION file".to_string()))?;
-    let catalog = crate::catalog::Catalog::of(listing);
     let wal = catalog
         .generations
         .get(generation)
@@ -208,10 +207,9 @@ pub(super) const LAST_XACT_SEGMENTS: usize = 4;
 /// told for sure (then the target is left to PostgreSQL).
 pub async fn last_archived_xact_ms(
     replica: &Replica,
-    listing: &[crate::storage::Listed],
+    catalog: &crate::catalog::Catalog,
     generation: &GenerationId,
 ) -> Result<Option<u64>> {
-    let catalog = crate::catalog::Catalog::of(listing);
     let mut segs: Vec<WalFile> = catalog
         .generations
         .get(generation)

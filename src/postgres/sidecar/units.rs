@@ -5,14 +5,13 @@
 use super::*;
 use crate::shutdown::Shutdown;
 use crate::sidecar::holding::LeaseTask;
-use std::sync::Mutex;
 
 /// Running PostgreSQL units.
 pub struct PgUnits {
     states: Vec<Arc<PgState>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     leases: Vec<LeaseTask>,
-    locks: Mutex<Vec<std::fs::File>>,
+    locks: Vec<std::fs::File>,
     shutdown: Shutdown,
 }
 
@@ -35,7 +34,7 @@ pub async fn start(
         states: Vec::new(),
         tasks: Vec::new(),
         leases: Vec::new(),
-        locks: Mutex::new(Vec::new()),
+        locks: Vec::new(),
         shutdown: shutdown.clone(),
     };
     for ((db, replica), (lock, held)) in dbs.into_iter().zip(replicas).zip(taken) {
@@ -44,7 +43,7 @@ pub async fn start(
             ..Default::default()
         });
         u.states.push(state.clone());
-        u.locks.lock().unwrap().push(lock);
+        u.locks.push(lock);
         let (lease_stop, lease_end) = crate::shutdown::signal();
         u.leases.push(LeaseTask {
             stop: lease_stop,
@@ -106,7 +105,7 @@ impl PgUnits {
                 lost_why.push(why);
             }
         }
-        self.locks.lock().unwrap().clear();
+        self.locks.clear();
         if !lost_why.is_empty() {
             return Err(Error::Refused(format!(
                 "{}; the sidecar wrote nothing more there (wal-push still archives each file \

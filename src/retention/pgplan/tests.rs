@@ -2,7 +2,8 @@
 
 use super::super::plan::{Tiers, plan, plan_with};
 use super::*;
-use crate::postgres::restore::{catalog, choose};
+use crate::catalog::Catalog;
+use crate::postgres::restore::choose;
 use crate::restore::plan::fixtures::g;
 use crate::storage::Listed;
 use crate::storage::layout::{self, ObjectName};
@@ -105,8 +106,8 @@ fn assert_window_intact(listing: &[Listed], p: &super::super::RetentionPlan) {
     let kept = names(&left);
     let mut t = p.window_start_ms;
     while t <= p.now_ms {
-        let a = choose(&catalog(before), Some(t));
-        let b = choose(&catalog(&left), Some(t));
+        let a = choose(&Catalog::of(before), Some(t));
+        let b = choose(&Catalog::of(&left), Some(t));
         assert_eq!(a, b, "at {t}");
         if let Ok((id, bk)) = a {
             let first = bk.start_lsn / MB16;
@@ -391,7 +392,7 @@ fn tiers_keep_older_backups_and_the_wal_after_them() {
     p.tiers = Tiers::parse("daily=3").unwrap();
     let now = 90 * H;
     let plan = plan(&l, &p, now, None).unwrap();
-    let c = catalog(&after(&l, &plan));
+    let c = Catalog::of(&after(&l, &plan));
     let starts: Vec<u64> = c
         .generations
         .values()
