@@ -23,15 +23,15 @@ fn init_logging(format: LogFormat, filter: Option<&str>) {
 }
 
 /// Register for SIGTERM/SIGINT now (so a signal during start-up is not fatal) and return
-/// a future that resolves when one arrives.
-fn terminated() -> impl std::future::Future<Output = ()> {
+/// a future that resolves, with the signal's number, when one arrives.
+fn terminated() -> impl std::future::Future<Output = i32> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     async move {
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = term.recv() => libc::SIGTERM,
+            _ = int.recv() => libc::SIGINT,
         }
     }
 }
@@ -68,12 +68,14 @@ fn main() -> ExitCode {
         let _in_runtime = runtime.enter();
         terminated()
     };
+    walship::config::set_expand_env(!args.no_expand_env);
+    let verbose = args.verbose.then_some("debug");
     // `replicate` sets up logging once its config (which may choose JSON) is read.
     if !matches!(args.command, Command::Replicate(_)) {
-        init_logging(args.log_format, args.log.as_deref());
+        init_logging(args.log_format, args.log.as_deref().or(verbose));
     }
     let result = runtime.block_on(async {
-        match args.command {
+        let done: walship::Result<()> = match args.command {
             Command::Replicate(a) => {
                 let cfg = a.config();
                 let json = cfg.as_ref().map(|c| c.log_json).unwrap_or(false);
@@ -83,8 +85,18 @@ fn main() -> ExitCode {
                 } else {
                     args.log_format
                 };
-                init_logging(format, args.log.as_deref().or(level.as_deref()));
-                cli::replicate::run(cfg?, a.banner(), stop).await
+                let filter = args
+                    .log
+                    .as_deref()
+                    .or(a.log_level.as_deref())
+                    .or(verbose)
+                    .or(level.as_deref());
+                init_logging(format, filter);
+                return cli::replicate::run(cfg?, a.banner(), a.once, stop).await;
+            }
+            Command::Version => {
+                println!("walship {}", env!("CARGO_PKG_VERSION"));
+                Ok(())
             }
             Command::Restore(a) => cli::restore::run(a).await,
             Command::Generations(a) => cli::generations::run(a).await,
@@ -103,10 +115,11 @@ fn main() -> ExitCode {
                     Err(e) => Err(e),
                 }
             }
-        }
+        };
+        done.map(|()| 0)
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e @ walship::Error::Absent(_)) => {
             tracing::debug!("{e}");
             ExitCode::from(1)

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Bind the metrics address first (an address that cannot be bound is a start-up error),
-/// then `announce` (the demo's banner), start every unit, and run until `signal` resolves or a
+/// then `announce` (the demo's banner), start every unit, call `until` (which may start
+/// the application: everything replicates by then) and run until its future resolves or a
 /// lease is lost; then stop every unit within one `shutdown-timeout`.
-pub async fn run(
+pub async fn run<F: std::future::Future<Output = ()>>(
     mut cfg: Config,
     announce: impl FnOnce(),
-    signal: impl std::future::Future<Output = ()>,
+    until: impl FnOnce() -> Result<F>,
 ) -> Result<()> {
     let listener = match cfg.metrics_addr {
         Some(addr) => Some(crate::metrics::bind(addr).await?),
@@ -68,14 +69,21 @@ pub async fn run(
         crate::metrics::spawn_endpoint(listener, metrics.clone(), Arc::new(AllOf(views)), http);
     }
 
-    tokio::select! {
-        _ = signal => tracing::info!(target: "walship::replicate", "shutting down: shipping what is committed"),
-        _ = lost.notified() => tracing::error!(target: "walship::replicate", "shutting down: a replica path's lease was lost"),
+    let mut failed = None;
+    match until() {
+        Ok(signal) => tokio::select! {
+            _ = signal => tracing::info!(target: "walship::replicate", "shutting down: shipping what is committed"),
+            _ = lost.notified() => tracing::error!(target: "walship::replicate", "shutting down: a replica path's lease was lost"),
+        },
+        Err(e) => failed = Some(e),
     }
     begin.begin(Instant::now() + cfg.shutdown_timeout);
     // Both engines drain at once, against the one deadline.
     let (sqlite_done, pg_done) = tokio::join!(sqlite_units.finish(), pg_units.finish());
     end_http.begin(Instant::now());
+    if let Some(e) = failed {
+        return Err(e);
+    }
     let only_pg = cfg.dbs.is_empty();
     let outcome = match (sqlite_done, pg_done) {
         (Err(e), _) | (Ok(_), Err(e)) => return Err(e),

@@ -11,7 +11,7 @@ use crate::format::manifest::Manifest;
 use crate::format::pgbackup::BackupManifest;
 use crate::pgformat::walname::WalFile;
 use crate::storage::layout::{self, GenerationId};
-use crate::storage::{Replica, get_retrying};
+use crate::storage::{Listed, Replica, get_retrying};
 use serde::{Deserialize, Serialize};
 
 /// Timeline `timeline`'s history file from the replica, parsed: each ancestor timeline and
@@ -116,4 +116,53 @@ pub async fn manifest_state(replica: &Replica, id: &GenerationId) -> Result<Mani
 pub async fn read_backup_manifest(replica: &Replica, key: &str) -> Result<BackupManifest> {
     serde_json::from_slice(&get_retrying(replica, key, None).await?)
         .map_err(|e| Error::corrupt(key, format!("manifest: {e}")))
+}
+
+/// Litestream's own backups at a replica path, which walship cannot restore yet: its 0.3
+/// layout (`generations/<16 hex>/snapshots|wal/…`, seen in `generations`, the listing of
+/// `generations/`) or its 0.5 one (`ltx/<level>/…`, listed here). `None` when there are
+/// none; else what was found, for the message.
+pub async fn litestream_backups(
+    replica: &Replica,
+    generations: &[Listed],
+) -> Result<Option<String>> {
+    let v03 = generations
+        .iter()
+        .filter(|o| is_litestream_03(&o.name))
+        .count();
+    if v03 > 0 {
+        return Ok(Some(format!(
+            "{v03} object(s) of Litestream 0.3's layout (generations/<16 hex digits>/…)"
+        )));
+    }
+    let v05 = replica.list(LITESTREAM_LTX).await?;
+    let ltx = v05.iter().filter(|o| o.name.ends_with(".ltx")).count();
+    Ok((ltx > 0).then(|| format!("{ltx} LTX file(s) of Litestream 0.5 (ltx/…)")))
+}
+
+/// Where Litestream 0.5 keeps its LTX files below a replica path.
+pub const LITESTREAM_LTX: &str = "ltx";
+
+fn is_litestream_03(rel: &str) -> bool {
+    let mut parts = rel.split('/');
+    parts.next() == Some(layout::GENERATIONS)
+        && parts
+            .next()
+            .is_some_and(|g| g.len() == 16 && g.bytes().all(|b| b.is_ascii_hexdigit()))
+        && matches!(parts.next(), Some("snapshots" | "wal"))
+}
+
+#[cfg(test)]
+#[test]
+fn litestream_03_names_are_told_from_walships() {
+    assert!(is_litestream_03(
+        "generations/0123456789abcdef/snapshots/00000000.snapshot.lz4"
+    ));
+    assert!(is_litestream_03(
+        "generations/0123456789abcdef/wal/00000000/00000000.wal.lz4"
+    ));
+    assert!(!is_litestream_03(
+        "generations/0123456789abcdef0123/snapshots/x"
+    ));
+    assert!(!is_litestream_03("generations/0123456789abcdef"));
 }

@@ -134,7 +134,7 @@ async fn targets(args: &CleanupArgs) -> Result<Vec<Target>> {
         Some(path) => {
             let (replica, _) = resolve_source(path, args.config.as_deref(), &args.replica)?;
             let cfg = match &args.config {
-                Some(p) => Some(config::load(p)?),
+                Some(p) => Some(config::load(p)?).inspect(|c| c.log_notes()),
                 None => None,
             };
             let base = cfg
@@ -152,11 +152,9 @@ async fn targets(args: &CleanupArgs) -> Result<Vec<Target>> {
             }])
         }
         None => {
-            let path = args
-                .config
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+            let path = config::locate(args.config.as_deref());
             let cfg = config::load(&path)?;
+            cfg.log_notes();
             let mut out = Vec::new();
             for db in cfg.dbs {
                 let replica = db.replica.clone();

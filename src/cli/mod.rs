@@ -3,6 +3,7 @@
 
 pub mod backups;
 pub mod cleanup;
+pub mod exec;
 pub mod generations;
 pub mod gostyle;
 pub mod replicate;
@@ -36,6 +37,12 @@ pub struct Cli {
     /// Log filter (e.g. info, debug, walship=debug); RUST_LOG also works.
     #[arg(long, global = true, env = "WALSHIP_LOG")]
     pub log: Option<String>,
+    /// Verbose: log at debug level (Litestream 0.3's -v).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Take the config file as written: no $VAR expansion (Litestream's -no-expand-env).
+    #[arg(long, global = true)]
+    pub no_expand_env: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -74,6 +81,8 @@ pub enum Command {
     PgRestore(wal::PgRestoreArgs),
     /// PostgreSQL: list the base backups and, per timeline, the WAL archived.
     Backups(backups::BackupsArgs),
+    /// Print walship's version.
+    Version,
 }
 
 /// Settings for a replica given by URL on the command line.
@@ -91,15 +100,21 @@ pub struct ReplicaFlags {
     /// Accept any TLS certificate (testing only).
     #[arg(long)]
     pub skip_verify: bool,
+    /// With a config: the database's replica of this name (Litestream 0.3's -replica; a
+    /// replica without a `name` is named by its type, e.g. s3).
+    #[arg(long = "replica", value_name = "NAME")]
+    pub name: Option<String>,
 }
 
 impl ReplicaFlags {
     pub fn replica(&self, url: &str) -> Result<ReplicaConfig> {
-        let mut r = ReplicaConfig::from_location(config::parse_location(url)?);
-        r.endpoint = self.endpoint.clone();
-        r.region = self.region.clone();
-        r.force_path_style = self.force_path_style.then_some(true);
-        r.skip_verify = self.skip_verify;
+        // A flag wins over the URL's query (`?endpoint=…&region=…`, Litestream's form).
+        let (location, q) = config::location::parse_url(url)?;
+        let mut r = ReplicaConfig::from_location(location);
+        r.endpoint = self.endpoint.clone().or(q.endpoint);
+        r.region = self.region.clone().or(q.region);
+        r.force_path_style = self.force_path_style.then_some(true).or(q.force_path_style);
+        r.skip_verify = self.skip_verify || q.skip_verify == Some(true);
         Ok(r)
     }
 }
@@ -169,11 +184,12 @@ pub fn resolve_db(
     flags: &ReplicaFlags,
 ) -> Result<(ReplicaConfig, Option<config::DbConfig>)> {
     if source.contains("://") {
+        if flags.name.is_some() {
+            tracing::info!("--replica has no effect with a replica URL: the URL names the replica");
+        }
         return Ok((flags.replica(source)?, None));
     }
-    let cfg_path = config_path
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+    let cfg_path = config::locate(config_path);
     if !cfg_path.exists() {
         // A bare path with no config file: treat it as a local replica directory.
         if config_path.is_none() && Path::new(source).is_dir() {
@@ -188,17 +204,40 @@ pub fn resolve_db(
         )));
     }
     let cfg = config::load(&cfg_path)?;
+    cfg.log_notes();
     let want = canonical(Path::new(source));
-    cfg.dbs
+    let db = cfg
+        .dbs
         .into_iter()
         .find(|d| canonical(&d.path) == want)
-        .map(|d| (d.replica.clone(), Some(d)))
         .ok_or_else(|| {
             Error::Config(format!(
                 "database {source} is not listed in {}",
                 cfg_path.display()
             ))
-        })
+        })?;
+    if let Some(want) = &flags.name {
+        let has = replica_name(&db.replica);
+        if !has.eq_ignore_ascii_case(want) {
+            return Err(Error::Usage(format!(
+                "database {source} has no replica named {want:?} (its replica is {has:?})"
+            )));
+        }
+    }
+    Ok((db.replica.clone(), Some(db)))
+}
+
+/// A replica's name: its `name`, else its type as Litestream names types.
+pub fn replica_name(r: &ReplicaConfig) -> String {
+    r.name.clone().unwrap_or_else(|| {
+        match r.location {
+            Location::S3 { .. } => "s3",
+            Location::Gcs { .. } => "gcs",
+            Location::Azure { .. } => "abs",
+            Location::File { .. } => "file",
+        }
+        .to_string()
+    })
 }
 
 /// Absolute form of a path that may not exist yet (its directory usually does).

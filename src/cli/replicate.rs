@@ -80,6 +80,31 @@ pub struct ReplicateArgs {
     /// path (`cluster.json`) to this one.
     #[arg(long)]
     pub force_new_history: bool,
+    /// Run the application as walship's child once replication runs (Litestream's -exec):
+    /// SIGTERM/SIGINT are passed to it, and when it exits walship ships what is committed
+    /// and exits with its exit code. Overrides the config's `exec`.
+    #[arg(long, value_name = "CMD")]
+    pub exec: Option<String>,
+    /// Log level (trace, debug, info, warn, error); --log takes a full filter.
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Restore a database that does not exist from its replica before replicating it, as
+    /// `restore --if-db-not-exists --if-replica-exists` would (config: the database's
+    /// `restore-if-db-not-exists`).
+    #[arg(long)]
+    pub restore_if_db_not_exists: bool,
+    /// Ship what is committed now, then exit (Litestream 0.5's -once).
+    #[arg(long, conflicts_with = "exec")]
+    pub once: bool,
+    /// Litestream 0.5's -force-snapshot (with -once): accepted, no effect.
+    #[arg(long, hide = true)]
+    pub force_snapshot: bool,
+    /// Litestream 0.5's -enforce-retention (with -once): accepted, no effect.
+    #[arg(long, hide = true)]
+    pub enforce_retention: bool,
+    /// Litestream 0.3's -trace FILE: accepted, no effect.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
     #[command(flatten)]
     pub replica: ReplicaFlags,
 }
@@ -99,10 +124,7 @@ impl ReplicateArgs {
         } else if self.db_path.is_some() {
             return Err(Error::Usage("DB_PATH needs a REPLICA_URL after it".into()));
         } else {
-            let path = self
-                .config
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+            let path = config::locate(self.config.as_deref());
             config::load(&path)?
         };
         for db in &mut cfg.dbs {
@@ -172,6 +194,36 @@ impl ReplicateArgs {
             cfg.lease_ttl = config::parse_lease_ttl("--lease-ttl", s)?;
         }
         cfg.force_new_history |= self.force_new_history;
+        if self.replica.name.is_some() {
+            return Err(Error::Usage(
+                "--replica NAME selects a replica for restore and the listings; replicate \
+                 ships to every replica a database has"
+                    .into(),
+            ));
+        }
+        if let Some(e) = &self.exec {
+            cfg.exec = Some(e.clone()).filter(|e| !e.trim().is_empty());
+        }
+        if self.restore_if_db_not_exists {
+            cfg.dbs.iter_mut().for_each(|d| d.restore_if_missing = true);
+        }
+        for (set, flag, why) in [
+            (
+                self.force_snapshot,
+                "-force-snapshot",
+                "walship snapshots by snapshot-interval and snapshot-wal-ratio",
+            ),
+            (
+                self.enforce_retention,
+                "-enforce-retention",
+                "run `walship cleanup` to apply retention now",
+            ),
+            (self.trace.is_some(), "-trace", "use -log-level trace"),
+        ] {
+            if set {
+                cfg.notes.push(format!("{flag} has no effect: {why}"));
+            }
+        }
         Ok(cfg)
     }
 }
@@ -194,6 +246,7 @@ fn single(db: &Path, replica: config::ReplicaConfig) -> Config {
             retention: Some(config::DEFAULT_RETENTION),
             retention_check_interval: config::DEFAULT_RETENTION_CHECK_INTERVAL,
             retention_tiers: Default::default(),
+            restore_if_missing: false,
         }],
         metrics_addr: None,
         unhealthy_after: config::DEFAULT_UNHEALTHY_AFTER,
@@ -203,6 +256,9 @@ fn single(db: &Path, replica: config::ReplicaConfig) -> Config {
         force_new_history: false,
         log_json: false,
         log_level: None,
+        exec: None,
+        notes: Vec::new(),
+        source: None,
     }
 }
 
@@ -244,17 +300,76 @@ impl ReplicateArgs {
     }
 }
 
-/// Run the sidecar (`supervisor::run`) until `shutdown`; `banner` (the demo's) prints once
-/// the metrics address is bound.
+/// Run the sidecar (`supervisor::run`) until `signal` (the number of the signal that
+/// came), or with `-exec` until the application exits, or with `once` until what is
+/// committed now is shipped. `banner` (the demo's) prints once the metrics address is
+/// bound. The exit code is the application's (0 without one).
 pub async fn run(
     cfg: Config,
     banner: Option<String>,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> Result<()> {
+    once: bool,
+    signal: impl std::future::Future<Output = i32>,
+) -> Result<u8> {
+    cfg.log_notes();
+    for db in &cfg.dbs {
+        let r = &db.replica;
+        let endpoint = crate::storage::credentials::endpoint(r)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "default".into());
+        let (kind, bucket, path) = match &r.location {
+            config::Location::S3 { bucket, prefix } => ("s3", bucket.as_str(), prefix.clone()),
+            config::Location::Gcs { bucket, prefix } => ("gs", bucket.as_str(), prefix.clone()),
+            config::Location::Azure { container, prefix } => {
+                ("abs", container.as_str(), prefix.clone())
+            }
+            config::Location::File { dir } => ("file", "", dir.display().to_string()),
+        };
+        tracing::info!(
+            target: "walship::replicate",
+            db = %db.path.display(),
+            r#type = kind,
+            bucket,
+            path,
+            endpoint = if kind == "file" { "" } else { endpoint.as_str() },
+            "replicating {} to {}",
+            db.path.display(),
+            r.url()
+        );
+    }
+    let app = cfg.exec.as_deref().map(super::exec::words).transpose()?;
+    for db in &cfg.dbs {
+        if db.kind == config::DbKind::Sqlite && db.restore_if_missing && !db.path.exists() {
+            tracing::info!(target: "walship::replicate", db = %db.path.display(), "restore-if-db-not-exists: the database does not exist; restoring it first");
+            super::restore::restore_if_missing(db).await?;
+        }
+    }
     let announce = || {
         if let Some(b) = banner {
             crate::cli::say_err(&b);
         }
     };
-    crate::supervisor::run(cfg, announce, shutdown).await
+    let status = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = status.clone();
+    let until = move || -> Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>> {
+        if once {
+            tracing::info!(target: "walship::replicate", "-once: shipping what is committed, then stopping");
+            return Ok(Box::pin(async {}));
+        }
+        match app {
+            None => Ok(Box::pin(async move {
+                signal.await;
+            })),
+            Some(words) => {
+                let app = super::exec::App::start(&words)?;
+                Ok(Box::pin(async move {
+                    let st = app.wait(signal).await;
+                    *seen.lock().expect("not poisoned") = Some(st);
+                }))
+            }
+        }
+    };
+    crate::supervisor::run(cfg, announce, until).await?;
+    let st = status.lock().expect("not poisoned").take();
+    Ok(st.map(super::exec::code).unwrap_or(0))
 }

@@ -15,7 +15,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct RestoreArgs {
     /// A replica URL, or a database path listed in the config file.
     pub source: String,
@@ -59,6 +59,18 @@ pub struct RestoreArgs {
     /// Skip `PRAGMA integrity_check` on the result (CRCs are still verified).
     #[arg(long)]
     pub no_integrity_check: bool,
+    /// Litestream 0.5's form: `none` is --no-integrity-check; `quick` and `full` run
+    /// walship's check (a full `PRAGMA integrity_check`), which is the default.
+    #[arg(long, value_name = "none|quick|full", value_parser = ["none", "quick", "full"])]
+    pub integrity_check: Option<String>,
+    /// Litestream 0.3's WAL index target: refused with the flag to use instead.
+    #[arg(long, hide = true)]
+    pub index: Option<String>,
+    /// Litestream 0.5's follow mode: refused (walship restores once; run it again).
+    #[arg(short = 'f', long, hide = true)]
+    pub follow: bool,
+    #[arg(long, hide = true)]
+    pub follow_interval: Option<String>,
     #[command(flatten)]
     pub replica: ReplicaFlags,
 }
@@ -106,9 +118,48 @@ fn skipped(json: bool, output: &std::path::Path, reason: String) {
 /// Plans made again when an object vanishes between LIST and GET.
 const REPLAN_ATTEMPTS: u32 = 3;
 
-pub async fn run(args: RestoreArgs) -> Result<()> {
+pub async fn run(mut args: RestoreArgs) -> Result<()> {
     let started = Instant::now();
+    if args.index.is_some() {
+        return Err(Error::Usage(
+            "-index (a Litestream 0.3 WAL index) names nothing in a walship replica: give \
+             -timestamp TIME, or -txid N (see `walship snapshots`)"
+                .into(),
+        ));
+    }
+    if args.follow || args.follow_interval.is_some() {
+        return Err(Error::Usage(
+            "follow mode (-f) is not supported: walship restores once; for a read replica \
+             that follows, run restore again (or use the sidecar's validation)"
+                .into(),
+        ));
+    }
+    if args.integrity_check.as_deref() == Some("none") {
+        args.no_integrity_check = true;
+    }
     let (rcfg, db) = resolve_db(&args.source, args.config.as_deref(), &args.replica)?;
+    restore_resolved(args, rcfg, db, started).await
+}
+
+/// `replicate`'s `restore-if-db-not-exists`: what `restore --if-db-not-exists
+/// --if-replica-exists DB` does, for a database the sidecar already has the config of.
+pub async fn restore_if_missing(db: &crate::config::DbConfig) -> Result<()> {
+    let args = RestoreArgs {
+        source: db.path.display().to_string(),
+        if_db_not_exists: true,
+        if_replica_exists: true,
+        parallelism: DEFAULT_PARALLELISM,
+        ..Default::default()
+    };
+    restore_resolved(args, db.replica.clone(), Some(db.clone()), Instant::now()).await
+}
+
+async fn restore_resolved(
+    args: RestoreArgs,
+    rcfg: crate::config::ReplicaConfig,
+    db: Option<crate::config::DbConfig>,
+    started: Instant,
+) -> Result<()> {
     let output = args
         .output
         .clone()
@@ -154,6 +205,22 @@ pub async fn run(args: RestoreArgs) -> Result<()> {
     let report = loop {
         let objects = replica.list(layout::GENERATIONS).await?;
         let mut gens = plan::group(&objects);
+        // The day of the switch from Litestream: the path holds Litestream's backups and
+        // no walship generation. Starting the app empty would be silently wrong.
+        if !gens.values().any(|g| g.has_data())
+            && let Some(what) = crate::catalog::litestream_backups(&replica, &objects).await?
+        {
+            return Err(Error::Replica {
+                replica: replica.url().to_string(),
+                reason: format!(
+                    "it holds Litestream's backups ({what}) and no walship generation; walship \
+                     cannot restore Litestream's format yet, so it restores nothing rather \
+                     than start the database empty: restore this once with `litestream \
+                     restore`, then let walship replicate (it starts its own generation \
+                     beside Litestream's; see docs/LITESTREAM.md)"
+                ),
+            });
+        }
         // Init mode skips only a replica with nothing committed in it: no generation, or
         // only generations whose first snapshot has not landed (a replicator that died
         // while uploading it left nothing to restore, and a pod that waited for it would

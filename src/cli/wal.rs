@@ -84,11 +84,9 @@ impl PgArgs {
 
     /// The config's entry for this cluster, and the config's lease TTL.
     fn db_and_ttl(&self, pgdata: &Path) -> Result<(config::DbConfig, std::time::Duration)> {
-        let path = self
-            .config
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+        let path = config::locate(self.config.as_deref());
         let cfg = config::load(&path)?;
+        cfg.log_notes();
         let want = pgdata
             .canonicalize()
             .unwrap_or_else(|_| pgdata.to_path_buf());
@@ -292,11 +290,7 @@ pub async fn restore(args: PgRestoreArgs) -> Result<()> {
             }
         }
         None => {
-            let cfg = args
-                .pg
-                .config
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+            let cfg = config::locate(args.pg.config.as_deref());
             cmd.push_str(&format!(" --config {}", cfg.display()));
         }
     }

@@ -1,4 +1,4 @@
-//! `${VAR}` / `${VAR:-default}` expansion over a parsed YAML tree (so comments and keys
+//! `$VAR`, `${VAR}` and `${VAR:-default}` expansion over a parsed YAML tree (so comments and keys
 //! are never expanded). Pure: the variables come in as a lookup function, and every
 //! undefined variable is reported at once.
 
@@ -24,7 +24,8 @@ fn walk(v: &mut Value, lookup: &dyn Fn(&str) -> Option<String>, missing: &mut BT
     }
 }
 
-/// Expand one string. `$$` is a literal `$`; a `$` not followed by `{` stays as it is.
+/// Expand one string. `$$` is a literal `$`; `$NAME` (a letter or `_`, then letters, digits
+/// and `_`) is a reference as in Litestream; any other `$` stays as it is (`$5`).
 pub fn expand(
     s: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
@@ -59,6 +60,18 @@ pub fn expand(
                 }
             }
             rest = &body[end + 1..];
+        } else if after.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..end];
+            match lookup(name) {
+                Some(v) => out.push_str(&v),
+                None => {
+                    missing.insert(name.to_string());
+                }
+            }
+            rest = &after[end..];
         } else {
             out.push('$');
             rest = after;
@@ -68,11 +81,12 @@ pub fn expand(
     out
 }
 
-/// True for a value that is exactly one variable reference, `${NAME}`: the only form
-/// accepted for credential keys, so that the config holds a location and not a secret.
+/// True for a value that is exactly one variable reference, `${NAME}` or `$NAME`: what a
+/// credential key should hold, so that the config names a location and not a secret.
 pub fn is_single_reference(s: &str) -> bool {
     s.strip_prefix("${")
         .and_then(|r| r.strip_suffix('}'))
+        .or_else(|| s.strip_prefix('$'))
         .is_some_and(|n| {
             !n.is_empty()
                 && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -109,6 +123,8 @@ mod tests {
         assert_eq!(ex("${EMPTY}").0, "");
         assert_eq!(ex("cost $5 and $$ and ${A}").0, "cost $5 and $ and alpha");
         assert_eq!(ex("${unterminated").0, "${unterminated");
+        assert_eq!(ex("$A/db and $A_x-$A.").0, "alpha/db and -alpha.");
+        assert_eq!(ex("$A_x").1.into_iter().collect::<Vec<_>>(), ["A_x"]);
     }
 
     #[test]
@@ -124,6 +140,8 @@ mod tests {
     #[test]
     fn single_reference_detection() {
         assert!(is_single_reference("${AWS_SECRET_ACCESS_KEY}"));
+        assert!(is_single_reference("$S3_ACCESS_ID"));
+        assert!(!is_single_reference("$"));
         assert!(!is_single_reference("hunter2"));
         assert!(!is_single_reference("${A}${B}"));
         assert!(!is_single_reference("${A:-x}"));

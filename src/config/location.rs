@@ -15,6 +15,8 @@ pub enum Location {
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
     pub location: Location,
+    /// The replica's `name` (Litestream 0.3), for `-replica NAME`.
+    pub name: Option<String>,
     pub endpoint: Option<String>,
     pub region: Option<String>,
     pub force_path_style: Option<bool>,
@@ -28,6 +30,7 @@ impl ReplicaConfig {
     pub fn from_location(location: Location) -> Self {
         ReplicaConfig {
             location,
+            name: None,
             endpoint: None,
             region: None,
             force_path_style: None,
@@ -85,8 +88,49 @@ pub(super) fn join_url(scheme: &str, bucket: &str, prefix: &str) -> String {
     }
 }
 
+/// Settings a replica URL's query carries (Litestream's documented form
+/// `s3://bucket/path?endpoint=host:port&region=r&force-path-style=true`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UrlSettings {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: Option<bool>,
+    pub skip_verify: Option<bool>,
+}
+
+/// A replica URL with its query: the location, and the settings the query names. An
+/// unknown query key is an error naming it (it would otherwise become part of the path).
+pub fn parse_url(s: &str) -> Result<(Location, UrlSettings)> {
+    let Some((base, query)) = s.split_once('?').filter(|_| s.contains("://")) else {
+        return Ok((parse_location(s)?, UrlSettings::default()));
+    };
+    let mut out = UrlSettings::default();
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        let flag = |v: &str| match v.to_ascii_lowercase().as_str() {
+            "" | "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(Error::Config(format!(
+                "replica URL {s:?}: {k}={v:?} is not true or false"
+            ))),
+        };
+        match k.as_ref() {
+            "endpoint" => out.endpoint = Some(v.into_owned()).filter(|e| !e.is_empty()),
+            "region" => out.region = Some(v.into_owned()).filter(|e| !e.is_empty()),
+            "force-path-style" | "forcePathStyle" => out.force_path_style = Some(flag(&v)?),
+            "skip-verify" | "skipVerify" => out.skip_verify = Some(flag(&v)?),
+            other => {
+                return Err(Error::Config(format!(
+                    "replica URL {s:?}: unknown query setting {other:?} (endpoint, region, \
+                     force-path-style and skip-verify are understood)"
+                )));
+            }
+        }
+    }
+    Ok((parse_location(base)?, out))
+}
+
 /// Parse a replica URL (`s3://bucket/prefix`, `gs://…`, `az://…`, `file:///dir`, or a
-/// plain directory path).
+/// plain directory path), without a query (`parse_url` reads one).
 pub fn parse_location(s: &str) -> Result<Location> {
     let bad = |why: &str| Error::Config(format!("replica URL {s:?}: {why}"));
     let Some((scheme, rest)) = s.split_once("://") else {

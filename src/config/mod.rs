@@ -1,8 +1,9 @@
-//! Configuration: the raw YAML shape (serde, unknown keys rejected by name, the common
-//! keys of a `litestream.yml` accepted), `${VAR}` interpolation (pure, see `interp`), and
-//! the validated `Config` the rest of walship uses. Defaults are the `DEFAULT_*` consts.
+//! Configuration: where the file is (`/etc/walship.yml`, else `/etc/litestream.yml`), the
+//! raw YAML shape (every key of walship's and Litestream's checked by `schema`), `$VAR`
+//! interpolation (pure, see `interp`), and the validated `Config` the rest of walship uses.
+//! Defaults are the `DEFAULT_*` consts. Never opens a replica or a database.
 
-mod location;
+pub mod location;
 pub use location::{Location, ReplicaConfig, parse_location};
 
 mod values;
@@ -13,6 +14,9 @@ pub use values::{
 };
 
 pub mod interp;
+mod load;
+pub use load::{load, locate, parse, set_expand_env};
+mod schema;
 
 use crate::error::{Error, Result};
 use serde::Deserialize;
@@ -21,6 +25,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/walship.yml";
+/// Litestream's default, read when walship's own is absent: a pod whose image changed from
+/// Litestream to walship keeps its ConfigMap mounted where it was.
+pub const LITESTREAM_CONFIG_PATH: &str = "/etc/litestream.yml";
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Same as SQLite's own autocheckpoint threshold: the WAL stays as small as it would be
 /// without walship.
@@ -50,12 +57,26 @@ pub struct RawConfig {
     pub dbs: Vec<RawDb>,
     /// Metrics and health listen address (Litestream's key).
     pub addr: Option<String>,
+    // Replica defaults (Litestream 0.5's top-level replica settings).
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub region: Option<String>,
     pub endpoint: Option<String>,
+    pub bucket: Option<String>,
     pub force_path_style: Option<bool>,
+    pub skip_verify: Option<bool>,
+    pub sync_interval: Option<String>,
+    pub validation_interval: Option<String>,
+    pub snapshot: Option<RawSnapshot>,
+    pub validation: Option<RawValidation>,
+    pub retention: Option<RawRetentionSwitch>,
+    /// `replicate` runs this as its child (Litestream's `exec`; `-exec` overrides it).
+    pub exec: Option<String>,
     pub logging: Option<RawLogging>,
+    /// Refuse literal credentials in the config instead of warning about them.
+    pub strict_secrets: Option<bool>,
+    /// Litestream 0.5's name for the time a stopping replicator keeps shipping.
+    pub shutdown_sync_timeout: Option<String>,
     #[serde(default, deserialize_with = "number_or_text")]
     pub unhealthy_after: Option<String>,
     #[serde(default, deserialize_with = "number_or_text")]
@@ -75,7 +96,28 @@ pub struct RawLogging {
     pub level: Option<String>,
     #[serde(rename = "type")]
     pub kind: Option<String>,
-    pub stderr: Option<bool>,
+}
+
+/// Litestream 0.5's `snapshot:` (top level or per database): the replicas' snapshot
+/// interval and retention window.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSnapshot {
+    pub interval: Option<String>,
+    pub retention: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawValidation {
+    pub interval: Option<String>,
+}
+
+/// Litestream 0.5's top-level `retention: {enabled: false}`: delete nothing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawRetentionSwitch {
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,14 +137,9 @@ pub struct RawDb {
     pub spool_limit: Option<String>,
     pub journal_fsync: Option<bool>,
     pub min_checkpoint_page_count: Option<u32>,
-    // Litestream keys whose job walship does differently; accepted so configs carry over.
-    #[serde(default, deserialize_with = "number_or_text")]
-    pub monitor_interval: Option<String>,
-    #[serde(default, deserialize_with = "number_or_text")]
-    pub checkpoint_interval: Option<String>,
-    pub max_checkpoint_page_count: Option<u32>,
-    #[serde(default, deserialize_with = "number_or_text")]
-    pub busy_timeout: Option<String>,
+    pub snapshot: Option<RawSnapshot>,
+    /// Litestream 0.5: `replicate` restores a missing database from its replica first.
+    pub restore_if_db_not_exists: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -151,6 +188,24 @@ pub struct Config {
     pub force_new_history: bool,
     pub log_json: bool,
     pub log_level: Option<String>,
+    /// `replicate`'s child command (`exec:`), as written.
+    pub exec: Option<String>,
+    /// One line per key that was ignored or is risky (literal credentials), for the log.
+    pub notes: Vec<String>,
+    /// The file this came from (`None`: flags only).
+    pub source: Option<PathBuf>,
+}
+
+impl Config {
+    /// Say in the log which file was read and what in it has no effect here.
+    pub fn log_notes(&self) {
+        if let Some(p) = &self.source {
+            tracing::info!(target: "walship::config", "config file {}", p.display());
+        }
+        for n in &self.notes {
+            tracing::warn!(target: "walship::config", "{n}");
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -179,6 +234,8 @@ pub struct DbConfig {
     pub retention: Option<Duration>,
     pub retention_check_interval: Duration,
     pub retention_tiers: crate::policy::Tiers,
+    /// `replicate` restores the database from its replica first when the file is missing.
+    pub restore_if_missing: bool,
 }
 
 impl DbConfig {
@@ -204,80 +261,6 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// quarter of the limit, see `replicate::capture`).
 pub const MIN_SPOOL_LIMIT: u64 = 1_000_000;
 
-/// Read, interpolate and validate a config file.
-pub fn load(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Config(format!("cannot read config file {}: {e}", path.display())))?;
-    parse(&text, &|k| std::env::var(k).ok()).map_err(|e| match e {
-        Error::Config(m) => Error::Config(format!("{}: {m}", path.display())),
-        e => e,
-    })
-}
-
-/// Parse config text with the given environment (pure).
-pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
-    let mut tree: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(text).map_err(|e| Error::Config(format!("malformed YAML: {e}")))?;
-    if tree.is_null() {
-        tree = serde_yaml_ng::Value::Mapping(Default::default());
-    }
-    check_credentials_are_references(&tree)?;
-    let missing = interp::interpolate(&mut tree, env);
-    if !missing.is_empty() {
-        let names: Vec<_> = missing.into_iter().collect();
-        return Err(Error::Config(format!(
-            "undefined environment variable{}: {}",
-            if names.len() > 1 { "s" } else { "" },
-            names.join(", ")
-        )));
-    }
-    let raw: RawConfig =
-        serde_yaml_ng::from_value(tree).map_err(|e| Error::Config(e.to_string()))?;
-    resolve(raw)
-}
-
-/// Credentials may only be `${VAR}` references: a config file is not a secret store.
-fn check_credentials_are_references(tree: &serde_yaml_ng::Value) -> Result<()> {
-    fn visit(v: &serde_yaml_ng::Value, at: &str) -> Result<()> {
-        match v {
-            serde_yaml_ng::Value::Mapping(m) => {
-                for (k, val) in m {
-                    let key = k.as_str().unwrap_or("?");
-                    let here = if at.is_empty() {
-                        key.to_string()
-                    } else {
-                        format!("{at}.{key}")
-                    };
-                    if matches!(key, "access-key-id" | "secret-access-key")
-                        && let Some(s) = val.as_str()
-                        && !interp::is_single_reference(s)
-                    {
-                        let var = if key == "access-key-id" {
-                            "AWS_ACCESS_KEY_ID"
-                        } else {
-                            "AWS_SECRET_ACCESS_KEY"
-                        };
-                        return Err(Error::Config(format!(
-                            "{here} holds a literal credential; walship reads \
-                                     credentials from the environment only: write \
-                                     `{key}: ${{{var}}}` (or leave the key out and set {var})"
-                        )));
-                    }
-                    visit(val, &here)?;
-                }
-            }
-            serde_yaml_ng::Value::Sequence(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    visit(item, &format!("{at}[{i}]"))?;
-                }
-            }
-            _ => {}
-        }
-        Ok(())
-    }
-    visit(tree, "")
-}
-
 fn resolve(raw: RawConfig) -> Result<Config> {
     let metrics_addr = raw
         .addr
@@ -289,6 +272,14 @@ fn resolve(raw: RawConfig) -> Result<Config> {
     for (i, db) in raw.dbs.iter().enumerate() {
         dbs.push(resolve_db(&raw, db, i)?);
     }
+    let shutdown_timeout = raw
+        .shutdown_timeout
+        .as_ref()
+        .map(|s| ("shutdown-timeout", s))
+        .or(raw
+            .shutdown_sync_timeout
+            .as_ref()
+            .map(|s| ("shutdown-sync-timeout", s)));
     Ok(Config {
         dbs,
         metrics_addr,
@@ -296,8 +287,8 @@ fn resolve(raw: RawConfig) -> Result<Config> {
             Some(s) => parse_positive_duration("unhealthy-after", s)?,
             None => DEFAULT_UNHEALTHY_AFTER,
         },
-        shutdown_timeout: match &raw.shutdown_timeout {
-            Some(s) => parse_positive_duration("shutdown-timeout", s)?,
+        shutdown_timeout: match shutdown_timeout {
+            Some((key, s)) => parse_positive_duration(key, s)?,
             None => DEFAULT_SHUTDOWN_TIMEOUT,
         },
         lease_wait: match &raw.lease_wait {
@@ -315,6 +306,9 @@ fn resolve(raw: RawConfig) -> Result<Config> {
             .and_then(|l| l.kind.as_deref())
             .is_some_and(|t| t.eq_ignore_ascii_case("json")),
         log_level: raw.logging.as_ref().and_then(|l| l.level.clone()),
+        exec: raw.exec.clone().filter(|e| !e.trim().is_empty()),
+        notes: Vec::new(),
+        source: None,
     })
 }
 
@@ -353,10 +347,30 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
         }
     };
     let rat = format!("{at}.replica");
-    let snapshot_interval = match &replica.snapshot_interval {
-        Some(s) => {
-            Some(parse_duration(&format!("{rat}.snapshot-interval"), s)?).filter(|d| !d.is_zero())
+    // A replica's own setting, else its database's `snapshot:`, else the top level's.
+    let pick = |own: &Option<String>,
+                key: &str,
+                of_snapshot: fn(&RawSnapshot) -> &Option<String>,
+                sub: &str|
+     -> Option<(String, String)> {
+        if let Some(v) = own {
+            return Some((format!("{rat}.{key}"), v.clone()));
         }
+        if let Some(v) = db.snapshot.as_ref().and_then(|s| of_snapshot(s).clone()) {
+            return Some((format!("{at}.snapshot.{sub}"), v));
+        }
+        top.snapshot
+            .as_ref()
+            .and_then(|s| of_snapshot(s).clone())
+            .map(|v| (format!("snapshot.{sub}"), v))
+    };
+    let snapshot_interval = match pick(
+        &replica.snapshot_interval,
+        "snapshot-interval",
+        |s| &s.interval,
+        "interval",
+    ) {
+        Some((key, s)) => Some(parse_duration(&key, &s)?).filter(|d| !d.is_zero()),
         None => Some(DEFAULT_SNAPSHOT_INTERVAL),
     };
     let snapshot_wal_ratio = replica
@@ -367,15 +381,36 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
             "{rat}.snapshot-wal-ratio must be a number >= 0 (0 turns it off)"
         )));
     }
-    let validation_interval = match &replica.validation_interval {
-        Some(s) => {
-            Some(parse_duration(&format!("{rat}.validation-interval"), s)?).filter(|d| !d.is_zero())
-        }
+    let validation = replica
+        .validation_interval
+        .as_ref()
+        .map(|v| (format!("{rat}.validation-interval"), v))
+        .or(top
+            .validation_interval
+            .as_ref()
+            .map(|v| ("validation-interval".to_string(), v)))
+        .or(top
+            .validation
+            .as_ref()
+            .and_then(|v| v.interval.as_ref())
+            .map(|v| ("validation.interval".to_string(), v)));
+    let validation_interval = match validation {
+        Some((key, s)) => Some(parse_duration(&key, s)?).filter(|d| !d.is_zero()),
         None => None,
     };
-    let retention = match &replica.retention {
-        Some(v) => Some(parse_duration(&format!("{rat}.retention"), v)?).filter(|d| !d.is_zero()),
+    let retention = match pick(
+        &replica.retention,
+        "retention",
+        |s| &s.retention,
+        "retention",
+    ) {
+        Some((key, v)) => Some(parse_duration(&key, &v)?).filter(|d| !d.is_zero()),
         None => Some(DEFAULT_RETENTION),
+    };
+    let retention = if top.retention.as_ref().and_then(|r| r.enabled) == Some(false) {
+        None
+    } else {
+        retention
     };
     let retention_check_interval = match &replica.retention_check_interval {
         Some(v) => parse_duration(&format!("{rat}.retention-check-interval"), v)?,
@@ -386,18 +421,10 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
             "{rat}.retention-check-interval must be above zero"
         )));
     }
-    for (key, v) in [
-        ("monitor-interval", &db.monitor_interval),
-        ("checkpoint-interval", &db.checkpoint_interval),
-        ("busy-timeout", &db.busy_timeout),
-    ] {
-        if let Some(v) = v {
-            parse_duration(&format!("{at}.{key}"), v)?;
-        }
-    }
-    let sync_interval = match &replica.sync_interval {
-        Some(s) => parse_duration(&format!("{rat}.sync-interval"), s)?,
-        None => DEFAULT_SYNC_INTERVAL,
+    let sync_interval = match (&replica.sync_interval, &top.sync_interval) {
+        (Some(s), _) => parse_duration(&format!("{rat}.sync-interval"), s)?,
+        (None, Some(s)) => parse_duration("sync-interval", s)?,
+        (None, None) => DEFAULT_SYNC_INTERVAL,
     };
     if sync_interval.is_zero() {
         return Err(Error::Config(format!(
@@ -435,6 +462,7 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
         retention,
         retention_check_interval,
         retention_tiers: replica.retention_tiers.unwrap_or_default(),
+        restore_if_missing: db.restore_if_db_not_exists.unwrap_or(false),
     })
 }
 
@@ -448,18 +476,22 @@ pub fn default_spool_dir(db: &Path) -> PathBuf {
 }
 
 fn resolve_replica(top: &RawConfig, r: &RawReplica, at: &str) -> Result<ReplicaConfig> {
+    let mut from_url = location::UrlSettings::default();
     let location = if let Some(url) = &r.url {
         if r.bucket.is_some() {
             return Err(Error::Config(format!(
                 "{at} has both `url` and `bucket`; use one"
             )));
         }
-        parse_location(url)?
+        let (location, query) = location::parse_url(url)?;
+        from_url = query;
+        location
     } else {
+        let bucket = r.bucket.clone().or_else(|| top.bucket.clone());
         let kind = r
             .kind
             .as_deref()
-            .unwrap_or(if r.bucket.is_some() { "s3" } else { "file" });
+            .unwrap_or(if bucket.is_some() { "s3" } else { "file" });
         let prefix = r
             .path
             .as_deref()
@@ -467,7 +499,7 @@ fn resolve_replica(top: &RawConfig, r: &RawReplica, at: &str) -> Result<ReplicaC
             .trim_matches('/')
             .to_string();
         let bucket = || {
-            r.bucket
+            bucket
                 .clone()
                 .filter(|b| !b.is_empty())
                 .ok_or_else(|| Error::Config(format!("{at}.bucket is missing (type {kind})")))
@@ -502,10 +534,26 @@ fn resolve_replica(top: &RawConfig, r: &RawReplica, at: &str) -> Result<ReplicaC
     };
     Ok(ReplicaConfig {
         location,
-        endpoint: r.endpoint.clone().or_else(|| top.endpoint.clone()),
-        region: r.region.clone().or_else(|| top.region.clone()),
-        force_path_style: r.force_path_style.or(top.force_path_style),
-        skip_verify: r.skip_verify.unwrap_or(false),
+        name: r.name.clone().filter(|n| !n.is_empty()),
+        endpoint: r
+            .endpoint
+            .clone()
+            .or(from_url.endpoint)
+            .or_else(|| top.endpoint.clone()),
+        region: r
+            .region
+            .clone()
+            .or(from_url.region)
+            .or_else(|| top.region.clone()),
+        force_path_style: r
+            .force_path_style
+            .or(from_url.force_path_style)
+            .or(top.force_path_style),
+        skip_verify: r
+            .skip_verify
+            .or(from_url.skip_verify)
+            .or(top.skip_verify)
+            .unwrap_or(false),
         access_key_id: r
             .access_key_id
             .clone()

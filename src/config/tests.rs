@@ -61,9 +61,24 @@ fn err(text: &str) -> String {
 }
 
 #[test]
-fn unknown_key_is_named() {
-    let e = err("dbs:\n  - path: a.db\n    replica: {url: file:///x, synk-interval: 1s}\n");
-    assert!(e.contains("synk-interval"), "{e}");
+fn unknown_key_is_a_note_but_a_walship_typo_is_named() {
+    let c = parse(
+        "dbs:\n  - path: a.db\n    replica: {url: file:///x, synk-interval: 1s}\n",
+        &env,
+    )
+    .unwrap();
+    assert!(
+        c.notes
+            .iter()
+            .any(|n| n.contains("synk-interval") && n.contains("sync-interval")),
+        "{:?}",
+        c.notes
+    );
+    let e = err("dbs:\n  - path: a.db\n    journal-fsynk: true\n    replica: {url: file:///x}\n");
+    assert!(
+        e.contains("journal-fsynk") && e.contains("journal-fsync"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -78,10 +93,188 @@ fn every_missing_variable_is_named() {
 }
 
 #[test]
-fn literal_credentials_are_refused() {
-    let e = err("dbs:\n  - path: a\n    replica: {url: s3://b, secret-access-key: hunter2}\n");
+fn literal_credentials_warn_and_strict_secrets_refuses_them() {
+    let text = "dbs:\n  - path: a\n    replica: {url: s3://b, secret-access-key: hunter2, access-key-id: AKIA1}\n";
+    let c = parse(text, &env).unwrap();
+    assert_eq!(
+        c.dbs[0].replica.secret_access_key.as_deref(),
+        Some("hunter2")
+    );
+    let warn: Vec<_> = c.notes.iter().filter(|n| n.contains("literal")).collect();
+    assert_eq!(warn.len(), 2, "{:?}", c.notes);
+    assert!(
+        warn.iter()
+            .all(|n| !n.contains("hunter2") && !n.contains("AKIA1"))
+    );
+    assert!(warn[0].contains("AWS_") && warn[0].contains("strict-secrets"));
+    let e = err(&format!("strict-secrets: true\n{text}"));
     assert!(e.contains("dbs[0].replica.secret-access-key"), "{e}");
     assert!(!e.contains("hunter2"), "the secret must not be echoed: {e}");
+    // A `$VAR` reference is not a literal.
+    let c = parse(
+        "strict-secrets: true\ndbs:\n  - path: a\n    replica: {url: s3://b, access-key-id: $KEY}\n",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.dbs[0].replica.access_key_id.as_deref(), Some("AKIA"));
+}
+
+#[test]
+fn litestream_05_top_level_settings_are_honoured() {
+    let c = parse(
+        r#"
+access-key-id: $KEY
+secret-access-key: ${KEY}
+bucket: $BUCKET
+endpoint: fly.storage.tigris.dev
+sync-interval: 5s
+snapshot: {interval: 2h, retention: 72h}
+validation: {interval: 12h}
+logging: {level: debug, type: json, stderr: true}
+exec: "node server.js"
+shutdown-sync-timeout: 9s
+socket: {enabled: true, path: /var/run/litestream.sock}
+dbs:
+  - path: /data/a.db
+    replica: {type: s3, path: a}
+  - path: /data/b.db
+    snapshot: {retention: 1h}
+    replica: {url: s3://other/b, sync-interval: 1s, snapshot-interval: 0}
+"#,
+        &env,
+    )
+    .unwrap();
+    let (a, b) = (&c.dbs[0], &c.dbs[1]);
+    assert_eq!(a.replica.url(), "s3://b1/a");
+    assert_eq!(
+        a.replica.endpoint.as_deref(),
+        Some("fly.storage.tigris.dev")
+    );
+    assert_eq!(a.sync_interval, Duration::from_secs(5));
+    assert_eq!(a.snapshot_interval, Some(Duration::from_secs(7200)));
+    assert_eq!(a.retention, Some(Duration::from_secs(72 * 3600)));
+    assert_eq!(a.validation_interval, Some(Duration::from_secs(12 * 3600)));
+    assert_eq!(b.replica.url(), "s3://other/b");
+    assert_eq!(b.sync_interval, Duration::from_secs(1));
+    assert_eq!(b.snapshot_interval, None);
+    assert_eq!(b.retention, Some(Duration::from_secs(3600)));
+    assert!(c.log_json);
+    assert_eq!(c.log_level.as_deref(), Some("debug"));
+    assert_eq!(c.exec.as_deref(), Some("node server.js"));
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(9));
+    assert!(
+        c.notes
+            .iter()
+            .any(|n| n.starts_with("socket has no effect"))
+    );
+    assert!(
+        c.notes
+            .iter()
+            .any(|n| n.starts_with("logging.stderr has no effect"))
+    );
+    let off = parse(
+        "retention: {enabled: false}\ndbs:\n  - path: a\n    replica: {url: file:///x, retention: 1h}\n",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(
+        off.dbs[0].retention, None,
+        "retention.enabled: false deletes nothing"
+    );
+}
+
+#[test]
+fn replica_url_query_is_honoured_and_unknown_query_is_refused() {
+    let c = parse(
+        "dbs:\n  - path: a\n    replica:\n      url: s3://bkt/db?endpoint=minio:9000&region=eu-1&force-path-style=true\n",
+        &env,
+    )
+    .unwrap();
+    let r = &c.dbs[0].replica;
+    assert_eq!(r.url(), "s3://bkt/db");
+    assert_eq!(r.endpoint.as_deref(), Some("minio:9000"));
+    assert_eq!(r.region.as_deref(), Some("eu-1"));
+    assert_eq!(r.force_path_style, Some(true));
+    let e = err("dbs:\n  - path: a\n    replica: {url: \"s3://b/x?endpont=h\"}\n");
+    assert!(e.contains("endpont"), "{e}");
+}
+
+#[test]
+fn anchors_and_merge_keys_work_and_the_holder_key_is_a_note() {
+    let c = parse(
+        r#"
+replica_defaults: &r
+  type: s3
+  bucket: $BUCKET
+  sync-interval: 3s
+dbs:
+  - path: /data/a.db
+    replica:
+      <<: *r
+      path: a
+"#,
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.dbs[0].replica.url(), "s3://b1/a");
+    assert_eq!(c.dbs[0].sync_interval, Duration::from_secs(3));
+    assert!(c.notes.iter().any(|n| n.contains("replica_defaults")));
+}
+
+#[test]
+fn typed_values_from_variables() {
+    let env = |k: &str| match k {
+        "PAGES" => Some("2000".to_string()),
+        "FPS" => Some("true".to_string()),
+        "BAD" => Some("many".to_string()),
+        _ => None,
+    };
+    let c = parse(
+        "dbs:\n  - path: a\n    min-checkpoint-page-count: ${PAGES}\n    replica: {url: s3://b, force-path-style: $FPS}\n",
+        &env,
+    )
+    .unwrap();
+    assert_eq!(c.dbs[0].min_checkpoint_pages, 2000);
+    assert_eq!(c.dbs[0].replica.force_path_style, Some(true));
+    let e = parse(
+        "dbs:\n  - path: a\n    min-checkpoint-page-count: $BAD\n    replica: {url: s3://b}\n",
+        &env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("dbs[0].min-checkpoint-page-count") && e.contains("many"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_schema_key_that_is_honoured_reaches_serde() {
+    // A key the schema keeps but the raw structs lack would fail every config using it.
+    fn sample(keys: schema::Keys) -> serde_yaml_ng::Value {
+        let mut m = serde_yaml_ng::Mapping::new();
+        for key in keys.iter().flat_map(|t| t.iter()) {
+            if !matches!(key.use_, schema::Use::Both | schema::Use::Walship) {
+                continue;
+            }
+            let v = match key.ty {
+                schema::Ty::Map(sub) => sample(sub),
+                schema::Ty::Maps(sub) => serde_yaml_ng::Value::Sequence(vec![sample(sub)]),
+                schema::Ty::Bool => true.into(),
+                schema::Ty::Int => 5.into(),
+                schema::Ty::Float => 0.5.into(),
+                schema::Ty::Duration => "1s".into(),
+                schema::Ty::Any => continue,
+                schema::Ty::Text | schema::Ty::Scalar => "x".into(),
+            };
+            m.insert(key.name.into(), v);
+        }
+        serde_yaml_ng::Value::Mapping(m)
+    }
+    let tree = sample(schema::TOP);
+    if let Err(e) = serde_yaml_ng::from_value::<RawConfig>(tree) {
+        panic!("{e}");
+    }
 }
 
 #[test]

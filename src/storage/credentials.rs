@@ -1,6 +1,6 @@
 //! Where S3 credentials and endpoint settings come from, besides the config: the standard
-//! `AWS_*` variables and the shared credentials file. The config itself only ever names
-//! variables (see config::interp::is_single_reference).
+//! `AWS_*` variables (and Litestream's `LITESTREAM_*` pair), and the shared credentials
+//! file. Never reads the config file itself.
 
 use crate::config::ReplicaConfig;
 use crate::error::{Error, Result};
@@ -77,8 +77,9 @@ pub fn ca_bundle() -> Vec<object_store::Certificate> {
     }
 }
 
-/// Static keys, in order: the config's `${VAR}` references, `AWS_ACCESS_KEY_ID` and
-/// `AWS_SECRET_ACCESS_KEY`, then the shared credentials file. `None` leaves the other
+/// Static keys, in order: the config's keys, `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY`, `LITESTREAM_ACCESS_KEY_ID` and `LITESTREAM_SECRET_ACCESS_KEY`,
+/// then the shared credentials file. `None` leaves the other
 /// providers (web identity, container, instance metadata) to object_store.
 pub fn static_keys(cfg: &ReplicaConfig) -> Result<Option<StaticKeys>> {
     let pair = |id: Option<String>, secret: Option<String>, id_name: &str, secret_name: &str| match (
@@ -105,17 +106,18 @@ pub fn static_keys(cfg: &ReplicaConfig) -> Result<Option<StaticKeys>> {
             session_token: var("AWS_SESSION_TOKEN"),
         }));
     }
-    if let Some((a, s)) = pair(
-        var("AWS_ACCESS_KEY_ID"),
-        var("AWS_SECRET_ACCESS_KEY"),
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-    )? {
-        return Ok(Some(StaticKeys {
-            access_key_id: a,
-            secret_access_key: s,
-            session_token: var("AWS_SESSION_TOKEN"),
-        }));
+    // Litestream's own pair stands in for the AWS one (less confusing on non-AWS stores).
+    for (id, secret) in [
+        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+        ("LITESTREAM_ACCESS_KEY_ID", "LITESTREAM_SECRET_ACCESS_KEY"),
+    ] {
+        if let Some((a, s)) = pair(var(id), var(secret), id, secret)? {
+            return Ok(Some(StaticKeys {
+                access_key_id: a,
+                secret_access_key: s,
+                session_token: var("AWS_SESSION_TOKEN"),
+            }));
+        }
     }
     shared_file_keys()
 }

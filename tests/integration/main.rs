@@ -9,6 +9,7 @@ mod fuzzing;
 mod init_mode;
 mod large;
 mod lease;
+mod litestream;
 mod pitr;
 mod postgres;
 mod regression;
