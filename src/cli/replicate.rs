@@ -202,7 +202,13 @@ impl ReplicateArgs {
             ));
         }
         if let Some(e) = &self.exec {
+            // As in Litestream, an empty -exec (an unset "$APP") means no application; say so.
             cfg.exec = Some(e.clone()).filter(|e| !e.trim().is_empty());
+            if cfg.exec.is_none() {
+                cfg.notes.push(
+                    "-exec is empty: no application is started; replicating until a signal".into(),
+                );
+            }
         }
         if self.restore_if_db_not_exists {
             cfg.dbs.iter_mut().for_each(|d| d.restore_if_missing = true);
@@ -310,6 +316,8 @@ pub async fn run(
     once: bool,
     signal: impl std::future::Future<Output = i32>,
 ) -> Result<u8> {
+    // A bad -exec is a usage error before anything starts.
+    let app = cfg.exec.as_deref().map(super::exec::words).transpose()?;
     cfg.log_notes();
     for db in &cfg.dbs {
         let r = &db.replica;
@@ -337,7 +345,6 @@ pub async fn run(
             r.url()
         );
     }
-    let app = cfg.exec.as_deref().map(super::exec::words).transpose()?;
     for db in &cfg.dbs {
         if db.kind == config::DbKind::Sqlite && db.restore_if_missing && !db.path.exists() {
             tracing::info!(target: "walship::replicate", db = %db.path.display(), "restore-if-db-not-exists: the database does not exist; restoring it first");

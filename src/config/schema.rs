@@ -259,8 +259,17 @@ fn level(v: &mut Value, keys: Keys, at: &str, notes: &mut Vec<String>) -> Result
     let names: Vec<Value> = m.keys().cloned().collect();
     for name in names {
         let Some(key) = name.as_str() else {
+            let at = if at.is_empty() { "top level" } else { at };
+            let kind = match &name {
+                Value::Sequence(_) => "a list".to_string(),
+                Value::Mapping(_) => "a map".to_string(),
+                other => serde_yaml_ng::to_string(other)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            };
             return Err(Error::Config(format!(
-                "{at}: a key must be text, not {name:?}"
+                "{at}: a key must be text, not {kind}"
             )));
         };
         let here = join(at, key);
