@@ -23,7 +23,10 @@ for burst in range(4):
     time.sleep(0.6)
 PY
 kill -9 $PID; wait $PID 2>/dev/null || true
+# The ltx seeds are Litestream's own files, not made here: kept across the rebuild.
+[ -d "$SEEDS/ltx" ] && cp -r "$SEEDS/ltx" "$T/ltx-seeds"
 rm -rf "$SEEDS"; mkdir -p "$SEEDS"
+[ -d "$T/ltx-seeds" ] && cp -r "$T/ltx-seeds" "$SEEDS/ltx"
 seed() { mkdir -p "$SEEDS/$1"; cp "$2" "$SEEDS/$1/$(basename "$2" | tr -c 'A-Za-z0-9._\n-' _)"; }
 for f in $(find "$T/replica" -name '*.seg' | sort | head -3); do seed segment "$f"; seed container "$f"; done
 for f in $(find "$T/replica" -name '*.snap' | sort | head -2); do seed snapshot "$f"; seed container "$f"; done
@@ -61,4 +64,6 @@ if [ -x "$PGBIN/initdb" ]; then
   find "$T/pgrep" -type f | head -1 | while read -r f; do head -c 8192 "$f" > "$T/pgobj"; seed pg_objects "$T/pgobj"; done
 fi
 printf '{"format":1,"system_identifier":"7300000000000000001","timeline":1,"start_lsn":"0/2000028","stop_lsn":"0/2000100","start_ms":1,"stop_ms":2,"backup_label":"START WAL LOCATION: 0/2000028","tablespace_map":null,"dirs":["base"],"files":[],"parts":1,"bytes":0}' > "$SEEDS/pg_objects/backup-manifest.json"
+# fuzz/seeds/ltx holds files Litestream 0.5.17 wrote (its L9 snapshot and an L0 file) and a
+# listing; they are kept as they are, this script does not make them.
 du -sh "$SEEDS"/*

@@ -28,6 +28,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("pg_objects", pg_objects),
     ("manifest", manifest),
     ("planner", planner),
+    ("ltx", ltx_bytes),
 ];
 
 fn text(data: &[u8]) -> Option<&str> {
@@ -301,4 +302,38 @@ pub fn planner(data: &[u8]) {
     }
     let policy = crate::retention::plan::Policy::new(std::time::Duration::from_millis(t));
     let _ = crate::retention::plan::plan(&listing, &policy, 11_000, None);
+}
+
+/// A Litestream LTX file, and (as text, one name per line) a listing planned for restore.
+pub fn ltx_bytes(data: &[u8]) {
+    let _ = crate::format::ltx::parse_header(data);
+    if let Ok(l) = crate::format::ltx::parse(data) {
+        let ps = l.header.page_size;
+        let db: Vec<u8> = l.pages.iter().flat_map(|(_, p)| p.clone()).collect();
+        let _ = crate::format::ltx::database_checksum(&db, ps);
+    }
+    if let Some(t) = text(data) {
+        use crate::restore::litestream as ls;
+        let listing: Vec<Listed> = t
+            .lines()
+            .enumerate()
+            .map(|(i, l)| Listed {
+                name: l.to_string(),
+                size: i as u64,
+                modified_ms: 0,
+            })
+            .collect();
+        let mut files = ls::files(&listing);
+        for (i, f) in files.iter_mut().enumerate() {
+            f.ts_ms = Some(i as u64 * 1000);
+        }
+        for target in [
+            plan::Target::Latest,
+            plan::Target::Txid(3),
+            plan::Target::Time(2500),
+        ] {
+            let _ = ls::plan(&files, target, true);
+            let _ = ls::plan(&files, target, false);
+        }
+    }
 }

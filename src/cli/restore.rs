@@ -207,19 +207,32 @@ async fn restore_resolved(
         let mut gens = plan::group(&objects);
         // The day of the switch from Litestream: the path holds Litestream's backups and
         // no walship generation. Starting the app empty would be silently wrong.
-        if !gens.values().any(|g| g.has_data())
-            && let Some(what) = crate::catalog::litestream_backups(&replica, &objects).await?
-        {
-            return Err(Error::Replica {
-                replica: replica.url().to_string(),
-                reason: format!(
-                    "it holds Litestream's backups ({what}) and no walship generation; walship \
-                     cannot restore Litestream's format yet, so it restores nothing rather \
-                     than start the database empty: restore this once with `litestream \
-                     restore`, then let walship replicate (it starts its own generation \
-                     beside Litestream's; see docs/LITESTREAM.md)"
-                ),
-            });
+        if !gens.values().any(|g| g.has_data()) {
+            // Litestream's S3 client writes its levels at the path's root: list it all
+            // (only a path without walship data gets here).
+            let ltx = restore::litestream::files(&replica.list("").await?);
+            if !ltx.is_empty() {
+                match from_litestream(&args, &replica, ltx, target, &output, started).await {
+                    Err(e) if e.is_not_found() && attempt < REPLAN_ATTEMPTS => {
+                        tracing::warn!("{e}; it was deleted after the listing: planning again");
+                        attempt += 1;
+                        continue;
+                    }
+                    r => return r,
+                }
+            }
+            if let Some(what) = crate::catalog::litestream_03_backups(&objects) {
+                return Err(Error::Replica {
+                    replica: replica.url().to_string(),
+                    reason: format!(
+                        "it holds Litestream 0.3's backups ({what}) and no walship generation; \
+                         walship cannot restore that format yet, so it restores nothing \
+                         rather than start the database empty: restore this once with \
+                         `litestream restore`, then let walship replicate (it starts its own \
+                         generation beside Litestream's; see docs/LITESTREAM.md)"
+                    ),
+                });
+            }
         }
         // Init mode skips only a replica with nothing committed in it: no generation, or
         // only generations whose first snapshot has not landed (a replicator that died
@@ -315,6 +328,108 @@ async fn restore_resolved(
             pages: Some(report.pages),
             downloaded_bytes: Some(report.downloaded),
             seconds: Some(report.elapsed.as_secs_f64()),
+        };
+        println!("{}", serde_json::to_string_pretty(&s).expect("serialises"));
+    }
+    Ok(())
+}
+
+/// Restore from the LTX files Litestream 0.5 left at the path (no walship generation is
+/// there): exactly the state asked for, or an error naming what is missing.
+async fn from_litestream(
+    args: &RestoreArgs,
+    replica: &Replica,
+    mut files: Vec<restore::litestream::LtxFile>,
+    target: Target,
+    output: &std::path::Path,
+    started: Instant,
+) -> Result<()> {
+    use restore::litestream as ls;
+    if args.generation.is_some() {
+        return Err(Error::Usage(format!(
+            "{} holds Litestream 0.5's LTX files, which have no generations: drop --generation",
+            replica.url()
+        )));
+    }
+    if matches!(target, Target::Time(_)) {
+        ls::read_times(replica, &mut files, args.parallelism).await?;
+    }
+    let replica_err = |reason: String| Error::Replica {
+        replica: replica.url().to_string(),
+        reason,
+    };
+    let plan = ls::plan(&files, target, args.allow_older).map_err(replica_err)?;
+    let bytes: u64 = plan.files.iter().map(|f| f.size).sum();
+    if args.dry_run {
+        println!(
+            "restore plan for {} -> {} (Litestream 0.5's LTX files)",
+            replica.url(),
+            output.display()
+        );
+        for f in &plan.files {
+            println!(
+                "  level {}  transactions {}..={}  {}  {}",
+                f.level,
+                f.min,
+                f.max,
+                mb(f.size),
+                f.rel
+            );
+        }
+        println!("  restores    transaction {}", plan.txid);
+        println!(
+            "  download    {} in {} objects",
+            mb(bytes),
+            plan.files.len()
+        );
+        return Ok(());
+    }
+    if let Some(older) = &plan.older {
+        crate::cli::say_err(&format!(
+            "walship: restoring an older state (--allow-older): {older}"
+        ));
+    }
+    if output.exists() && !args.force {
+        return Err(Error::Refused(format!(
+            "{} already exists; pass --force to replace it",
+            output.display()
+        )));
+    }
+    tracing::info!(
+        files = plan.files.len(),
+        txid = plan.txid,
+        "{} holds Litestream 0.5's backups and no walship generation: restoring from them",
+        replica.url()
+    );
+    let r = ls::restore(
+        replica,
+        &plan,
+        output,
+        args.parallelism,
+        !args.no_integrity_check,
+    )
+    .await?;
+    tracing::info!(
+        txid = r.txid,
+        replicated = %format_ms(r.commit_ms),
+        pages = r.pages,
+        files = r.files,
+        downloaded = r.downloaded,
+        ms = started.elapsed().as_millis() as u64,
+        "restored {} from Litestream's LTX files",
+        output.display()
+    );
+    if args.json {
+        let s = Summary {
+            restored: true,
+            output,
+            reason: None,
+            generation: None,
+            txid: Some(r.txid),
+            commit_time: Some(format_ms(r.commit_ms)),
+            pages: Some(r.pages),
+            downloaded_bytes: Some(r.downloaded),
+            seconds: Some(started.elapsed().as_secs_f64()),
         };
         println!("{}", serde_json::to_string_pretty(&s).expect("serialises"));
     }

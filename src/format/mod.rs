@@ -3,6 +3,7 @@
 
 pub mod container;
 pub mod journal;
+pub mod ltx;
 pub mod manifest;
 pub mod pgbackup;
 pub mod pgwal;

@@ -4,6 +4,7 @@
 //! check it with `PRAGMA integrity_check`, fsync, and only then rename it into place
 //! (invariant 7), so a crash at any moment leaves no partial file at the target path.
 
+pub mod litestream;
 pub mod plan;
 pub mod when;
 

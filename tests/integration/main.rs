@@ -10,6 +10,7 @@ mod init_mode;
 mod large;
 mod lease;
 mod litestream;
+mod litestream_backups;
 mod pitr;
 mod postgres;
 mod regression;

