@@ -189,7 +189,11 @@ fn the_switch(b: Backend, bin: &str) {
     assert_eq!(ltx_objects(&b), shipped, "Litestream's files were changed");
     let o = walship(&["cleanup", "--retention", "1s", &b.url], Some(&b));
     assert_success(&o, "cleanup");
-    assert_eq!(ltx_objects(&b), shipped, "cleanup deleted Litestream's files");
+    assert_eq!(
+        ltx_objects(&b),
+        shipped,
+        "cleanup deleted Litestream's files"
+    );
     let again = dir.path().join("again.db");
     let o = restore(&b, &again);
     assert_success(&o, "restore from walship's generation");

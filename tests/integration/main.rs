@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod capture;
+mod corpus;
 mod examples;
 mod fuzzing;
 mod init_mode;
