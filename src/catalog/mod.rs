@@ -11,7 +11,7 @@ use crate::format::manifest::Manifest;
 use crate::format::pgbackup::BackupManifest;
 use crate::pgformat::walname::WalFile;
 use crate::storage::layout::{self, GenerationId};
-use crate::storage::{Listed, Replica, get_retrying};
+use crate::storage::{Replica, get_retrying};
 use serde::{Deserialize, Serialize};
 
 /// Timeline `timeline`'s history file from the replica, parsed: each ancestor timeline and
@@ -116,40 +116,4 @@ pub async fn manifest_state(replica: &Replica, id: &GenerationId) -> Result<Mani
 pub async fn read_backup_manifest(replica: &Replica, key: &str) -> Result<BackupManifest> {
     serde_json::from_slice(&get_retrying(replica, key, None).await?)
         .map_err(|e| Error::corrupt(key, format!("manifest: {e}")))
-}
-
-/// Whether a listing of `generations/` holds Litestream 0.3's layout
-/// (`generations/<16 hex>/snapshots|wal/…`): what was found, for the message.
-pub fn litestream_03_backups(generations: &[Listed]) -> Option<String> {
-    let n = generations
-        .iter()
-        .filter(|o| is_litestream_03(&o.name))
-        .count();
-    (n > 0).then(|| {
-        format!("{n} object(s) of Litestream 0.3's layout (generations/<16 hex digits>/…)")
-    })
-}
-
-fn is_litestream_03(rel: &str) -> bool {
-    let mut parts = rel.split('/');
-    parts.next() == Some(layout::GENERATIONS)
-        && parts
-            .next()
-            .is_some_and(|g| g.len() == 16 && g.bytes().all(|b| b.is_ascii_hexdigit()))
-        && matches!(parts.next(), Some("snapshots" | "wal"))
-}
-
-#[cfg(test)]
-#[test]
-fn litestream_03_names_are_told_from_walships() {
-    assert!(is_litestream_03(
-        "generations/0123456789abcdef/snapshots/00000000.snapshot.lz4"
-    ));
-    assert!(is_litestream_03(
-        "generations/0123456789abcdef/wal/00000000/00000000.wal.lz4"
-    ));
-    assert!(!is_litestream_03(
-        "generations/0123456789abcdef0123/snapshots/x"
-    ));
-    assert!(!is_litestream_03("generations/0123456789abcdef"));
 }

@@ -8,6 +8,7 @@ pub mod generations;
 pub mod gostyle;
 pub mod replicate;
 pub mod restore;
+mod restore_litestream;
 pub mod snapshots;
 pub mod verify;
 pub mod wal;

