@@ -207,8 +207,7 @@ pub async fn restore(
         downloaded += bytes.len() as u64;
         if current != Some(s.index) {
             if current.is_some() {
-                transactions += apply_wal(replica, &parts, &wal, ps, file, &mut len)
-                    .map_err(|e| e.or_io(tmp.path()))?;
+                transactions += apply_wal(replica, &parts, &wal, ps, (file, tmp.path()), &mut len)?;
             }
             wal.clear();
             parts.clear();
@@ -229,8 +228,7 @@ pub async fn restore(
         wal.extend(unlz4(replica, &s.rel, &bytes)?);
     }
     if current.is_some() {
-        transactions += apply_wal(replica, &parts, &wal, ps, file, &mut len)
-            .map_err(|e| e.or_io(tmp.path()))?;
+        transactions += apply_wal(replica, &parts, &wal, ps, (file, tmp.path()), &mut len)?;
     }
     tmp.finish(len, integrity_check, output)?;
     Ok(V3Report {
@@ -240,31 +238,18 @@ pub async fn restore(
     })
 }
 
-enum ApplyError {
-    Io(std::io::Error),
-    Err(Error),
-}
-
-impl ApplyError {
-    fn or_io(self, path: &Path) -> Error {
-        match self {
-            ApplyError::Io(e) => Error::io(path, e),
-            ApplyError::Err(e) => e,
-        }
-    }
-}
-
 /// Apply one WAL's committed transactions (checksum chain checked frame by frame); frames
 /// after the last commit are not applied. `parts`: where each segment starts in `wal`, to
-/// name the one that holds a bad byte. Returns the transactions applied.
+/// name the one that holds a bad byte; the database file being built, and its path for
+/// messages. Returns the transactions applied.
 fn apply_wal(
     replica: &Replica,
     parts: &[(u64, String)],
     wal: &[u8],
     ps: u64,
-    file: &std::fs::File,
+    (file, path): (&std::fs::File, &Path),
     len: &mut u64,
-) -> std::result::Result<u64, ApplyError> {
+) -> Result<u64> {
     let at = |byte: u64| {
         parts
             .iter()
@@ -273,7 +258,7 @@ fn apply_wal(
             .or(parts.first())
             .map_or("", |(_, r)| r.as_str())
     };
-    let bad = |byte: u64, why: String| ApplyError::Err(corrupt(replica, at(byte), why));
+    let bad = |byte: u64, why: String| corrupt(replica, at(byte), why);
     let hdr = WalHeader::parse(wal).map_err(|e| bad(0, format!("WAL header: {e}")))?;
     if hdr.page_size as u64 != ps {
         return Err(bad(
@@ -312,10 +297,10 @@ fn apply_wal(
         if fh.is_commit() {
             for (pgno, data) in pending.drain(..) {
                 file.write_all_at(data, (pgno as u64 - 1) * ps)
-                    .map_err(ApplyError::Io)?;
+                    .map_err(|e| Error::io(path, e))?;
             }
             *len = fh.commit_size() as u64 * ps;
-            file.set_len(*len).map_err(ApplyError::Io)?;
+            file.set_len(*len).map_err(|e| Error::io(path, e))?;
             applied += 1;
         }
     }

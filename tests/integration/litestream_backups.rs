@@ -114,23 +114,18 @@ fn the_switch(b: Backend, bin: &str) {
     let ls = start_litestream(bin, &db, &b, dir.path());
     // The application: its own process, checkpointing now and then, auto-checkpoint on.
     let record = dir.path().join("record.txt");
-    let report = dir.path().join("report.json");
-    let w = start_writer(
-        &db,
-        &strs(&[
-            "--tx",
-            "400",
-            "--rate",
-            "100",
-            "--checkpoint-every",
-            "90",
-            "--record",
-            record.to_str().unwrap(),
-            "--report",
-            report.to_str().unwrap(),
-        ]),
-    );
-    finish_writer(w, &report);
+    let rec = record.to_str().unwrap();
+    let args = [
+        "--tx",
+        "400",
+        "--rate",
+        "100",
+        "--checkpoint-every",
+        "90",
+        "--record",
+        rec,
+    ];
+    run_writer(&db, dir.path(), &args);
     // Litestream syncs every second and once more on SIGTERM.
     std::thread::sleep(Duration::from_millis(1500));
     stop(ls, dir.path());
