@@ -4,6 +4,7 @@
 //! history, the path's `cluster.json`). Reads only; never writes or deletes.
 
 mod listing;
+pub mod litestream;
 pub use listing::{Backup, Catalog, Generation, ManifestState, Obj, sqlite_start_at};
 
 use crate::error::{Error, Result};

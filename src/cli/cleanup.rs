@@ -31,6 +31,11 @@ pub struct CleanupArgs {
     /// Print the plan; delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also delete the Litestream backups at each path (left from before the switch)
+    /// once the store wrote none of their objects inside the window and walship keeps a
+    /// restorable generation there. Without it they are never touched.
+    #[arg(long)]
+    pub include_litestream: bool,
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
@@ -190,7 +195,27 @@ pub async fn run(args: CleanupArgs) -> Result<()> {
         let url = t.replica.url();
         let result = async {
             let replica = Replica::open(&t.replica, false)?;
-            retention::apply(&replica, &t.policy, now, None, args.dry_run, t.listing).await
+            let mut o =
+                retention::apply(&replica, &t.policy, now, None, args.dry_run, t.listing).await?;
+            if args.include_litestream {
+                use std::sync::atomic::Ordering::Relaxed;
+                let c = &replica.counts;
+                let (l0, d0) = (c.list.load(Relaxed), c.delete.load(Relaxed));
+                let ours = o.plan.deletions().iter().map(|d| d.key.clone()).collect();
+                let ls = retention::litestream::apply(
+                    &replica,
+                    &ours,
+                    o.plan.window_start_ms,
+                    args.dry_run,
+                )
+                .await?;
+                o.list_requests += c.list.load(Relaxed) - l0;
+                o.delete_requests += c.delete.load(Relaxed) - d0;
+                o.deleted_objects += ls.deleted_objects;
+                o.deleted_bytes += ls.deleted_bytes;
+                o.litestream = Some(ls);
+            }
+            Ok::<_, Error>(o)
         }
         .await;
         match result {
@@ -286,6 +311,22 @@ fn print_outcome(o: &Outcome) {
             g.kept_objects,
             g.why
         );
+    }
+    if let Some(ls) = &o.litestream {
+        for b in &ls.backups {
+            let action = match b.action {
+                retention::litestream::Action::Keep => "keep",
+                retention::litestream::Action::Delete => "delete",
+            };
+            println!(
+                "  {} {}  {action:<6}  {:>6} objects {:>10}  {}",
+                b.format.as_str(),
+                b.generation,
+                b.objects,
+                mb(b.bytes),
+                b.why
+            );
+        }
     }
     if p.foreign_objects > 0 {
         println!(

@@ -29,32 +29,9 @@ pub struct V3Object {
     pub modified_ms: u64,
 }
 
-fn hex8(s: &str) -> Option<u64> {
-    (s.len() == 8 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')))
-        .then(|| u64::from_str_radix(s, 16).ok())
-        .flatten()
-}
-
-/// A name below the replica path, if it is one of Litestream 0.3's.
-pub fn parse_name(rel: &str) -> Option<(String, u32, Option<u64>)> {
-    let p: Vec<&str> = rel.split('/').collect();
-    let gen_ok = |g: &str| g.len() == 16 && g.bytes().all(|c| c.is_ascii_hexdigit());
-    match p[..] {
-        ["generations", g, "snapshots", name] if gen_ok(g) => {
-            let i = hex8(name.strip_suffix(".snapshot.lz4")?)?;
-            Some((g.to_string(), u32::try_from(i).ok()?, None))
-        }
-        ["generations", g, "wal", name] if gen_ok(g) => {
-            let (i, o) = name.strip_suffix(".wal.lz4")?.split_once('_')?;
-            Some((g.to_string(), u32::try_from(hex8(i)?).ok()?, Some(hex8(o)?)))
-        }
-        ["generations", g, "wal", i, name] if gen_ok(g) => {
-            let o = hex8(name.strip_suffix(".wal.lz4")?)?;
-            Some((g.to_string(), u32::try_from(hex8(i)?).ok()?, Some(o)))
-        }
-        _ => None,
-    }
-}
+/// A name below the replica path, if it is one of Litestream 0.3's: (generation, WAL
+/// index, byte offset for a WAL segment).
+pub use crate::catalog::litestream::parse_v03_name as parse_name;
 
 pub fn objects(listing: &[Listed]) -> Vec<V3Object> {
     let mut v: Vec<V3Object> = listing

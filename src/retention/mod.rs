@@ -1,6 +1,7 @@
 //! Retention: plan (pure, `plan`) and carry out deletions for one database's replica, then
 //! list again to prove they happened. Used by `walship cleanup` and the replicator.
 
+pub mod litestream;
 pub mod pgplan;
 pub mod plan;
 
@@ -26,6 +27,9 @@ pub struct Outcome {
     /// GETs: the lease, and for PostgreSQL clusters `cluster.json` and the timeline
     /// history files.
     pub get_requests: u64,
+    /// Litestream's backups at the path (`cleanup --include-litestream` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub litestream: Option<litestream::LitestreamOutcome>,
 }
 
 /// Plan and apply retention to one database's replica. `listing` is a LIST of its
@@ -103,6 +107,7 @@ pub async fn apply(
         delete_requests: replica.counts.delete.load(Ordering::Relaxed) - del0,
         get_requests: replica.counts.get.load(Ordering::Relaxed) - get0,
         plan,
+        litestream: None,
     })
 }
 

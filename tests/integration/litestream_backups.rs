@@ -194,6 +194,24 @@ fn the_switch(b: Backend, bin: &str) {
         .unwrap_or_else(|| panic!("the state at {ts} is not one the application committed"));
     assert!(c.ms <= mid, "restored a commit from after {ts}");
 
+    // Before walship holds anything, cleanup finds no walship replica and deletes nothing.
+    let o = walship(
+        &[
+            "cleanup",
+            "--retention",
+            "1s",
+            "--include-litestream",
+            &b.url,
+        ],
+        Some(&b),
+    );
+    assert!(
+        !o.status.success(),
+        "cleanup of a Litestream-only path succeeded"
+    );
+    assert!(err(&o).contains("no walship replica"), "{}", err(&o));
+    assert_eq!(ltx_objects(&b), shipped, "cleanup deleted the only backup");
+
     // walship takes over on the restored database: its own generation beside Litestream's
     // files, which stay as they were; restore now comes from walship.
     let o = walship(
@@ -214,6 +232,84 @@ fn the_switch(b: Backend, bin: &str) {
     assert_success(&o, "restore from walship's generation");
     assert!(!err(&o).contains("Litestream's LTX"), "{}", err(&o));
     assert_same_content(&db, &again);
+
+    // The listings show both: walship's generation, and Litestream's files as one backup
+    // reaching the newest transaction, its snapshots by key.
+    let rows = listing(&b, "generations");
+    let ours = rows.iter().filter(|r| r["format"] == "walship").count();
+    assert_eq!(ours, 1, "{rows:?}");
+    let theirs: Vec<_> = rows
+        .iter()
+        .filter(|r| r["format"] == "litestream-0.5")
+        .collect();
+    assert_eq!(theirs.len(), 1, "{rows:?}");
+    assert_eq!(theirs[0]["generation"], "ltx");
+    assert_eq!(theirs[0]["last_txid"], newest, "{rows:?}");
+    let total: u64 = shipped.iter().map(|(_, n)| n).sum();
+    assert_eq!(theirs[0]["wal_bytes"], total);
+    let snaps = listing(&b, "snapshots");
+    let keys: Vec<&str> = snaps
+        .iter()
+        .filter(|r| r["format"] == "litestream-0.5")
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    let level9: Vec<&str> = shipped
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| walship::format::ltx::parse_name(k).is_some_and(|(l, _, _)| l == 9))
+        .collect();
+    assert!(!keys.is_empty() && keys == level9, "{keys:?} vs {level9:?}");
+    let text = walship(&["generations", &b.url], Some(&b));
+    assert_success(&text, "generations");
+    assert!(String::from_utf8_lossy(&text.stdout).contains("litestream-0.5"));
+
+    check_include_litestream(&b, &db, || !ltx_objects(&b).is_empty());
+}
+
+/// `cleanup --include-litestream`: Litestream's backup stays while written inside the
+/// window and in a dry run; it goes once older, walship's generation still restoring the
+/// source.
+fn check_include_litestream(b: &Backend, db: &Path, present: impl Fn() -> bool) {
+    let o = walship(
+        &[
+            "cleanup",
+            "--retention",
+            "1h",
+            "--include-litestream",
+            &b.url,
+        ],
+        Some(b),
+    );
+    assert_success(&o, "cleanup --include-litestream within the window");
+    assert!(present(), "a backup written inside the window was deleted");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("inside the retention window"),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let args = ["cleanup", "--retention", "1s", "--include-litestream"];
+    let o = walship(&[&args[..], &["--dry-run", &b.url]].concat(), Some(b));
+    assert_success(&o, "cleanup --include-litestream --dry-run");
+    assert!(present(), "a dry run deleted Litestream's objects");
+    let o = walship(&[&args[..], &["--json", &b.url]].concat(), Some(b));
+    assert_success(&o, "cleanup --include-litestream");
+    assert!(!present(), "Litestream's objects are still there");
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ls = &r["databases"][0]["litestream"];
+    assert!(ls["deleted_objects"].as_u64().unwrap() > 0, "{r}");
+    let dir = scratch();
+    let again = dir.path().join("after.db");
+    let o = restore(b, &again);
+    assert_success(&o, "restore after Litestream's objects went");
+    assert_same_content(db, &again);
+}
+
+/// A listing command's `--json` rows.
+fn listing(b: &Backend, what: &str) -> Vec<serde_json::Value> {
+    let o = walship(&[what, "--json", &b.url], Some(b));
+    assert_success(&o, what);
+    serde_json::from_slice(&o.stdout).unwrap()
 }
 
 #[test]
@@ -402,5 +498,23 @@ fn a_real_litestream_03_replica_is_restored() {
         let o = walship(&["cleanup", "--retention", "1s", &b.url], Some(&b));
         assert_success(&o, "cleanup");
         assert_eq!(v03(), before, "Litestream 0.3's objects were changed");
+        let rows = listing(&b, "generations");
+        let g03: Vec<_> = rows
+            .iter()
+            .filter(|r| r["format"] == "litestream-0.3")
+            .collect();
+        let generations: std::collections::BTreeSet<&str> =
+            before.iter().map(|(k, _)| &k[12..28]).collect();
+        assert_eq!(g03.len(), generations.len(), "{rows:?}");
+        let segments = before.iter().filter(|(k, _)| k.contains("/wal/")).count();
+        let listed: u64 = g03.iter().map(|r| r["segments"].as_u64().unwrap()).sum();
+        assert_eq!(listed as usize, segments, "{rows:?}");
+        let snaps = listing(&b, "snapshots");
+        let n = snaps
+            .iter()
+            .filter(|r| r["format"] == "litestream-0.3" && r["txid"].is_null())
+            .count();
+        assert_eq!(n, before.len() - segments, "{snaps:?}");
+        check_include_litestream(&b, &db, || !v03().is_empty());
     }
 }
