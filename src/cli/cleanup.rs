@@ -2,7 +2,7 @@
 //! database, or every database found below a URL prefix. One database's failure is
 //! reported and the others still run; the exit status is non-zero if any failed.
 
-use super::{ReplicaFlags, resolve_source};
+use super::{ReplicaFlags, resolve_db};
 use crate::config::{self, ReplicaConfig};
 use crate::error::{Error, Result};
 use crate::retention::{self, Outcome, Policy, Tiers};
@@ -137,24 +137,25 @@ async fn targets(args: &CleanupArgs) -> Result<Vec<Target>> {
                 .collect())
         }
         Some(path) => {
-            let (replica, _) = resolve_source(path, args.config.as_deref(), &args.replica)?;
-            let cfg = match &args.config {
-                Some(p) => Some(config::load(p)?).inspect(|c| c.log_notes()),
-                None => None,
+            let (replica, db) = resolve_db(path, args.config.as_deref(), &args.replica)?;
+            // Every replica of the database (one with -replica NAME), by its retention.
+            let (replicas, base) = match db {
+                Some(d) => (d.replicas().cloned().collect(), d.retention_policy()),
+                None => (vec![replica], None),
             };
-            let base = cfg
-                .and_then(|c| c.dbs.into_iter().find(|d| d.replica.url() == replica.url()))
-                .and_then(db_policy);
             let policy = policy_override(args, base)?.ok_or_else(|| {
                 Error::Usage(format!(
                     "{path}: retention is off (0) and no --retention given"
                 ))
             })?;
-            Ok(vec![Target {
-                replica,
-                policy,
-                listing: None,
-            }])
+            Ok(replicas
+                .into_iter()
+                .map(|replica| Target {
+                    replica,
+                    policy: policy.clone(),
+                    listing: None,
+                })
+                .collect())
         }
         None => {
             let path = config::locate(args.config.as_deref());
@@ -162,14 +163,14 @@ async fn targets(args: &CleanupArgs) -> Result<Vec<Target>> {
             cfg.log_notes();
             let mut out = Vec::new();
             for db in cfg.dbs {
-                let replica = db.replica.clone();
+                let replicas: Vec<ReplicaConfig> = db.replicas().cloned().collect();
                 // A database with retention off is left alone unless --retention says.
                 if let Some(policy) = policy_override(args, db_policy(db))? {
-                    out.push(Target {
+                    out.extend(replicas.into_iter().map(|replica| Target {
                         replica,
-                        policy,
+                        policy: policy.clone(),
                         listing: None,
-                    });
+                    }));
                 }
             }
             Ok(out)

@@ -9,6 +9,7 @@ pub mod gostyle;
 pub mod replicate;
 pub mod restore;
 mod restore_litestream;
+mod restore_many;
 pub mod snapshots;
 pub mod verify;
 pub mod wal;
@@ -218,27 +219,25 @@ pub fn resolve_db(
             ))
         })?;
     if let Some(want) = &flags.name {
-        let has = replica_name(&db.replica);
-        if !has.eq_ignore_ascii_case(want) {
+        let Some(r) = db
+            .replicas()
+            .find(|r| r.name().eq_ignore_ascii_case(want))
+            .cloned()
+        else {
+            let has: Vec<String> = db.replicas().map(|r| format!("{:?}", r.name())).collect();
             return Err(Error::Usage(format!(
-                "database {source} has no replica named {want:?} (its replica is {has:?})"
+                "database {source} has no replica named {want:?} (its replicas: {})",
+                has.join(", ")
             )));
-        }
+        };
+        return Ok((r.clone(), Some(db.only(r))));
     }
     Ok((db.replica.clone(), Some(db)))
 }
 
 /// A replica's name: its `name`, else its type as Litestream names types.
 pub fn replica_name(r: &ReplicaConfig) -> String {
-    r.name.clone().unwrap_or_else(|| {
-        match r.location {
-            Location::S3 { .. } => "s3",
-            Location::Gcs { .. } => "gcs",
-            Location::Azure { .. } => "abs",
-            Location::File { .. } => "file",
-        }
-        .to_string()
-    })
+    r.name()
 }
 
 /// Absolute form of a path that may not exist yet (its directory usually does).

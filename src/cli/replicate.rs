@@ -241,6 +241,7 @@ fn single(db: &Path, replica: config::ReplicaConfig) -> Config {
             path: db.to_path_buf(),
             connection: None,
             replica,
+            more_replicas: Vec::new(),
             spool_dir: config::default_spool_dir(db),
             spool_limit: config::DEFAULT_SPOOL_LIMIT,
             journal_fsync: false,

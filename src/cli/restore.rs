@@ -15,7 +15,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Instant;
 
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Clone, Default, Args)]
 pub struct RestoreArgs {
     /// A replica URL, or a database path listed in the config file.
     pub source: String,
@@ -138,7 +138,12 @@ pub async fn run(mut args: RestoreArgs) -> Result<()> {
         args.no_integrity_check = true;
     }
     let (rcfg, db) = resolve_db(&args.source, args.config.as_deref(), &args.replica)?;
-    restore_resolved(args, rcfg, db, started).await
+    match db {
+        Some(d) if !d.more_replicas.is_empty() => {
+            super::restore_many::restore(args, d, started).await
+        }
+        db => restore_resolved(args, rcfg, db, started).await,
+    }
 }
 
 /// `replicate`'s `restore-if-db-not-exists`: what `restore --if-db-not-exists
@@ -151,10 +156,13 @@ pub async fn restore_if_missing(db: &crate::config::DbConfig) -> Result<()> {
         parallelism: DEFAULT_PARALLELISM,
         ..Default::default()
     };
+    if !db.more_replicas.is_empty() {
+        return super::restore_many::restore(args, db.clone(), Instant::now()).await;
+    }
     restore_resolved(args, db.replica.clone(), Some(db.clone()), Instant::now()).await
 }
 
-async fn restore_resolved(
+pub(super) async fn restore_resolved(
     args: RestoreArgs,
     rcfg: crate::config::ReplicaConfig,
     db: Option<crate::config::DbConfig>,

@@ -27,6 +27,20 @@ pub struct ReplicaConfig {
 }
 
 impl ReplicaConfig {
+    /// Its `name`, else its type as Litestream names types (`s3`, `gcs`, `abs`, `file`):
+    /// what `-replica NAME` and the per-replica metrics call it.
+    pub fn name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            match self.location {
+                Location::S3 { .. } => "s3",
+                Location::Gcs { .. } => "gcs",
+                Location::Azure { .. } => "abs",
+                Location::File { .. } => "file",
+            }
+            .to_string()
+        })
+    }
+
     pub fn from_location(location: Location) -> Self {
         ReplicaConfig {
             location,

@@ -215,7 +215,10 @@ pub struct DbConfig {
     pub path: PathBuf,
     /// PostgreSQL: connection URL for base backups.
     pub connection: Option<String>,
+    /// The first replica: the one `replicate` writes first (settings are its).
     pub replica: ReplicaConfig,
+    /// The other replicas (Litestream 0.3's `replicas:` beyond the first), same content.
+    pub more_replicas: Vec<ReplicaConfig>,
     pub spool_dir: PathBuf,
     pub spool_limit: u64,
     /// fsync the capture journal and spool files as they are written, so that a node
@@ -239,6 +242,18 @@ pub struct DbConfig {
 }
 
 impl DbConfig {
+    /// This database with `replica` as its only one (`-replica NAME`).
+    pub fn only(mut self, replica: ReplicaConfig) -> DbConfig {
+        self.replica = replica;
+        self.more_replicas.clear();
+        self
+    }
+
+    /// Every replica, the first first.
+    pub fn replicas(&self) -> impl Iterator<Item = &ReplicaConfig> {
+        std::iter::once(&self.replica).chain(&self.more_replicas)
+    }
+
     /// What retention keeps for this database (`None`: keep everything): the policy both
     /// sidecars' retention loops and `walship cleanup` apply.
     pub fn retention_policy(&self) -> Option<crate::policy::Policy> {
@@ -329,16 +344,11 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
             )));
         }
     };
-    let replica = match (&db.replica, db.replicas.as_deref()) {
-        (Some(r), None) => r.clone(),
-        (None, Some([r])) => r.clone(),
+    let (replica, more) = match (&db.replica, db.replicas.as_deref()) {
+        (Some(r), None) => (r.clone(), &[][..]),
+        (None, Some([r, more @ ..])) => (r.clone(), more),
         (None, None) | (None, Some([])) => {
             return Err(Error::Config(format!("{at} has no replica")));
-        }
-        (None, Some(_)) => {
-            return Err(Error::Config(format!(
-                "{at} lists several replicas; walship replicates each database to one replica"
-            )));
         }
         (Some(_), Some(_)) => {
             return Err(Error::Config(format!(
@@ -346,6 +356,11 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
             )));
         }
     };
+    if kind == DbKind::Postgres && !more.is_empty() {
+        return Err(Error::Config(format!(
+            "{at} lists several replicas: a PostgreSQL cluster archives to one"
+        )));
+    }
     let rat = format!("{at}.replica");
     // A replica's own setting, else its database's `snapshot:`, else the top level's.
     let pick = |own: &Option<String>,
@@ -443,13 +458,18 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
         Some(s) => parse_spool_limit(&format!("{at}.spool-limit"), s)?,
         None => DEFAULT_SPOOL_LIMIT,
     };
-    Ok(DbConfig {
+    let out = DbConfig {
         kind,
         connection: db.connection.clone(),
         spool_dir: match &db.meta_path {
             Some(p) => PathBuf::from(p),
             None => default_spool_dir(&path),
         },
+        more_replicas: more
+            .iter()
+            .enumerate()
+            .map(|(k, r)| resolve_replica(top, r, &format!("{at}.replicas[{}]", k + 1)))
+            .collect::<Result<_>>()?,
         replica: resolve_replica(top, &replica, &rat)?,
         path,
         spool_limit,
@@ -463,7 +483,18 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
         retention_check_interval,
         retention_tiers: replica.retention_tiers.unwrap_or_default(),
         restore_if_missing: db.restore_if_db_not_exists.unwrap_or(false),
-    })
+    };
+    // `-replica NAME` and the metrics tell replicas apart by name, as Litestream does.
+    let mut seen = std::collections::HashMap::new();
+    for (k, r) in out.replicas().enumerate() {
+        if let Some(j) = seen.insert(r.name(), k) {
+            return Err(Error::Config(format!(
+                "{at}.replicas[{j}] and [{k}] are both named {:?}: give each a `name`",
+                r.name()
+            )));
+        }
+    }
+    Ok(out)
 }
 
 /// `<dir>/.<file>-walship`, beside the database (like Litestream's `.<file>-litestream`).

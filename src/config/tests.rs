@@ -388,3 +388,27 @@ fn zero_overflowing_and_impossible_values_name_the_setting() {
     assert!(parse_duration("k", "200y").is_err());
     assert_eq!(parse_spool_limit("k", "1MB").unwrap(), 1_000_000);
 }
+
+#[test]
+fn several_replicas_are_kept_in_order_and_named() {
+    let c = parse(
+        "dbs:\n  - path: a.db\n    replicas:\n      - url: file:///tmp/r1\n      - name: far\n        url: s3://b/p\n",
+        &env,
+    )
+    .unwrap();
+    let names: Vec<String> = c.dbs[0].replicas().map(|r| r.name()).collect();
+    assert_eq!(names, ["file", "far"]);
+    assert_eq!(c.dbs[0].more_replicas[0].url(), "s3://b/p");
+    let one = c.dbs[0].clone().only(c.dbs[0].more_replicas[0].clone());
+    assert_eq!(
+        (one.replica.url().as_str(), one.more_replicas.len()),
+        ("s3://b/p", 0)
+    );
+    let e =
+        err("dbs:\n  - path: a.db\n    replicas:\n      - url: s3://b/1\n      - url: s3://b/2\n");
+    assert!(e.contains("both named \"s3\""), "{e}");
+    let e = err(
+        "dbs:\n  - path: /pg\n    type: postgres\n    replicas:\n      - url: s3://b/1\n      - name: x\n        url: s3://b/2\n",
+    );
+    assert!(e.contains("PostgreSQL cluster archives to one"), "{e}");
+}

@@ -134,6 +134,16 @@ pub async fn preflight(cfg: &Config) -> Result<Vec<(LiveDb, Arc<Replica>)>> {
         ));
     }
     let mut problems = Vec::new();
+    for db in cfg.dbs.iter().filter(|d| !d.more_replicas.is_empty()) {
+        problems.push(format!(
+            "database {} lists {} replicas: `restore` reads from several (the newest first, \
+             falling back), but `replicate` writes to one replica per database in this \
+             version; keep one under `replicas:` for the sidecar",
+            db.path.display(),
+            1 + db.more_replicas.len()
+        ));
+    }
+    refuse_if_any(std::mem::take(&mut problems))?;
     let mut locked = Vec::new();
     for db in &cfg.dbs {
         match lock_database(&db.path) {

@@ -17,6 +17,7 @@ mod postgres;
 mod regression;
 mod restore_rule;
 mod retention;
+mod several_replicas;
 mod snapshots;
 mod sqlite_core;
 mod support;
