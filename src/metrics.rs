@@ -33,6 +33,13 @@ pub struct GenerationLabel {
     pub generation: String,
 }
 
+/// One replica of a database (its `name`, else its type), for databases with several.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabel {
+    pub db: String,
+    pub replica: String,
+}
+
 type FGauge = Gauge<f64, AtomicU64>;
 
 pub struct Metrics {
@@ -63,6 +70,10 @@ pub struct Metrics {
     pub lease_held: Family<DbLabel, Gauge>,
     pub lease_renewals: Family<KindLabel, Counter>,
     pub lease_takeovers: Family<DbLabel, Counter>,
+    /// Per replica, for every SQLite database: lag, reachability, last acknowledgement.
+    pub by_replica_lag: Family<ReplicaLabel, FGauge>,
+    pub by_replica_up: Family<ReplicaLabel, Gauge>,
+    pub by_replica_last_sync: Family<ReplicaLabel, FGauge>,
 }
 
 /// Buckets of `walship_commit_to_ack_seconds`: the sync interval's range, then outages.
@@ -100,6 +111,9 @@ impl Default for Metrics {
             retention_deleted_bytes: Family::default(),
             commit_to_ack: Family::new_with_constructor(ack_histogram),
             read_lock_after_start: Family::default(),
+            by_replica_lag: Family::default(),
+            by_replica_up: Family::default(),
+            by_replica_last_sync: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -207,6 +221,21 @@ impl Default for Metrics {
             "checkpoints",
             "Checkpoints by walship (kind=walship) and app checkpoints it stepped aside for (kind=app_stepout)",
             m.checkpoints.clone(),
+        );
+        registry.register(
+            "replica_lag_seconds",
+            "Per replica: age of the oldest committed transaction it has not acknowledged",
+            m.by_replica_lag.clone(),
+        );
+        registry.register(
+            "replica_reachable",
+            "Per replica: 1 when its last request succeeded",
+            m.by_replica_up.clone(),
+        );
+        registry.register(
+            "replica_last_sync_timestamp_seconds",
+            "Per replica: Unix time of the last object it acknowledged",
+            m.by_replica_last_sync.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -96,9 +96,11 @@ pub async fn run<F: std::future::Future<Output = ()>>(
     if !outcome.incomplete.is_empty() {
         return Err(Error::Replica {
             replica: outcome.incomplete.join(", "),
-            reason: "the newest transactions could not be shipped (no generation could be \
-                     started: the replica was unreachable); walship starts one at its next run"
-                .into(),
+            reason: "the newest transactions could not be shipped there (no generation could \
+                     be started: the replica was unreachable; or, for another replica, it \
+                     waits for a snapshot to start again from); walship takes one at its next \
+                     run"
+            .into(),
         });
     }
     if outcome.left_behind > 0 {

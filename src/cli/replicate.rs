@@ -320,8 +320,11 @@ pub async fn run(
     // A bad -exec is a usage error before anything starts.
     let app = cfg.exec.as_deref().map(super::exec::words).transpose()?;
     cfg.log_notes();
-    for db in &cfg.dbs {
-        let r = &db.replica;
+    for (db, r) in cfg
+        .dbs
+        .iter()
+        .flat_map(|d| d.replicas().map(move |r| (d, r)))
+    {
         let endpoint = crate::storage::credentials::endpoint(r)
             .ok()
             .flatten()
@@ -341,6 +344,7 @@ pub async fn run(
             bucket,
             path,
             endpoint = if kind == "file" { "" } else { endpoint.as_str() },
+            replica = %r.name(),
             "replicating {} to {}",
             db.path.display(),
             r.url()

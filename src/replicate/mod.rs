@@ -3,9 +3,12 @@
 //! checks every database and replica first and fails with a message naming what is
 //! missing; shutdown ships everything committed, within a deadline.
 
+mod behind;
 pub mod capture;
 pub mod history;
 pub mod journal;
+mod lanes;
+pub mod mirror;
 pub mod snapshot;
 pub mod spool;
 pub mod state;
@@ -55,10 +58,16 @@ struct Running {
     stop: Arc<AtomicBool>,
     capture: std::thread::JoinHandle<()>,
     uploader: tokio::task::JoinHandle<usize>,
+    /// The other replicas' upload tasks.
+    mirror_uploaders: Vec<tokio::task::JoinHandle<usize>>,
+    /// The first replica's name, for the per-replica metrics.
+    replica_name: String,
 }
 
 struct HealthView {
     dbs: Vec<Arc<DbState>>,
+    /// Each database's first replica's name.
+    names: Vec<String>,
     unhealthy_after: Duration,
     /// Per database: bytes the replica client had sent, and when that last grew.
     progress: Vec<std::sync::Mutex<(u64, u64)>>,
@@ -67,12 +76,23 @@ struct HealthView {
 impl Health for HealthView {
     fn refresh(&self) {
         let now = now_ms();
-        for s in &self.dbs {
+        for (s, name) in self.dbs.iter().zip(&self.names) {
             s.report_requests();
-            s.metrics
-                .lag_seconds
-                .get_or_create(&s.db_label())
-                .set(s.lag_seconds(now));
+            let lag = s.lag_seconds(now);
+            s.metrics.lag_seconds.get_or_create(&s.db_label()).set(lag);
+            let l = crate::metrics::ReplicaLabel {
+                db: s.label.clone(),
+                replica: name.clone(),
+            };
+            let m = &s.metrics;
+            m.by_replica_lag.get_or_create(&l).set(lag);
+            let up = s.failing_since_ms.load(Ordering::Relaxed) == 0;
+            m.by_replica_up.get_or_create(&l).set(i64::from(up));
+            let last = s.last_sync_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+            m.by_replica_last_sync.get_or_create(&l).set(last);
+            for mirror in s.mirrors() {
+                mirror.report(s, now);
+            }
         }
     }
 
@@ -80,10 +100,21 @@ impl Health for HealthView {
     /// replication is stalled: a committed transaction has waited that long and nothing
     /// was uploaded meanwhile (whatever the cause, the replica falls behind unseen).
     fn healthy(&self) -> std::result::Result<(), String> {
+        // Each replica by name where a database has several.
+        let mut since: Vec<(String, u64)> = Vec::new();
+        for (s, name) in self.dbs.iter().zip(&self.names) {
+            let several = !s.mirrors().is_empty();
+            let label = |n: &str| match several {
+                true => format!("{} (replica {n})", s.label),
+                false => s.label.clone(),
+            };
+            since.push((label(name), s.failing_since_ms.load(Ordering::Relaxed)));
+            for m in s.mirrors() {
+                since.push((label(&m.name), m.failing_since_ms.load(Ordering::Relaxed)));
+            }
+        }
         let failing = crate::metrics::failing_too_long(
-            self.dbs
-                .iter()
-                .map(|s| (s.label.as_str(), s.failing_since_ms.load(Ordering::Relaxed))),
+            since.iter().map(|(l, t)| (l.as_str(), *t)),
             self.unhealthy_after,
             "replica unreachable",
         );
@@ -127,23 +158,13 @@ impl Health for HealthView {
 /// The read locks come first, before any network call: from then on no application
 /// checkpoint can reset WAL that walship has not read, so the window in which a restart
 /// can lose continuity is only the process's own start.
-pub async fn preflight(cfg: &Config) -> Result<Vec<(LiveDb, Arc<Replica>)>> {
+pub async fn preflight(cfg: &Config) -> Result<Vec<(LiveDb, Arc<Replica>, Vec<Arc<Replica>>)>> {
     if cfg.dbs.is_empty() {
         return Err(Error::Config(
             "no databases to replicate: give DB_PATH REPLICA_URL or a config with `dbs`".into(),
         ));
     }
     let mut problems = Vec::new();
-    for db in cfg.dbs.iter().filter(|d| !d.more_replicas.is_empty()) {
-        problems.push(format!(
-            "database {} lists {} replicas: `restore` reads from several (the newest first, \
-             falling back), but `replicate` writes to one replica per database in this \
-             version; keep one under `replicas:` for the sidecar",
-            db.path.display(),
-            1 + db.more_replicas.len()
-        ));
-    }
-    refuse_if_any(std::mem::take(&mut problems))?;
     let mut locked = Vec::new();
     for db in &cfg.dbs {
         match lock_database(&db.path) {
@@ -162,16 +183,23 @@ pub async fn preflight(cfg: &Config) -> Result<Vec<(LiveDb, Arc<Replica>)>> {
     let mut replicas = Vec::new();
     let tag = format!("{}-{}", snapshot::hostname(), std::process::id());
     for db in &cfg.dbs {
-        if let Some(r) = probe_replica(&db.replica, &tag, &mut problems).await {
-            replicas.push(r);
+        let mut all = Vec::new();
+        for rc in db.replicas() {
+            if let Some(r) = probe_replica(rc, &tag, &mut problems).await {
+                all.push(r);
+            }
         }
+        replicas.push(all);
     }
     refuse_if_any(problems)?;
     Ok(locked
         .into_iter()
         .flatten()
         .zip(replicas)
-        .map(|((live, _), r)| (live, r))
+        .map(|((live, _), mut r)| {
+            let first = r.remove(0);
+            (live, first, r)
+        })
         .collect())
 }
 
@@ -237,7 +265,7 @@ pub async fn start(
         wait: cfg.lease_wait,
     };
     let mut held = Vec::new();
-    for (db, (_, replica)) in cfg.dbs.iter().zip(&opened) {
+    for (db, (_, replica, more)) in cfg.dbs.iter().zip(&opened) {
         let me = lease::Holder {
             host: lease::hostname(),
             pid: std::process::id(),
@@ -245,13 +273,24 @@ pub async fn start(
             spool: absolute(&db.spool_dir),
             generation: None,
         };
-        held.push(lease::acquire(replica, me, &settings, now_ms).await?);
+        let first = lease::acquire(replica, me.clone(), &settings, now_ms).await?;
+        let mut others = Vec::new();
+        for r in more {
+            others.push(lease::acquire(r, me.clone(), &settings, now_ms).await?);
+        }
+        held.push((first, others));
     }
-    for ((db, (live, replica)), h) in cfg.dbs.iter().zip(opened).zip(held) {
+    for ((db, (live, replica, more)), (h, hm)) in cfg.dbs.iter().zip(opened).zip(held) {
+        let names = db.more_replicas.iter().map(|c| c.name());
+        let more: Vec<_> = names
+            .zip(more)
+            .zip(hm)
+            .map(|((n, r), h)| (n, r, h))
+            .collect();
         let (r, l) = start_db(
             db,
             live,
-            replica,
+            (replica, more),
             metrics.clone(),
             shutdown.clone(),
             (h, &settings, lost.clone()),
@@ -259,7 +298,7 @@ pub async fn start(
         )
         .await?;
         units.running.push(r);
-        units.leases.push(l);
+        units.leases.extend(l);
     }
     Ok(units)
 }
@@ -272,6 +311,11 @@ impl Units {
     pub fn health(&self) -> Arc<dyn Health> {
         Arc::new(HealthView {
             dbs: self.running.iter().map(|r| r.state.clone()).collect(),
+            names: self
+                .running
+                .iter()
+                .map(|r| r.replica_name.clone())
+                .collect(),
             unhealthy_after: self.unhealthy_after,
             progress: self.running.iter().map(|_| Default::default()).collect(),
         })
@@ -287,6 +331,16 @@ impl Units {
             r.stop.store(true, Ordering::Release);
             let _ = tokio::task::spawn_blocking(move || r.capture.join()).await;
             left += r.uploader.await.unwrap_or(0);
+            for u in r.mirror_uploaders {
+                left += u.await.unwrap_or(0);
+            }
+            // A replica that lost its line holds less than the others: not "all shipped".
+            for m in r.state.mirrors().iter().filter(|m| m.is_behind()) {
+                incomplete.push(format!("{} (replica {})", r.state.label, m.name));
+            }
+            if r.state.primary_behind() {
+                incomplete.push(format!("{} (replica {})", r.state.label, r.replica_name));
+            }
             if r.state.incomplete.load(Ordering::Acquire) {
                 incomplete.push(r.state.label.clone());
             }
@@ -317,12 +371,12 @@ impl Units {
 async fn start_db(
     db: &DbConfig,
     live: LiveDb,
-    replica: Arc<Replica>,
+    (replica, more): (Arc<Replica>, Vec<lanes::More>),
     metrics: Arc<Metrics>,
     stop: Shutdown,
     (held, settings, lost): (lease::Held, &lease::Settings, Arc<tokio::sync::Notify>),
     force_new_history: bool,
-) -> Result<(Running, LeaseTask)> {
+) -> Result<(Running, Vec<LeaseTask>)> {
     let label = db.path.display().to_string();
     let lock_after = crate::clock::process_start().elapsed();
     metrics
@@ -364,6 +418,7 @@ async fn start_db(
     {
         rp.watched_until_ms = Some(w.ms.max(rp.last_commit_ms));
     }
+    let left_in_spool = leftovers.clone();
     for e in leftovers {
         state.push(Job::Segment(e));
     }
@@ -422,6 +477,8 @@ async fn start_db(
     if fenced_from.is_some() {
         resume = None;
     }
+    // The other replicas join before capture queues anything.
+    let mirrors = lanes::open(db, &state, more, resume.as_ref(), left_in_spool).await?;
     let mut capture = Capture::new(
         live,
         state.clone(),
@@ -468,6 +525,8 @@ async fn start_db(
         });
     }
     let replica_for_lease = replica.clone();
+    let (mirror_leases, mirror_uploaders) =
+        lanes::spawn(db, &state, &replica, mirrors, settings, (&stop, &lost));
     let uploader = tokio::spawn(upload::run(state.clone(), replica, spool, stop));
     if let Some(every) = db.validation_interval {
         spawn_validator(db, state.metrics.clone(), stop_capture.clone(), every)?;
@@ -488,10 +547,14 @@ async fn start_db(
             stop: stop_capture,
             capture,
             uploader,
+            mirror_uploaders,
+            replica_name: db.replica.name(),
         },
-        LeaseTask {
+        std::iter::once(LeaseTask {
             stop: lease_stop,
             task,
-        },
+        })
+        .chain(mirror_leases)
+        .collect(),
     ))
 }

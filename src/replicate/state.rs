@@ -19,6 +19,15 @@ pub enum Job {
 }
 
 impl Job {
+    /// The same job (not an equal one): what an uploader took is still the front.
+    pub fn same(&self, other: &Job) -> bool {
+        match (self, other) {
+            (Job::Segment(a), Job::Segment(b)) => a.path == b.path,
+            (Job::Snapshot(a), Job::Snapshot(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
     pub fn generation(&self) -> &GenerationId {
         match self {
             Job::Segment(e) => &e.generation,
@@ -70,6 +79,18 @@ pub struct DbState {
     /// The replica path's lease as the uploader sees it (docs/LEASE.md).
     pub lease: Mutex<LeaseGate>,
     pub lease_lost: tokio::sync::Notify,
+    /// The other replicas (`mirror`), offered every job before the first one's queue.
+    pub mirrors: std::sync::OnceLock<Vec<Arc<super::mirror::Mirror>>>,
+    /// Snapshots the other replicas have queued and not finished or dropped: capture
+    /// keeps its read lock where they need it meanwhile.
+    pub mirror_snapshots: std::sync::atomic::AtomicUsize,
+    /// Another replica waits for a snapshot to start its line again from.
+    pub snapshot_wanted: AtomicBool,
+    /// With other replicas: since when the first one waits for a snapshot (`behind`).
+    pub primary_behind_since_ms: AtomicU64,
+    /// The first replica's queued snapshot starts its line again: dropping it means
+    /// waiting for another.
+    pub primary_resync: AtomicBool,
 }
 
 /// Whether this walship may write to the replica: it holds the lease, renewed recently
@@ -80,6 +101,20 @@ pub struct LeaseGate {
     pub good: Option<(std::time::Instant, std::time::Duration)>,
     /// Why it was lost: nothing may be written from then on.
     pub lost: Option<String>,
+}
+
+impl LeaseGate {
+    /// Writes stop at two thirds of the lease's life without a renewal: well before anyone
+    /// else may take it over.
+    pub fn may_write(&self) -> MayWrite {
+        if let Some(why) = &self.lost {
+            return MayWrite::Lost(why.clone());
+        }
+        match self.good {
+            Some((at, ttl)) if at.elapsed() >= ttl * 2 / 3 => MayWrite::Wait,
+            _ => MayWrite::Yes,
+        }
+    }
 }
 
 /// The uploader's answer from the lease gate.
@@ -120,20 +155,27 @@ impl DbState {
             puts_reported: AtomicU64::new(0),
             lease: Mutex::default(),
             lease_lost: tokio::sync::Notify::new(),
+            mirrors: Default::default(),
+            mirror_snapshots: Default::default(),
+            snapshot_wanted: AtomicBool::new(false),
+            primary_behind_since_ms: AtomicU64::new(0),
+            primary_resync: AtomicBool::new(false),
         }
     }
 
-    /// Writes stop at two thirds of the lease's life without a renewal: well before anyone
-    /// else may take it over.
     pub fn may_write(&self) -> MayWrite {
-        let g = self.lease.lock().unwrap();
-        if let Some(why) = &g.lost {
-            return MayWrite::Lost(why.clone());
-        }
-        match g.good {
-            Some((at, ttl)) if at.elapsed() >= ttl * 2 / 3 => MayWrite::Wait,
-            _ => MayWrite::Yes,
-        }
+        self.lease.lock().unwrap().may_write()
+    }
+
+    /// A snapshot is being streamed to some replica: capture keeps its read lock.
+    pub fn snapshot_busy(&self) -> bool {
+        self.snapshot_active.load(Ordering::Acquire)
+            || self.mirror_snapshots.load(Ordering::Acquire) > 0
+    }
+
+    /// The other replicas (none for most databases).
+    pub fn mirrors(&self) -> &[Arc<super::mirror::Mirror>] {
+        self.mirrors.get().map_or(&[], |m| m.as_slice())
     }
 
     /// Bring the PUT-request counter up to date with the replica client's count.
@@ -153,7 +195,13 @@ impl DbState {
     }
 
     pub fn push(&self, job: Job) {
+        for m in self.mirrors() {
+            m.offer(&job, self);
+        }
         let mut q = self.queue.lock().unwrap();
+        if !self.primary_takes(&mut q, &job) {
+            return;
+        }
         if let Job::Segment(e) = &job {
             q.spool_bytes += e.size;
         }
@@ -168,11 +216,15 @@ impl DbState {
 
     /// Room for `bytes` more in the spool?
     pub fn spool_has_room(&self, bytes: u64) -> bool {
-        self.queue.lock().unwrap().spool_bytes + bytes <= self.spool_limit
+        self.primary_may_fall_behind()
+            || self.queue.lock().unwrap().spool_bytes + bytes <= self.spool_limit
     }
 
     /// Bytes left under the spool limit (what the capture journal may take).
     pub fn spool_room(&self) -> u64 {
+        if self.primary_may_fall_behind() {
+            return self.spool_limit;
+        }
         self.spool_limit
             .saturating_sub(self.queue.lock().unwrap().spool_bytes)
     }
@@ -209,10 +261,15 @@ impl DbState {
             .jobs
             .iter()
             .find_map(Job::oldest_commit_ms);
-        let oldest = [Some(unqueued).filter(|&m| m > 0), queued]
-            .into_iter()
-            .flatten()
-            .min();
+        let behind = self.primary_behind_since_ms.load(Ordering::Acquire);
+        let oldest = [
+            Some(unqueued).filter(|&m| m > 0),
+            queued,
+            Some(behind).filter(|&m| m > 0),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         oldest.map_or(0.0, |t| now.saturating_sub(t) as f64 / 1000.0)
     }
 

@@ -65,6 +65,8 @@ pub async fn run(
                     Ok(_) => state.store_ok(),
                     Err(e) => state.store_failed(e.kind_label()),
                 }
+            } else if state.primary_behind() {
+                state.snapshot_wanted.store(true, Ordering::Release);
             }
             tokio::select! {
                 _ = state.wake_uploader.notified() => {}
@@ -91,6 +93,19 @@ pub async fn run(
             _ = state.lease_lost.notified() => return state.queue_len(),
             _ = deadline_passes => return state.queue_len(),
         };
+        let dropped = || {
+            !state
+                .queue
+                .lock()
+                .unwrap()
+                .jobs
+                .front()
+                .is_some_and(|f| f.same(&job))
+        };
+        if result.is_err() && dropped() {
+            // Dropped while in flight (the first replica fell behind): its file may be gone.
+            continue;
+        }
         match result {
             Ok(bytes) => {
                 backoff = MIN_BACKOFF;
@@ -110,7 +125,7 @@ pub async fn run(
                 // A snapshot within a generation is an optimisation: the segments before
                 // and after it still chain, so the generation goes on without it.
                 tracing::warn!(db = %state.label, "{}: {e}; skipped", describe(&job));
-                drop_front(&state);
+                drop_front(&state, &job);
             }
             Err(e) if is_generation_fatal(&e) => {
                 tracing::error!(db = %state.label, "{}: {e}; starting a new generation", describe(&job));
@@ -179,9 +194,12 @@ fn finish_front(state: &DbState, spool: &Spool, job: &Job, bytes: u64) {
     let m = &state.metrics;
     {
         let mut q = state.queue.lock().unwrap();
-        q.jobs.pop_front();
-        if let Job::Segment(e) = job {
-            q.spool_bytes -= e.size;
+        // Dropped meanwhile (the first replica fell behind): acknowledged all the same.
+        if q.jobs.front().is_some_and(|f| f.same(job)) {
+            q.jobs.pop_front();
+            if let Job::Segment(e) = job {
+                q.spool_bytes -= e.size;
+            }
         }
         m.spool_bytes
             .get_or_create(&label)
@@ -199,7 +217,10 @@ fn finish_front(state: &DbState, spool: &Spool, job: &Job, bytes: u64) {
                 h.observe(now.saturating_sub(read) as f64 / 1000.0);
             }
         }
-        Job::Snapshot(_) => state.snapshot_active.store(false, Ordering::Release),
+        Job::Snapshot(_) => {
+            state.snapshot_active.store(false, Ordering::Release);
+            state.primary_resync.store(false, Ordering::Release);
+        }
     }
     m.uploaded_objects.get_or_create(&label).inc();
     m.uploaded_bytes.get_or_create(&label).inc_by(bytes);
@@ -211,10 +232,16 @@ fn finish_front(state: &DbState, spool: &Spool, job: &Job, bytes: u64) {
     state.store_ok();
 }
 
-/// Remove the front job (an optional snapshot) without counting it as uploaded.
-fn drop_front(state: &DbState) {
+/// Remove the front job (an optional snapshot) without counting it as uploaded; when it
+/// was to start the first replica's line again, that replica waits for another.
+fn drop_front(state: &DbState, job: &Job) {
     let mut q = state.queue.lock().unwrap();
-    q.jobs.pop_front();
+    if q.jobs.front().is_some_and(|f| f.same(job)) {
+        q.jobs.pop_front();
+    }
+    if state.primary_resync.swap(false, Ordering::AcqRel) {
+        state.drop_primary_backlog(&mut q, "its snapshot to start again from was dropped");
+    }
     drop(q);
     state.snapshot_active.store(false, Ordering::Release);
 }

@@ -1,7 +1,7 @@
 //! Litestream's forms, run as a user switching the image would: `-exec`, `-once`, the
 //! default `/etc/litestream.yml` (moved by WALSHIP_ETC), `$VAR` configs, `LITESTREAM_*`
-//! credentials, `-no-expand-env`, `-replica`, `-v`, `version`, and a path that holds
-//! Litestream's own backups.
+//! credentials, `-no-expand-env`, `-replica`, `-v`, `-addr`, `-generation`,
+//! `-parallelism`, `version`, and a path that holds Litestream's own backups.
 
 use crate::support::*;
 use std::process::{Command, Output};
@@ -303,4 +303,72 @@ fn replica_name_verbose_and_version_flags() {
     let o = walship(&["version"], None);
     assert_success(&o, "version");
     assert!(String::from_utf8_lossy(&o.stdout).starts_with("walship "));
+}
+
+/// `-addr` on replicate, `-generation` and `-parallelism` on restore, written the way
+/// Litestream's command lines write them.
+#[test]
+fn addr_generation_and_parallelism_flags() {
+    let dir = scratch();
+    let db = dir.path().join("app.db");
+    create_db(&db);
+    run_writer(&db, dir.path(), &["--tx", "60", "--rate", "300"]);
+    let rep_dir = dir.path().join("replica");
+    let cfg = dir.path().join("litestream.yml");
+    let yaml = format!(
+        "dbs:\n  - path: {}\n    replicas:\n      - url: file://{}\n",
+        db.display(),
+        rep_dir.display()
+    );
+    std::fs::write(&cfg, yaml).unwrap();
+    let c = cfg.to_str().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let args = strs(&["replicate", "-config", c, "-addr", &addr]);
+    let rep = Replicator::start_with(&args, &[], &dir.path().join("walship.log"));
+    assert!(
+        wait_for(Duration::from_secs(20), Duration::from_millis(200), || {
+            std::net::TcpStream::connect(&addr).is_ok()
+                && http_get(&addr, "/metrics")
+                    .lines()
+                    .any(|l| l.starts_with("walship_replica_lag_seconds{") && l.ends_with(" 0.0"))
+        }),
+        "-addr: no /metrics there, or nothing shipped: {}",
+        rep.log_text()
+    );
+    assert!(rep.terminate(Duration::from_secs(30)).success());
+    let o = walship(
+        &["generations", "-config", c, "-json", db.to_str().unwrap()],
+        None,
+    );
+    assert_success(&o, "generations -json");
+    let gens: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let g = gens[0]["generation"].as_str().unwrap().to_string();
+    let out = dir.path().join("out.db");
+    let restore = |g: &str| {
+        let o = out.to_str().unwrap();
+        let args = [
+            "restore",
+            "-config",
+            c,
+            "-generation",
+            g,
+            "-parallelism",
+            "2",
+            "-o",
+            o,
+        ];
+        walship(&[&args[..], &[db.to_str().unwrap()]].concat(), None)
+    };
+    let o = restore("0000000000000000aaaa");
+    assert!(
+        !o.status.success() && !out.exists(),
+        "an unknown -generation restored"
+    );
+    assert!(
+        stderr(&o).contains("0000000000000000aaaa"),
+        "{}",
+        stderr(&o)
+    );
+    assert_success(&restore(&g), "restore -generation -parallelism");
+    assert_same_content(&db, &out);
 }

@@ -18,7 +18,7 @@ impl Capture {
         let Some(run) = self.run.as_ref() else {
             return Ok(());
         };
-        if self.state.snapshot_active.load(Ordering::Acquire) {
+        if self.state.snapshot_busy() {
             return Ok(());
         }
         let pos = run.tracker.pos;
@@ -108,7 +108,7 @@ impl Capture {
         // walship's read mark): walship does it.
         if frames < self.settings.min_checkpoint_pages.saturating_mul(2)
             || Instant::now() < self.timers.checkpoint_not_before
-            || self.state.snapshot_active.load(Ordering::Acquire)
+            || self.state.snapshot_busy()
         {
             return Ok(());
         }

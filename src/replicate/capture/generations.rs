@@ -31,21 +31,26 @@ impl Capture {
         let Some(run) = self.run.as_ref() else {
             return Ok(());
         };
-        if self.state.snapshot_active.load(Ordering::Acquire)
-            || self.state.failing_since_ms.load(Ordering::Relaxed) != 0
-        {
+        // An unreachable first replica holds snapshots back, unless it is behind: then
+        // the others take it without it.
+        let failing = self.state.failing_since_ms.load(Ordering::Relaxed) != 0;
+        if self.state.snapshot_busy() || (failing && !self.state.primary_behind()) {
             return Ok(());
         }
         let t = &run.tracker;
-        let Some(reason) = snapshot_due(
+        // Another replica lost its line (it was unreachable, or fell behind): a snapshot
+        // now starts it again, whatever the schedule.
+        let wanted = self.state.snapshot_wanted.swap(false, Ordering::AcqRel);
+        let due = snapshot_due(
             self.cursors.wal_since_snapshot,
             t.db_pages as u64 * t.page_size as u64,
             &self.settings,
             self.cursors.last_snapshot_at.elapsed(),
-        ) else {
+        );
+        let Some(reason) = due.or(wanted.then_some("another replica starts again from it")) else {
             return Ok(());
         };
-        if t.txid == self.cursors.snapshot_txid {
+        if !wanted && t.txid == self.cursors.snapshot_txid {
             self.cursors.last_snapshot_at = Instant::now();
             return Ok(());
         }

@@ -366,7 +366,7 @@ impl Capture {
         if abandoned.is_some() && abandoned.as_ref() == self.run.as_ref().map(|r| &r.generation) {
             self.lose("the replica could not take this generation's objects".into());
         }
-        if !self.state.snapshot_active.load(Ordering::Acquire) {
+        if !self.state.snapshot_busy() {
             self.snapshot = None;
         }
         if self.run.is_some() && !self.db.is_reading() {
@@ -387,10 +387,16 @@ impl Capture {
                 .blocking_checkpointer()
                 .map_err(|e| self.io(e))?
         {
-            if !self.state.snapshot_active.load(Ordering::Acquire) {
+            if !self.state.snapshot_busy() {
                 self.step_out(pid)?;
             } else if self.cancel_optional_snapshot("the application is checkpointing") {
                 // Stepped aside at the next probe, once the uploader has dropped it.
+            } else if !self.state.snapshot_active.load(Ordering::Acquire)
+                && let Some(s) = &self.snapshot
+            {
+                // Only another replica still streams it: that one starts again later
+                // rather than hold the application's checkpoint.
+                s.cancelled.store(true, Ordering::Release);
             } else if self.state.failing_since_ms.load(Ordering::Relaxed) != 0 {
                 // A snapshot that cannot upload must not hold the app's checkpoint
                 // hostage for the whole outage: give up this generation for now.

@@ -198,18 +198,26 @@ pub struct Replicator {
 
 impl Replicator {
     pub fn start(db: &Path, backend: &Backend, extra: &[&str], log: &Path) -> Self {
+        let mut args = vec![
+            "replicate".to_string(),
+            db.to_str().unwrap().to_string(),
+            backend.url.clone(),
+        ];
+        args.extend(backend.flags.iter().cloned());
+        args.extend(strs(extra));
+        Self::start_with(&args, &backend.env, log)
+    }
+
+    /// `walship ARGS` with `env`, logging to `log`.
+    pub fn start_with(args: &[String], env: &[(String, String)], log: &Path) -> Self {
         let logf = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .unwrap();
         let child = Command::new(walship_bin())
-            .arg("replicate")
-            .arg(db)
-            .arg(&backend.url)
-            .args(&backend.flags)
-            .args(extra)
-            .envs(backend.env.iter().cloned())
+            .args(args)
+            .envs(env.iter().cloned())
             .env(
                 "RUST_LOG",
                 std::env::var("WALSHIP_TEST_LOG").unwrap_or("info,object_store=warn".into()),
