@@ -11,6 +11,34 @@ pub struct PrivateS3 {
     ports: [u16; 4],
     child: Option<Child>,
     pub endpoint: String,
+    _slot: Slot,
+}
+
+/// At most this many private servers run at once: each is four processes, and on a
+/// two-core CI machine more of them starting together miss their readiness deadline.
+const MAX_PRIVATE: usize = 2;
+static RUNNING: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+struct Slot;
+
+impl Slot {
+    fn take() -> Slot {
+        let (n, freed) = &RUNNING;
+        let mut n = freed
+            .wait_while(n.lock().unwrap(), |n| *n >= MAX_PRIVATE)
+            .unwrap();
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (n, freed) = &RUNNING;
+        *n.lock().unwrap() -= 1;
+        freed.notify_one();
+    }
 }
 
 pub const PRIVATE_BUCKET: &str = "private";
@@ -25,6 +53,7 @@ impl PrivateS3 {
             eprintln!("SKIP {test}: WALSHIP_TEST_WEED not set (use tests/run.sh)");
             return None;
         };
+        let slot = Slot::take();
         let ports = [free_port(), free_port(), free_port(), free_port()];
         let mut s = PrivateS3 {
             weed: weed.into(),
@@ -32,18 +61,37 @@ impl PrivateS3 {
             endpoint: format!("http://127.0.0.1:{}", ports[0]),
             ports,
             child: None,
+            _slot: slot,
         };
         std::fs::write(
             s.dir.path().join("s3.json"),
             r#"{"identities":[{"name":"admin","credentials":[{"accessKey":"walship","secretKey":"walship-secret"}],"actions":["Admin","Read","Write","List","Tagging"]}]}"#,
         )
         .unwrap();
-        s.resume();
+        // A port free when chosen can be taken by another test before weed binds it:
+        // once, start again on fresh ports.
+        if !s.try_resume(Duration::from_secs(45)) {
+            s.stop();
+            s.ports = [free_port(), free_port(), free_port(), free_port()];
+            s.endpoint = format!("http://127.0.0.1:{}", s.ports[0]);
+            s.resume();
+        }
         Some(s)
     }
 
     /// Start (again) on the same data directory and wait until it serves the bucket.
     pub fn resume(&mut self) {
+        if !self.try_resume(Duration::from_secs(60)) {
+            let log = std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "private SeaweedFS did not become ready; weed.log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+
+    fn try_resume(&mut self, within: Duration) -> bool {
         let [s3, master, volume, filer] = self.ports;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -79,17 +127,17 @@ impl PrivateS3 {
             .expect("start weed");
         self.child = Some(child);
         let probe = Backend::s3_at(&self.endpoint, PRIVATE_BUCKET, "ready");
-        let until = Instant::now() + Duration::from_secs(60);
+        let until = Instant::now() + within;
         while Instant::now() < until {
             if walship(&["generations", &probe.url], Some(&probe))
                 .status
                 .success()
             {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("private SeaweedFS did not become ready");
+        false
     }
 
     pub fn stop(&mut self) {
