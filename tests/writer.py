@@ -159,7 +159,7 @@ def main():
         rows = a.fill_mb * 1024 * 1024 // 4200
         for start in range(0, rows, 20000):
             n = min(20000, rows - start)
-            conn.execute("BEGIN")
+            conn.execute("BEGIN IMMEDIATE")
             conn.execute(f"""WITH RECURSIVE s(i) AS (SELECT {start} UNION ALL SELECT i + 1 FROM s WHERE i < {start + n - 1})
                 INSERT INTO items(k, v, n) SELECT 'fill-' || i,
                 CAST(randomblob(2000) || printf('%.2000c', 'a' || i) AS BLOB), i FROM s""")
@@ -179,7 +179,11 @@ def main():
             if delay > 0:
                 time.sleep(delay)
         t0 = time.perf_counter()
-        conn.execute("BEGIN")
+        # IMMEDIATE, as an application that reads then writes must: a deferred transaction
+        # whose read snapshot another connection's commit has overtaken (Litestream writes
+        # its own tables into the database) fails its first write at once with "database is
+        # locked", without waiting for busy_timeout.
+        conn.execute("BEGIN IMMEDIATE")
         ch = Changes(conn, record is not None)
         if a.single_row:
             cur = conn.execute("INSERT INTO items(k, v, n) VALUES (?, ?, ?)", (f"s{i}", b"x" * 32, i))
