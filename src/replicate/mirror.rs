@@ -13,15 +13,13 @@ use crate::metrics::ReplicaLabel;
 use crate::shutdown::Shutdown;
 use crate::storage::Replica;
 use crate::storage::layout::{self, GenerationId};
-use bytes::Bytes;
 use std::collections::{HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(15);
+use super::upload::{MAX_BACKOFF, MIN_BACKOFF};
 
 /// A queued snapshot, and whether this replica's line starts at it (its generation's
 /// first, or the one it waited for): dropping that one means waiting for another.
@@ -325,19 +323,7 @@ impl Mirror {
 
     async fn upload(&self, primary: &Replica, job: &Job) -> crate::Result<u64> {
         match job {
-            Job::Segment(e) => {
-                let bytes = tokio::fs::read(&e.path)
-                    .await
-                    .map_err(|err| Error::io(&e.path, err))?;
-                let n = bytes.len() as u64;
-                self.replica
-                    .put_new(
-                        &layout::format_segment(&e.generation, &e.name),
-                        Bytes::from(bytes),
-                    )
-                    .await?;
-                Ok(n)
-            }
+            Job::Segment(e) => super::upload::upload_segment(&self.replica, e).await,
             Job::Snapshot(s) => {
                 if s.manifest.is_none() {
                     self.ensure_manifest(primary, &s.generation).await?;

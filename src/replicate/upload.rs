@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(15);
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(100);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
 /// Run until the queue is empty after capture stopped, or until the shutdown's deadline
 /// passes. Returns the number of jobs left unsent.
@@ -153,7 +153,11 @@ pub async fn run(
     }
 }
 
-async fn upload_segment(replica: &Replica, e: &super::spool::SpoolEntry) -> crate::Result<u64> {
+/// PUT one spooled segment under its name, never over another object.
+pub(super) async fn upload_segment(
+    replica: &Replica,
+    e: &super::spool::SpoolEntry,
+) -> crate::Result<u64> {
     let bytes = tokio::fs::read(&e.path)
         .await
         .map_err(|err| Error::io(&e.path, err))?;
