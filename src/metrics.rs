@@ -74,6 +74,10 @@ pub struct Metrics {
     pub by_replica_lag: Family<ReplicaLabel, FGauge>,
     pub by_replica_up: Family<ReplicaLabel, Gauge>,
     pub by_replica_last_sync: Family<ReplicaLabel, FGauge>,
+    /// PostgreSQL streaming: the WAL position received, and the one the store holds.
+    pub pg_received_lsn: Family<DbLabel, Gauge>,
+    pub pg_stored_lsn: Family<DbLabel, Gauge>,
+    pub pg_lag_bytes: Family<DbLabel, Gauge>,
 }
 
 /// Buckets of `walship_commit_to_ack_seconds`: the sync interval's range, then outages.
@@ -114,6 +118,9 @@ impl Default for Metrics {
             by_replica_lag: Family::default(),
             by_replica_up: Family::default(),
             by_replica_last_sync: Family::default(),
+            pg_received_lsn: Family::default(),
+            pg_stored_lsn: Family::default(),
+            pg_lag_bytes: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -152,6 +159,21 @@ impl Default for Metrics {
             m.generation.clone(),
         );
         registry.register("errors", "Errors by kind", m.errors.clone());
+        registry.register(
+            "pg_received_lsn",
+            "PostgreSQL streaming: the WAL position received from the server (as a number)",
+            m.pg_received_lsn.clone(),
+        );
+        registry.register(
+            "pg_stored_lsn",
+            "PostgreSQL streaming: the WAL position the store holds, reported to the server as flushed",
+            m.pg_stored_lsn.clone(),
+        );
+        registry.register(
+            "pg_lag_bytes",
+            "PostgreSQL streaming: WAL received but not yet stored",
+            m.pg_lag_bytes.clone(),
+        );
         registry.register(
             "commit_to_ack_seconds",
             "Seconds from walship reading a committed transaction to the replica acknowledging it",

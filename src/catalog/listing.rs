@@ -72,6 +72,8 @@ pub struct Generation {
     /// A PostgreSQL cluster's generation holds these instead.
     pub backups: BTreeMap<BackupName, Backup>,
     pub wal: Vec<(WalFile, Obj<()>)>,
+    /// Streamed pieces of segments (`postgres::stream`), sorted by name.
+    pub chunks: Vec<(layout::ChunkName, Obj<()>)>,
 }
 
 impl Generation {
@@ -81,7 +83,7 @@ impl Generation {
 
     /// Whether this is a PostgreSQL cluster's generation.
     pub fn is_postgres(&self) -> bool {
-        !self.backups.is_empty() || !self.wal.is_empty()
+        !self.backups.is_empty() || !self.wal.is_empty() || !self.chunks.is_empty()
     }
 
     /// Whether the generation holds any SQLite data (a snapshot or a segment).
@@ -131,6 +133,7 @@ impl Generation {
             .values()
             .flat_map(|b| b.manifest.iter().chain(&b.parts))
             .chain(self.wal.iter().map(|(_, o)| o))
+            .chain(self.chunks.iter().map(|(_, o)| o))
     }
 
     /// Timelines whose history file is archived.
@@ -228,12 +231,19 @@ impl Catalog {
                     .or_default()
                     .wal
                     .push((f, Obj::of((), o))),
+                ObjectName::PgChunk(g, n) => c
+                    .generations
+                    .entry(g)
+                    .or_default()
+                    .chunks
+                    .push((n, Obj::of((), o))),
             }
         }
         for (id, g) in c.generations.iter_mut() {
             g.snapshots.sort_by_key(|s| s.name);
             g.segments.sort_by_key(|s| s.name);
             g.wal.sort_by(|a, b| a.1.key.cmp(&b.1.key));
+            g.chunks.sort_by_key(|c| c.0);
             if !g.has_manifest() && g.has_data() {
                 g.manifest = ManifestState::Bad(format!(
                     "generation {id}'s manifest {} is missing",

@@ -240,6 +240,7 @@ fn single(db: &Path, replica: config::ReplicaConfig) -> Config {
             kind: config::DbKind::Sqlite,
             path: db.to_path_buf(),
             connection: None,
+            stream_slot: None,
             replica,
             more_replicas: Vec::new(),
             spool_dir: config::default_spool_dir(db),

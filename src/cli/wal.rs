@@ -327,5 +327,11 @@ pub async fn restore(args: PgRestoreArgs) -> Result<()> {
             (None, _) => " to the end of the archive".into(),
         }
     );
+    if let Some((seg, upto)) = &o.wal.joined {
+        println!(
+            "WAL segment {seg} is not complete in the store: it is joined from streamed chunks, \
+             WAL to byte {upto}; recovery ends at the last stored chunk"
+        );
+    }
     Ok(())
 }

@@ -129,6 +129,9 @@ pub struct RawDb {
     pub path: Option<String>,
     /// PostgreSQL: a connection URL for base backups (default: the PG* variables).
     pub connection: Option<String>,
+    /// PostgreSQL: `archive` (default) or `stream`, and the stream's slot.
+    pub mode: Option<String>,
+    pub slot: Option<String>,
     pub replicas: Option<Vec<RawReplica>>,
     pub replica: Option<RawReplica>,
     /// Litestream's local state directory; walship keeps its spool there.
@@ -215,6 +218,8 @@ pub struct DbConfig {
     pub path: PathBuf,
     /// PostgreSQL: connection URL for base backups.
     pub connection: Option<String>,
+    /// PostgreSQL streaming mode: its replication slot (`None`: archive mode).
+    pub stream_slot: Option<String>,
     /// The first replica: the one `replicate` writes first (settings are its).
     pub replica: ReplicaConfig,
     /// The other replicas (Litestream 0.3's `replicas:` beyond the first), same content.
@@ -428,24 +433,14 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
         retention
     };
     let retention_check_interval = match &replica.retention_check_interval {
-        Some(v) => parse_duration(&format!("{rat}.retention-check-interval"), v)?,
+        Some(v) => parse_positive_duration(&format!("{rat}.retention-check-interval"), v)?,
         None => DEFAULT_RETENTION_CHECK_INTERVAL,
     };
-    if retention_check_interval.is_zero() {
-        return Err(Error::Config(format!(
-            "{rat}.retention-check-interval must be above zero"
-        )));
-    }
     let sync_interval = match (&replica.sync_interval, &top.sync_interval) {
-        (Some(s), _) => parse_duration(&format!("{rat}.sync-interval"), s)?,
-        (None, Some(s)) => parse_duration("sync-interval", s)?,
+        (Some(s), _) => parse_positive_duration(&format!("{rat}.sync-interval"), s)?,
+        (None, Some(s)) => parse_positive_duration("sync-interval", s)?,
         (None, None) => DEFAULT_SYNC_INTERVAL,
     };
-    if sync_interval.is_zero() {
-        return Err(Error::Config(format!(
-            "{rat}.sync-interval must be above zero"
-        )));
-    }
     let min_checkpoint_pages = db
         .min_checkpoint_page_count
         .unwrap_or(DEFAULT_MIN_CHECKPOINT_PAGES);
@@ -461,6 +456,7 @@ fn resolve_db(top: &RawConfig, db: &RawDb, i: usize) -> Result<DbConfig> {
     let out = DbConfig {
         kind,
         connection: db.connection.clone(),
+        stream_slot: values::stream_slot(&at, kind == DbKind::Postgres, db)?,
         spool_dir: match &db.meta_path {
             Some(p) => PathBuf::from(p),
             None => default_spool_dir(&path),

@@ -175,6 +175,8 @@ pub(super) const DB: Keys = &[&[
     k("path", Text, Both),
     k("type", Text, Walship),
     k("connection", Text, Walship),
+    k("mode", Text, Walship),
+    k("slot", Text, Walship),
     k("meta-path", Text, Both),
     k("spool-limit", Scalar, Walship),
     k("journal-fsync", Bool, Walship),

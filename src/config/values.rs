@@ -109,3 +109,38 @@ pub fn parse_listen_addr(s: &str) -> Result<SocketAddr> {
     full.parse()
         .map_err(|_| Error::Config(format!("addr: {s:?} is not a listen address like :9090")))
 }
+
+/// A database's `mode:` and `slot:`: the replication slot when it streams (PostgreSQL only).
+pub fn stream_slot(at: &str, postgres: bool, db: &super::RawDb) -> Result<Option<String>> {
+    let mode = db.mode.as_deref();
+    if !postgres && (mode.is_some() || db.slot.is_some()) {
+        return Err(Error::Config(format!(
+            "{at}.mode and {at}.slot are PostgreSQL settings (type: postgres)"
+        )));
+    }
+    match mode {
+        None | Some("archive") if db.slot.is_some() => Err(Error::Config(format!(
+            "{at}.slot is set but {at}.mode is not `stream`: archive mode uses no slot"
+        ))),
+        None | Some("archive") => Ok(None),
+        Some("stream") => {
+            let slot = db.slot.clone().unwrap_or_else(|| "walship".into());
+            // PostgreSQL's own rule for slot names.
+            let ok = !slot.is_empty()
+                && slot.len() <= 63
+                && slot
+                    .bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_'));
+            if !ok {
+                return Err(Error::Config(format!(
+                    "{at}.slot {slot:?}: a slot name is 1 to 63 lower-case letters, digits \
+                     or underscores"
+                )));
+            }
+            Ok(Some(slot))
+        }
+        Some(other) => Err(Error::Config(format!(
+            "{at}.mode {other:?} is not a PostgreSQL mode (archive, stream)"
+        ))),
+    }
+}

@@ -330,12 +330,49 @@ pub async fn fetch(replica: &Replica, pgdata: &Path, name: &str, dest: &Path) ->
             let _ = write_atomically(&dir.join(f.to_string()), &raw, true);
         }
     }
-    let Some(raw) = this? else {
-        beyond_the_end(replica, &generation, &wal).await?;
-        return Ok(false);
+    let raw = match this? {
+        Some(raw) => raw,
+        None => match joined_from_chunks(replica, &generation, wal).await? {
+            Some(raw) => raw,
+            None => {
+                beyond_the_end(replica, &generation, &wal).await?;
+                return Ok(false);
+            }
+        },
     };
     write_atomically(&dest, &raw, false)?;
     Ok(true)
+}
+
+/// Segment `wal` joined from the chunks a streaming sidecar stored for it, when its whole
+/// object is not there (the segment was not complete yet): one LIST of its chunks. Said
+/// in the log, since recovery then ends inside it.
+async fn joined_from_chunks(
+    replica: &Replica,
+    generation: &GenerationId,
+    wal: WalFile,
+) -> Result<Option<Vec<u8>>> {
+    if !matches!(wal, WalFile::Segment { .. }) {
+        return Ok(None);
+    }
+    let listing = replica
+        .list(&layout::format_pg_chunks_dir(generation, &wal))
+        .await?;
+    let catalog = crate::catalog::Catalog::of(&listing);
+    let Some(g) = catalog.generations.get(generation) else {
+        return Ok(None);
+    };
+    let whole = g.wal.iter().any(|(f, _)| *f == wal);
+    let chunks = super::chunks::of_segment(g, &wal);
+    let Some(seg) = super::chunks::read(replica, generation, wal, whole, &chunks).await? else {
+        return Ok(None);
+    };
+    if let Some((n, upto)) = seg.joined {
+        tracing::info!(file = %wal, chunks = n, bytes = upto,
+            "joined from {n} streamed chunk(s): WAL to byte {upto} of the segment, the rest \
+             zeros (recovery ends at the last streamed chunk unless later WAL is stored)");
+    }
+    Ok(Some(seg.raw))
 }
 
 /// What a listing proves about an absent WAL file: `None` when nothing after it is
@@ -347,7 +384,12 @@ pub fn later_than(listing: &[crate::storage::Listed], missing: &WalFile) -> Opti
     let later = catalog
         .generations
         .values()
-        .flat_map(|g| g.wal.iter().map(|(f, _)| *f))
+        .flat_map(|g| {
+            g.wal
+                .iter()
+                .map(|(f, _)| *f)
+                .chain(g.chunks.iter().map(|c| c.0.segment))
+        })
         .filter(|f| match (*missing, *f) {
             (
                 WalFile::Segment { timeline, log, seg },

@@ -102,7 +102,11 @@ fn walk(pgdata: &Path) -> Result<(Vec<String>, Vec<PathBuf>)> {
             }
             let Ok(ft) = entry.file_type() else { continue };
             if ft.is_dir() {
-                dirs.push(r.to_string_lossy().into_owned());
+                // A slot's directory without its state file stops recovery (PANIC); the
+                // restored cluster has no slots, as with pg_basebackup.
+                if keep_contents || rel != Path::new("pg_replslot") {
+                    dirs.push(r.to_string_lossy().into_owned());
+                }
                 if keep_contents {
                     stack.push(r);
                 }

@@ -5,8 +5,10 @@
 
 pub mod archive;
 pub mod backup;
+pub mod chunks;
 pub mod control;
 pub mod identity;
 pub mod pushlease;
 pub mod restore;
 pub mod sidecar;
+pub mod stream;

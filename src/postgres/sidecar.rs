@@ -49,6 +49,11 @@ pub struct PgState {
     pub label: String,
     pub archive_failing_since_ms: AtomicU64,
     pub backup_failing_since_ms: AtomicU64,
+    /// Streaming mode: the connection or the store failing.
+    pub stream_failing_since_ms: AtomicU64,
+    /// Streaming mode: the slot is in place and WAL flows (base backups wait for it, so
+    /// their WAL is streamed).
+    pub streaming: std::sync::atomic::AtomicBool,
     /// Why the replica path's lease was lost: the sidecar writes nothing more.
     pub lease_lost: std::sync::Mutex<Option<String>>,
 }
@@ -59,6 +64,7 @@ impl PgState {
         [
             &self.archive_failing_since_ms,
             &self.backup_failing_since_ms,
+            &self.stream_failing_since_ms,
         ]
         .iter()
         .map(|a| a.load(Ordering::Relaxed))
@@ -92,12 +98,37 @@ impl Kind {
 
 /// Check every cluster's data directory and replica before anything starts; all problems
 /// together, each naming what is missing.
-pub async fn preflight(dbs: &[DbConfig]) -> Result<Vec<Arc<Replica>>> {
+/// Each cluster's replica and system identifier (from `pg_control`, or in streaming mode
+/// from the server).
+pub async fn preflight(dbs: &[DbConfig]) -> Result<Vec<(Arc<Replica>, u64)>> {
     let mut replicas = Vec::new();
+    let mut ids = Vec::new();
     let mut problems = Vec::new();
     for db in dbs {
-        if let Err(e) = system_identifier(&db.path) {
-            problems.push(e.to_string());
+        let local = system_identifier(&db.path);
+        if db.stream_slot.is_some() {
+            match (super::stream::preflight(db).await, local) {
+                (Err(e), _) => problems.push(e.to_string()),
+                (Ok(id), Ok(l)) if l != id.system_identifier => problems.push(format!(
+                    "{}: the data directory is cluster {l} but the server streams cluster {}",
+                    db.path.display(),
+                    id.system_identifier
+                )),
+                (Ok(id), Ok(_)) => ids.push(id.system_identifier),
+                (Ok(id), Err(_)) => {
+                    if db.snapshot_interval.is_some() {
+                        tracing::warn!(target: "walship::postgres::sidecar", pgdata = %db.path.display(),
+                            "streaming without the data directory mounted: no base backups are \
+                             taken (mount PGDATA into the sidecar, or take them with pg-backup)");
+                    }
+                    ids.push(id.system_identifier)
+                }
+            }
+        } else {
+            match local {
+                Ok(id) => ids.push(id),
+                Err(e) => problems.push(e.to_string()),
+            }
         }
         if db.snapshot_interval.is_some()
             && let Err(e) = backup::connection(db.connection.as_deref())
@@ -111,7 +142,7 @@ pub async fn preflight(dbs: &[DbConfig]) -> Result<Vec<Arc<Replica>>> {
             replicas.push(r);
         }
     }
-    crate::sidecar::probe::refuse_if_any(problems).map(|()| replicas)
+    crate::sidecar::probe::refuse_if_any(problems).map(|()| replicas.into_iter().zip(ids).collect())
 }
 
 /// WAL files Postgres has marked ready, `.history` files first (a timeline's history must
@@ -144,6 +175,8 @@ struct Sidecar {
     status_dir: PathBuf,
     /// Names uploaded and noted, while Postgres still lists them as ready.
     noted: BTreeSet<String>,
+    /// Look-ahead archiving (archive mode; streaming ships the WAL itself).
+    archive: bool,
 }
 
 /// Run until shutdown begins: look-ahead archiving every `POLL`, base backups when due.
@@ -157,6 +190,7 @@ pub async fn run(
     let mut s = Sidecar {
         markers: archive::marker_dir(&db.spool_dir),
         status_dir: db.path.join("pg_wal/archive_status"),
+        archive: db.stream_slot.is_none(),
         db,
         replica,
         metrics,
@@ -198,9 +232,18 @@ pub async fn run(
             break;
         }
         s.drop_prefetch_after_recovery();
-        match s.archive_ready().await {
-            Ok(()) => s.succeeded(Kind::Archive),
-            Err(e) => s.failed(Kind::Archive, &e),
+        if !s.archive && !s.state.streaming.load(Ordering::Relaxed) {
+            // A backup taken before the slot holds its WAL could not be restored.
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => continue,
+                _ = stop.begun() => break,
+            }
+        }
+        if s.archive {
+            match s.archive_ready().await {
+                Ok(()) => s.succeeded(Kind::Archive),
+                Err(e) => s.failed(Kind::Archive, &e),
+            }
         }
         if let Some(t) = &backup_task
             && t.is_finished()
@@ -257,6 +300,7 @@ pub async fn run(
     // a backup in progress is abandoned (its manifest is written last, so it never
     // counts as a backup).
     if !s.fenced()
+        && s.archive
         && let Err(e) = s.archive_ready().await
     {
         s.failed(Kind::Archive, &e);

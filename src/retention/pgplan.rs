@@ -280,6 +280,7 @@ pub(super) fn plan(
                 delete.extend(files.parts.iter().map(|o| doomed(o, What::BackupPart)));
             }
             if keep.is_empty() {
+                delete.extend(g.chunks.iter().map(|(_, o)| doomed(o, What::Wal)));
                 delete.extend(g.wal.iter().map(|(f, o)| {
                     let what = if matches!(f, WalFile::History { .. }) {
                         What::History
@@ -303,28 +304,44 @@ pub(super) fn plan(
                         lineage_allows_cut(id, g, tli, start, histories).map(|()| (tli, seg))
                     });
                 match cut {
-                    Ok((tli, (log, seg))) => delete.extend(g.wal.iter().filter_map(|(f, o)| {
-                        let before = match *f {
-                            WalFile::Segment {
-                                timeline,
-                                log: l,
-                                seg: s,
-                            }
-                            | WalFile::Partial {
-                                timeline,
-                                log: l,
-                                seg: s,
-                            }
-                            | WalFile::BackupLabel {
-                                timeline,
-                                log: l,
-                                seg: s,
-                                ..
-                            } => timeline <= tli && (l, s) < (log, seg),
-                            WalFile::History { .. } => false,
-                        };
-                        before.then(|| doomed(o, What::Wal))
-                    })),
+                    Ok((tli, (log, seg))) => delete.extend(
+                        g.chunks
+                            .iter()
+                            .filter_map(|(c, o)| {
+                                let WalFile::Segment {
+                                    timeline,
+                                    log: l,
+                                    seg: s,
+                                } = c.segment
+                                else {
+                                    return None;
+                                };
+                                (timeline <= tli && (l, s) < (log, seg))
+                                    .then(|| doomed(o, What::Wal))
+                            })
+                            .chain(g.wal.iter().filter_map(|(f, o)| {
+                                let before = match *f {
+                                    WalFile::Segment {
+                                        timeline,
+                                        log: l,
+                                        seg: s,
+                                    }
+                                    | WalFile::Partial {
+                                        timeline,
+                                        log: l,
+                                        seg: s,
+                                    }
+                                    | WalFile::BackupLabel {
+                                        timeline,
+                                        log: l,
+                                        seg: s,
+                                        ..
+                                    } => timeline <= tli && (l, s) < (log, seg),
+                                    WalFile::History { .. } => false,
+                                };
+                                before.then(|| doomed(o, What::Wal))
+                            })),
+                    ),
                     // Without a sure cut, older backups may be what a restore of a newer
                     // timeline starts from: keep the generation whole.
                     Err(reason) => {
@@ -336,6 +353,23 @@ pub(super) fn plan(
             if delete.is_empty() {
                 action = Action::Keep;
             }
+        }
+        // A streamed chunk whose whole segment is stored is a copy: restores read the
+        // segment. Whatever else the generation keeps.
+        if action != Action::Delete {
+            let whole: std::collections::BTreeSet<WalFile> =
+                g.wal.iter().map(|(f, _)| *f).collect();
+            let already: HashSet<&str> = delete.iter().map(|d| d.key.as_str()).collect();
+            let copies: Vec<Doomed> = g
+                .chunks
+                .iter()
+                .filter(|(c, o)| whole.contains(&c.segment) && !already.contains(o.key.as_str()))
+                .map(|(_, o)| doomed(o, What::Wal))
+                .collect();
+            if !copies.is_empty() && action == Action::Keep {
+                action = Action::Trim;
+            }
+            delete.extend(copies);
         }
         let gone: u64 = delete.iter().map(|d| d.size).sum();
         out.push(GenerationPlan {

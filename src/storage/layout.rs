@@ -76,6 +76,54 @@ pub enum ObjectName {
     PgWal(GenerationId, crate::pgformat::walname::WalFile),
     /// A file of a PostgreSQL base backup.
     PgBackup(GenerationId, BackupName, BackupFile),
+    /// A piece of a PostgreSQL WAL segment, streamed before the segment was complete.
+    PgChunk(GenerationId, ChunkName),
+}
+
+/// A streamed piece of WAL segment `segment` (a `WalFile::Segment`): its bytes from
+/// `start` to `end` (offsets in the segment; LSN = the segment's start + offset), named
+/// `pgwal/chunks/<segment>/<start>-<end>.chunk`: one LIST of the directory finds the
+/// segment's chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ChunkName {
+    pub segment: crate::pgformat::walname::WalFile,
+    pub start: u32,
+    pub end: u32,
+}
+
+pub fn format_pg_chunk(g: &GenerationId, c: &ChunkName) -> String {
+    format!(
+        "{}/{:08X}-{:08X}.chunk",
+        format_pg_chunks_dir(g, &c.segment),
+        c.start,
+        c.end
+    )
+}
+
+/// The directory of segment `segment`'s chunks.
+pub fn format_pg_chunks_dir(
+    g: &GenerationId,
+    segment: &crate::pgformat::walname::WalFile,
+) -> String {
+    format!("{GENERATIONS}/{g}/pgwal/chunks/{segment}")
+}
+
+fn parse_chunk(file: &str) -> Option<ChunkName> {
+    let (seg, range) = file.strip_suffix(".chunk")?.split_once('/')?;
+    let segment = crate::pgformat::walname::WalFile::parse(seg)?;
+    let (a, b) = range.split_once('-')?;
+    let hex8 = |s: &str| {
+        (s.len() == 8 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')))
+            .then(|| u32::from_str_radix(s, 16).ok())
+            .flatten()
+    };
+    let c = ChunkName {
+        segment,
+        start: hex8(a)?,
+        end: hex8(b)?,
+    };
+    (matches!(segment, crate::pgformat::walname::WalFile::Segment { .. }) && c.start < c.end)
+        .then_some(c)
 }
 
 /// A base backup, by where its WAL starts and when it was started.
@@ -193,6 +241,9 @@ pub fn parse_object(rel: &str) -> Option<ObjectName> {
         return Some(ObjectName::PgBackup(g, name, f));
     }
     if let Some(file) = rest.strip_prefix("pgwal/") {
+        if let Some(c) = file.strip_prefix("chunks/") {
+            return parse_chunk(c).map(|c| ObjectName::PgChunk(g, c));
+        }
         return Some(ObjectName::PgWal(
             g,
             crate::pgformat::walname::WalFile::parse(file)?,
@@ -220,6 +271,32 @@ mod tests {
         assert_eq!(a.created_ms(), 1_700_000_000_000);
         assert_eq!(GenerationId::parse("XYZ"), None);
         assert_eq!(GenerationId::parse("0123456789abcdef012G"), None);
+    }
+
+    #[test]
+    fn chunk_names_round_trip_beside_their_segment() {
+        let g = GenerationId::new(5, 6);
+        let segment = crate::pgformat::walname::WalFile::parse("000000020000000100000003").unwrap();
+        let c = ChunkName {
+            segment,
+            start: 0x2000,
+            end: 0xA3_F000,
+        };
+        let key = format_pg_chunk(&g, &c);
+        assert!(key.ends_with("pgwal/chunks/000000020000000100000003/00002000-00A3F000.chunk"));
+        assert!(key.starts_with(&format_pg_chunks_dir(&g, &segment)));
+        assert_eq!(parse_object(&key), Some(ObjectName::PgChunk(g.clone(), c)));
+        for bad in [
+            "000000020000000100000003/00002000-00002000.chunk",
+            "000000020000000100000003/00003000-00002000.chunk",
+            "000000020000000100000003/2000-00A3F000.chunk",
+            "000000020000000100000003/00002000-00a3f000.chunk",
+            "00000002.history/00000000-00000010.chunk",
+            "000000020000000100000003/x/00000000-00000010.chunk",
+        ] {
+            let key = format!("{}/pgwal/chunks/{bad}", format_generation_dir(&g));
+            assert_eq!(parse_object(&key), None, "{bad}");
+        }
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub struct WalChecked {
     pub bytes: u64,
     pub first: String,
     pub last: String,
+    /// The last segment read was joined from streamed chunks: its name and how far.
+    pub joined: Option<(String, u32)>,
 }
 
 /// The segment the backup's WAL starts in, from its label's `START WAL LOCATION: … (file
@@ -47,13 +49,19 @@ pub(super) async fn check_wal(
     };
     let first = start_file(&manifest.backup_label)
         .ok_or_else(|| refuse("the backup's label names no START WAL LOCATION file".to_string()))?;
-    let wal = catalog
-        .generations
-        .get(generation)
-        .map_or(&[][..], |g| &g.wal[..]);
+    let empty = crate::catalog::Generation::default();
+    let gen_ = catalog.generations.get(generation).unwrap_or(&empty);
+    let wal = &gen_.wal[..];
     let mut archived: BTreeMap<u32, std::collections::BTreeSet<(u32, u32)>> = BTreeMap::new();
-    for (f, _) in wal {
-        if let WalFile::Segment { timeline, log, seg } = *f {
+    // Segments stored whole, and those a streaming sidecar stored chunks of from their
+    // first byte (joined, the last one padded: recovery ends in it).
+    let joinable = gen_
+        .chunks
+        .iter()
+        .map(|(c, _)| c.segment)
+        .filter(|f| crate::postgres::chunks::joined_upto(gen_, f) > 0);
+    for f in wal.iter().map(|(f, _)| *f).chain(joinable) {
+        if let WalFile::Segment { timeline, log, seg } = f {
             archived.entry(timeline).or_default().insert((log, seg));
         }
     }
@@ -71,26 +79,21 @@ pub(super) async fn check_wal(
     };
     // The segment size, from the start segment's own page header.
     let fetch = |f: WalFile| async move {
-        let key = layout::format_pg_wal(generation, &f);
-        let obj = crate::storage::get_retrying(replica, &key, None).await;
-        let obj = match obj {
-            Err(e) if e.is_not_found() => {
-                return Err(Error::Replica {
-                    replica: replica.url().to_string(),
-                    reason: format!(
-                        "WAL segment {f} ({key}) is listed but cannot be read: deleted \
-                         meanwhile?"
-                    ),
-                });
-            }
-            r => r?,
-        };
-        let n = obj.len() as u64;
-        let raw = tokio::task::spawn_blocking(move || crate::format::pgwal::decode(&f, &obj))
-            .await
-            .expect("decode task")
-            .map_err(|r| Error::corrupt(&key, r))?;
-        Ok::<_, Error>((f, n, raw))
+        let whole = wal.iter().any(|(w, _)| *w == f);
+        let chunks = crate::postgres::chunks::of_segment(gen_, &f);
+        match crate::postgres::chunks::read(replica, generation, f, whole, &chunks).await {
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
+            Ok(Some(s)) => return Ok::<_, Error>((f, s.stored, s.raw, s.joined)),
+            Ok(None) => {}
+        }
+        Err(Error::Replica {
+            replica: replica.url().to_string(),
+            reason: format!(
+                "WAL segment {f} ({}) is listed but cannot be read: deleted meanwhile?",
+                layout::format_pg_wal(generation, &f)
+            ),
+        })
     };
     let WalFile::Segment { log, seg, .. } = first else {
         unreachable!("start_file returns segments")
@@ -109,7 +112,7 @@ pub(super) async fn check_wal(
     let mut head = Some(fetch(first).await?);
     let seg_size = head
         .as_ref()
-        .and_then(|(_, _, raw)| raw.get(32..36))
+        .and_then(|(_, _, raw, _)| raw.get(32..36))
         .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
         .filter(|s| s.is_power_of_two() && (1 << 20..=1 << 30).contains(s))
         .ok_or_else(|| {
@@ -151,6 +154,7 @@ pub(super) async fn check_wal(
         bytes: 0,
         first: first.to_string(),
         last: first.to_string(),
+        joined: None,
     };
     let mut prev = first;
     let archived = &archived;
@@ -171,11 +175,11 @@ pub(super) async fn check_wal(
     }))
     .buffered(4);
     for f in &expected {
-        let got = match head.take_if(|(h, _, _)| h == f) {
+        let got = match head.take_if(|(h, _, _, _)| h == f) {
             Some(h) => Some(h),
             None => reads.next().await.expect("one result per file")?,
         };
-        let Some((_, n, raw)) = got else {
+        let Some((_, n, raw, joined)) = got else {
             let upto = expected.last().expect("non-empty");
             return Err(refuse(format!(
                 "WAL segment {f} ({}) is missing from the archive: recovery from the base \
@@ -185,6 +189,22 @@ pub(super) async fn check_wal(
                 layout::format_pg_wal(generation, f)
             )));
         };
+        if let Some((_, upto)) = joined
+            && u64::from(upto) < seg_size
+            && Some(f) != expected.last()
+        {
+            return Err(refuse(format!(
+                "WAL segment {f} is stored only to byte {upto} (streamed chunks, {}.*), but \
+                 later WAL of its line is stored: the chunks after it are missing, and \
+                 recovery would stop there. Nothing was restored",
+                layout::format_pg_wal(generation, f)
+            )));
+        }
+        if let Some((n, upto)) = joined {
+            tracing::info!(target: "walship::postgres::restore", file = %f, chunks = n, bytes = upto,
+                "WAL segment {f} is joined from {n} streamed chunk(s), WAL to byte {upto}");
+        }
+        checked.joined = joined.map(|(_, upto)| (f.to_string(), upto));
         checked.segments += 1;
         checked.bytes += n;
         checked.last = f.to_string();
@@ -210,14 +230,16 @@ pub async fn last_archived_xact_ms(
     catalog: &crate::catalog::Catalog,
     generation: &GenerationId,
 ) -> Result<Option<u64>> {
-    let mut segs: Vec<WalFile> = catalog
-        .generations
-        .get(generation)
-        .map_or(&[][..], |g| &g.wal[..])
+    let empty = crate::catalog::Generation::default();
+    let g = catalog.generations.get(generation).unwrap_or(&empty);
+    let mut segs: Vec<WalFile> = g
+        .wal
         .iter()
         .filter_map(|(f, _)| matches!(f, WalFile::Segment { .. }).then_some(*f))
+        .chain(g.chunks.iter().map(|(c, _)| c.segment))
         .collect();
     segs.sort();
+    segs.dedup();
     let Some(newest_tl) = segs.last().map(WalFile::timeline) else {
         return Ok(None);
     };
@@ -227,9 +249,14 @@ pub async fn last_archived_xact_ms(
         .filter(|f| f.timeline() == newest_tl)
         .take(LAST_XACT_SEGMENTS)
     {
-        let key = layout::format_pg_wal(generation, f);
-        let raw = crate::format::pgwal::decode(f, &replica.get(&key).await?)
-            .map_err(|r| Error::corrupt(&key, r))?;
+        let whole = g.wal.iter().any(|(w, _)| w == f);
+        let chunks = crate::postgres::chunks::of_segment(g, f);
+        let Some(read) =
+            crate::postgres::chunks::read(replica, generation, *f, whole, &chunks).await?
+        else {
+            continue; // chunks that do not start at the segment's start
+        };
+        let raw = read.raw;
         let WalFile::Segment { log, seg, .. } = *f else {
             continue;
         };

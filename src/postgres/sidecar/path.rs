@@ -14,9 +14,9 @@ pub async fn take_path(
     replica: &Replica,
     settings: &lease::Settings,
     force_new_history: bool,
+    sysid: u64,
 ) -> Result<(std::fs::File, lease::Held)> {
     let lock = crate::sidecar::holding::lock_spool(&db.spool_dir, settings.wait).await?;
-    let sysid = system_identifier(&db.path)?;
     let generation = generation_of(sysid);
     if !force_new_history {
         identity::refuse_other(replica, &db.path, sysid).await?;

@@ -25,10 +25,10 @@ pub async fn start(
     shutdown: Shutdown,
     lost: Arc<tokio::sync::Notify>,
 ) -> Result<PgUnits> {
-    let replicas = preflight(&dbs).await?;
+    let checked = preflight(&dbs).await?;
     let mut taken = Vec::new();
-    for (db, replica) in dbs.iter().zip(&replicas) {
-        taken.push(take_path(db, replica, settings, force_new_history).await?);
+    for (db, (replica, sysid)) in dbs.iter().zip(&checked) {
+        taken.push(take_path(db, replica, settings, force_new_history, *sysid).await?);
     }
     let mut u = PgUnits {
         states: Vec::new(),
@@ -37,7 +37,7 @@ pub async fn start(
         locks: Vec::new(),
         shutdown: shutdown.clone(),
     };
-    for ((db, replica), (lock, held)) in dbs.into_iter().zip(replicas).zip(taken) {
+    for ((db, (replica, sysid)), (lock, held)) in dbs.into_iter().zip(checked).zip(taken) {
         let state = Arc::new(PgState {
             label: db.path.display().to_string(),
             ..Default::default()
@@ -56,14 +56,29 @@ pub async fn start(
                 lost.clone(),
             )),
         });
-        tracing::info!(target: "walship::cli::replicate", pgdata = %db.path.display(), replica = replica.url(), "PostgreSQL sidecar");
-        u.tasks.push(tokio::spawn(run(
-            db,
-            replica,
-            metrics.clone(),
-            state,
-            shutdown.clone(),
-        )));
+        tracing::info!(target: "walship::cli::replicate", pgdata = %db.path.display(), replica = replica.url(),
+            mode = if db.stream_slot.is_some() { "stream" } else { "archive" }, "PostgreSQL sidecar");
+        if db.stream_slot.is_some() {
+            let s = crate::postgres::stream::Stream {
+                db: db.clone(),
+                replica: replica.clone(),
+                metrics: metrics.clone(),
+                state: state.clone(),
+                generation: generation_of(sysid),
+                system_identifier: sysid,
+            };
+            u.tasks.push(tokio::spawn(s.run(shutdown.clone())));
+        }
+        // Base backups and retention (and archive mode's look-ahead archiving) read PGDATA.
+        if db.stream_slot.is_none() || system_identifier(&db.path).is_ok() {
+            u.tasks.push(tokio::spawn(run(
+                db,
+                replica,
+                metrics.clone(),
+                state,
+                shutdown.clone(),
+            )));
+        }
     }
     Ok(u)
 }

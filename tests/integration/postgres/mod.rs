@@ -388,6 +388,7 @@ mod cleanup;
 mod clusters;
 mod damage;
 mod sidecar;
+mod stream;
 #[allow(unused_imports)]
 pub(crate) use archive::*;
 #[allow(unused_imports)]
@@ -400,3 +401,5 @@ pub(crate) use clusters::*;
 pub(crate) use damage::*;
 #[allow(unused_imports)]
 pub(crate) use sidecar::*;
+#[allow(unused_imports)]
+pub(crate) use stream::*;
