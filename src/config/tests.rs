@@ -412,3 +412,39 @@ fn several_replicas_are_kept_in_order_and_named() {
     );
     assert!(e.contains("PostgreSQL cluster archives to one"), "{e}");
 }
+
+#[test]
+fn postgres_stream_mode_and_slot_are_checked() {
+    let load = |db: &str| {
+        parse(
+            &format!("dbs:\n  - path: /pg\n{db}    replica:\n      url: file:///r\n"),
+            &env,
+        )
+    };
+    let c = load("    type: postgres\n    mode: stream\n").unwrap();
+    assert_eq!(c.dbs[0].stream_slot.as_deref(), Some("walship"));
+    let c = load("    type: postgres\n    mode: stream\n    slot: pg_1\n").unwrap();
+    assert_eq!(c.dbs[0].stream_slot.as_deref(), Some("pg_1"));
+    assert_eq!(
+        load("    type: postgres\n").unwrap().dbs[0].stream_slot,
+        None
+    );
+    for (db, says) in [
+        (
+            "    type: postgres\n    mode: streaming\n",
+            "is not a PostgreSQL mode",
+        ),
+        (
+            "    type: postgres\n    mode: stream\n    slot: Bad-Name\n",
+            "a slot name is",
+        ),
+        (
+            "    type: postgres\n    slot: s\n",
+            "archive mode uses no slot",
+        ),
+        ("    mode: stream\n", "are PostgreSQL settings"),
+    ] {
+        let m = load(db).unwrap_err().to_string();
+        assert!(m.contains(says), "{db:?}: {m}");
+    }
+}

@@ -4,11 +4,10 @@
 
 use super::container::{self, Writer};
 use crate::pgformat::walname::WalFile;
-use crate::storage::layout::ChunkName;
 
 pub const MAGIC: &[u8; 4] = b"WPGW";
-/// A streamed piece of a segment (`layout::ChunkName`): the same container, its header
-/// naming the segment and the byte range.
+/// A streamed piece of a segment (bytes `start..end` of it): the same container, its
+/// header naming the segment and the byte range.
 pub const CHUNK_MAGIC: &[u8; 4] = b"WPGC";
 const CHUNK_RAW: usize = 1 << 20;
 
@@ -18,24 +17,30 @@ pub fn encode(name: &WalFile, raw: &[u8]) -> Vec<u8> {
     encode_named(MAGIC, &name.to_string(), raw)
 }
 
-fn chunk_label(c: &ChunkName) -> String {
-    format!("{}.{:08X}-{:08X}", c.segment, c.start, c.end)
+fn chunk_label(segment: &WalFile, start: u32, end: u32) -> String {
+    format!("{segment}.{start:08X}-{end:08X}")
 }
 
-/// The object for chunk `c`, whose bytes are `raw` (`c.end - c.start` of them).
-pub fn encode_chunk(c: &ChunkName, raw: &[u8]) -> Vec<u8> {
-    debug_assert_eq!(raw.len() as u64, u64::from(c.end - c.start));
-    encode_named(CHUNK_MAGIC, &chunk_label(c), raw)
+/// The object for bytes `start..end` of `segment`, which are `raw`.
+pub fn encode_chunk(segment: &WalFile, start: u32, end: u32, raw: &[u8]) -> Vec<u8> {
+    debug_assert_eq!(raw.len() as u64, u64::from(end - start));
+    encode_named(CHUNK_MAGIC, &chunk_label(segment, start, end), raw)
 }
 
-/// Chunk `c`'s bytes, checksums, name and length checked.
-pub fn decode_chunk(c: &ChunkName, obj: &[u8]) -> Result<Vec<u8>, String> {
-    let raw = decode_named(CHUNK_MAGIC, &chunk_label(c), obj)?;
-    if raw.len() as u64 != u64::from(c.end - c.start) {
+/// The bytes `start..end` of `segment` a chunk object holds: checksums, name and length
+/// checked.
+pub fn decode_chunk(
+    segment: &WalFile,
+    start: u32,
+    end: u32,
+    obj: &[u8],
+) -> Result<Vec<u8>, String> {
+    let raw = decode_named(CHUNK_MAGIC, &chunk_label(segment, start, end), obj)?;
+    if raw.len() as u64 != u64::from(end.saturating_sub(start)) {
         return Err(format!(
             "holds {} bytes where its name says {}",
             raw.len(),
-            c.end - c.start
+            end.saturating_sub(start)
         ));
     }
     Ok(raw)
@@ -73,4 +78,32 @@ fn decode_named(magic: &[u8; 4], name: &str, obj: &[u8]) -> Result<Vec<u8>, Stri
         ));
     }
     Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_decodes_only_under_its_own_name_and_length() {
+        let seg = WalFile::parse("000000010000000000000003").unwrap();
+        let raw: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+        let obj = encode_chunk(&seg, 0x2000, 0x2000 + 5000, &raw);
+        assert_eq!(
+            decode_chunk(&seg, 0x2000, 0x2000 + 5000, &obj).unwrap(),
+            raw
+        );
+        // Misplaced under another range or segment: refused, naming what it holds.
+        let e = decode_chunk(&seg, 0x3000, 0x3000 + 5000, &obj).unwrap_err();
+        assert!(e.contains("00002000"), "{e}");
+        let other = WalFile::parse("000000010000000000000004").unwrap();
+        assert!(decode_chunk(&other, 0x2000, 0x2000 + 5000, &obj).is_err());
+        // A whole segment's object is not a chunk, and a damaged byte fails its CRC.
+        assert!(decode_chunk(&seg, 0, 5000, &encode(&seg, &raw)).is_err());
+        let mut bad = obj.clone();
+        let n = bad.len();
+        bad[n / 2] ^= 0xff;
+        assert!(decode_chunk(&seg, 0x2000, 0x2000 + 5000, &bad).is_err());
+        assert!(decode_chunk(&seg, 0x2000, 0x2000 + 5000, &obj[..n - 3]).is_err());
+    }
 }

@@ -94,10 +94,12 @@ pub async fn read(
         let obj = crate::storage::get_retrying(replica, &key, None).await?;
         stored += obj.len() as u64;
         let c2 = *c;
-        let bytes = tokio::task::spawn_blocking(move || pgwal::decode_chunk(&c2, &obj))
-            .await
-            .expect("decode task")
-            .map_err(|r| Error::corrupt(&key, r))?;
+        let bytes = tokio::task::spawn_blocking(move || {
+            pgwal::decode_chunk(&c2.segment, c2.start, c2.end, &obj)
+        })
+        .await
+        .expect("decode task")
+        .map_err(|r| Error::corrupt(&key, r))?;
         let from = (raw.len() as u32 - c.start) as usize;
         raw.extend_from_slice(&bytes[from..]);
     }

@@ -73,6 +73,16 @@ impl PgState {
         .unwrap_or(0)
     }
 
+    /// Note that streaming is failing (the first failure of a run counts).
+    pub fn stream_failed(&self) {
+        let _ = self.stream_failing_since_ms.compare_exchange(
+            0,
+            crate::clock::now_ms(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+
     fn clock(&self, kind: Kind) -> &AtomicU64 {
         match kind {
             Kind::Archive => &self.archive_failing_since_ms,

@@ -122,7 +122,11 @@ fn parse_chunk(file: &str) -> Option<ChunkName> {
         start: hex8(a)?,
         end: hex8(b)?,
     };
-    (matches!(segment, crate::pgformat::walname::WalFile::Segment { .. }) && c.start < c.end)
+    // No segment is larger than 1 GiB: a name past that is not walship's (and would make a
+    // reader reserve gigabytes).
+    (matches!(segment, crate::pgformat::walname::WalFile::Segment { .. })
+        && c.start < c.end
+        && c.end <= 1 << 30)
         .then_some(c)
 }
 
@@ -293,6 +297,7 @@ mod tests {
             "000000020000000100000003/00002000-00a3f000.chunk",
             "00000002.history/00000000-00000010.chunk",
             "000000020000000100000003/x/00000000-00000010.chunk",
+            "000000020000000100000003/00000000-40000001.chunk",
         ] {
             let key = format!("{}/pgwal/chunks/{bad}", format_generation_dir(&g));
             assert_eq!(parse_object(&key), None, "{bad}");

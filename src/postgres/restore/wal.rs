@@ -112,9 +112,7 @@ pub(super) async fn check_wal(
     let mut head = Some(fetch(first).await?);
     let seg_size = head
         .as_ref()
-        .and_then(|(_, _, raw, _)| raw.get(32..36))
-        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
-        .filter(|s| s.is_power_of_two() && (1 << 20..=1 << 30).contains(s))
+        .and_then(|(_, _, raw, _)| crate::postgres::chunks::segment_size(raw))
         .ok_or_else(|| {
             Error::corrupt(
                 layout::format_pg_wal(generation, &first),

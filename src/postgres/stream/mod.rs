@@ -21,7 +21,7 @@ use crate::storage::Replica;
 use crate::storage::layout::{self, GenerationId};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use upload::{Shared, Uploader};
 
 /// WAL received but not stored that walship holds in memory before it stops reading (the
@@ -189,12 +189,7 @@ impl Stream {
     fn failed(&self, e: &Error) {
         tracing::error!(target: "walship::postgres::stream", db = %self.state.label, "stream: {e}");
         self.metrics.error(&self.state.label, "stream");
-        let _ = self.state.stream_failing_since_ms.compare_exchange(
-            0,
-            crate::clock::now_ms(),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        self.state.stream_failed();
     }
 
     /// Stream until shutdown: a session, and after a failure another, backing off.
@@ -322,6 +317,10 @@ impl Stream {
             server = %where_(&cfg), slot = %self.slot_name(), timeline = id.timeline,
             from = %fmt_lsn(start), "streaming WAL");
         self.state.streaming.store(true, Ordering::Relaxed);
+        // Connected and streaming; the uploader reports the store's side.
+        self.state
+            .stream_failing_since_ms
+            .store(0, Ordering::Relaxed);
         let shared = Arc::new(Shared::new(start));
         let up = Uploader {
             replica: self.replica.clone(),
@@ -420,7 +419,6 @@ impl Stream {
         };
         let mut status = tokio::time::interval(STATUS_EVERY);
         let mut gauges = tokio::time::interval(Duration::from_secs(1));
-        let mut healthy_since: Option<Instant> = None;
         loop {
             let full = shared.pending_len() >= MAX_PENDING;
             tokio::select! {
@@ -447,17 +445,7 @@ impl Stream {
                 _ = status.tick() => {
                     writer.status(shared.received(), shared.stored()).await.map_err(wire)?;
                 }
-                _ = gauges.tick() => {
-                    self.gauges(shared);
-                    // A session that streams and stores is healthy again.
-                    if shared.pending_len() == 0 || shared.lag().is_some_and(|l| l < Duration::from_secs(5)) {
-                        if healthy_since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(1) {
-                            self.state.stream_failing_since_ms.store(0, Ordering::Relaxed);
-                        }
-                    } else {
-                        healthy_since = None;
-                    }
-                }
+                _ = gauges.tick() => self.gauges(shared),
                 _ = stop.begun() => return Ok(End::Stopped),
             }
         }

@@ -1,7 +1,7 @@
 //! The stream's store side: WAL received and not yet stored (`Shared`), and the task that
 //! cuts it into chunks and stores them (`Uploader`): the leading edge at once, then at most
 //! one cut per `sync-interval`, a chunk never crossing a segment's end, a completed segment
-//! also stored whole. Never touches the connection.
+//! also stored whole. Knows nothing of the connection: the receive loop owns it.
 
 use super::super::sidecar::PgState;
 use crate::error::{Error, Result, StoreErrorKind};
@@ -193,9 +193,11 @@ impl Uploader {
         let key = layout::format_pg_chunk(&self.generation, &c);
         let encoded = {
             let (c, b) = (c, bytes.clone());
-            tokio::task::spawn_blocking(move || Bytes::from(pgwal::encode_chunk(&c, &b)))
-                .await
-                .expect("encode task")
+            tokio::task::spawn_blocking(move || {
+                Bytes::from(pgwal::encode_chunk(&c.segment, c.start, c.end, &b))
+            })
+            .await
+            .expect("encode task")
         };
         let mut wait = BACKOFF_MIN;
         loop {
@@ -206,12 +208,7 @@ impl Uploader {
                     tracing::warn!(target: "walship::postgres::stream", db = %self.state.label,
                         chunk = %key, "storing a chunk: {e}; trying again");
                     self.metrics.error(&self.state.label, "stream");
-                    let _ = self.state.stream_failing_since_ms.compare_exchange(
-                        0,
-                        crate::clock::now_ms(),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
+                    self.state.stream_failed();
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(BACKOFF_MAX);
                 }
@@ -228,6 +225,10 @@ impl Uploader {
             .get_or_create(&l)
             .set(crate::clock::now_ms() as f64 / 1e3);
         sh.stored_to(bytes.len());
+        // The server streams and the store takes it: healthy.
+        self.state
+            .stream_failing_since_ms
+            .store(0, Ordering::Relaxed);
         tracing::debug!(target: "walship::postgres::stream", chunk = %key, bytes = bytes.len(), "stored");
         if let Some(so_far) = &mut self.segment_so_far {
             so_far.extend_from_slice(&bytes);
@@ -286,7 +287,7 @@ async fn put_chunk(
         Err(Error::Store {
             kind: StoreErrorKind::AlreadyExists,
             ..
-        }) => match pgwal::decode_chunk(c, &replica.get(key).await?) {
+        }) => match pgwal::decode_chunk(&c.segment, c.start, c.end, &replica.get(key).await?) {
             Ok(old) if old == raw => Ok(()),
             _ => Err(Error::Replica {
                 replica: replica.url().to_string(),
